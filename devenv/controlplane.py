@@ -1,0 +1,254 @@
+"""A real Kubernetes control plane on loopback: etcd and kube-apiserver processes, RBAC on, a service-account
+issuer with its keys, an admin kubeconfig. Used by the e2e fixtures and by `make demo`.
+
+Everything lives in one work dir (certificates, etcd data, logs, kubeconfigs, the process table), so a later
+process can stop what an earlier one started (`make demo-down`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from devenv import binaries
+from devenv.processes import ProcessTable, free_port
+
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"  # only allocated in etcd; nothing routes it
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_pki(pki: Path) -> None:
+    """CA, API server serving cert, admin client cert (system:masters), service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    if (pki / "admin.crt").exists():
+        return
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+             "-subj", "/CN=sipsockets-dev-ca", cwd=pki)  # fmt: skip
+    (pki / "serving.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subj, ext in (
+        ("apiserver", "/CN=kube-apiserver", "serving.ext"),
+        ("admin", "/O=system:masters/CN=sipsockets-admin", "client.ext"),
+    ):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=pki)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "3650", "-extfile", ext, "-out", f"{name}.crt", cwd=pki)  # fmt: skip
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+class ControlPlane:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir.resolve()
+        self.pki = self.workdir / "pki"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.procs = ProcessTable(self.workdir)
+        self._state = self.workdir / "controlplane.json"
+        self.server = ""
+        if self._state.exists():
+            self.server = json.loads(self._state.read_text())["server"]
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> None:
+        bins = binaries.ensure(["etcd", "kube-apiserver", "kubectl"])
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _make_pki(self.pki)
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self.procs.start(
+            "etcd",
+            [
+                str(bins["etcd"]),
+                "--name=dev",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=dev=http://127.0.0.1:{peer_port}",
+                "--listen-metrics-urls=",
+                # Test data: durability is not worth the fsync latency on a shared machine.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            self.workdir / "etcd.log",
+        )
+        self.server = f"https://127.0.0.1:{api_port}"
+        self.procs.start(
+            "kube-apiserver",
+            [
+                str(bins["kube-apiserver"]),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--authorization-mode=RBAC",
+                f"--client-ca-file={self.pki / 'ca.crt'}",
+                f"--tls-cert-file={self.pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={self.pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={self.pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--v=1",
+            ],
+            self.workdir / "kube-apiserver.log",
+        )
+        self._state.write_text(json.dumps({"server": self.server}))
+        self._write_kubeconfig(self.kubeconfig, user={
+            "client-certificate-data": _b64(self.pki / "admin.crt"),
+            "client-key-data": _b64(self.pki / "admin.key"),
+        })  # fmt: skip
+        self._wait_ready(timeout)
+
+    def stop(self) -> None:
+        self.procs.stop_all(order=["kube-apiserver", "etcd"])
+
+    def running(self) -> bool:
+        if not self.server:
+            return False
+        try:
+            return self._get("/readyz", timeout=3) == 200
+        except OSError:
+            return False
+
+    # -- clients ---------------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _get(self, path: str, timeout: float) -> int:
+        try:
+            with urllib.request.urlopen(
+                self.server + path, context=self._ssl_context(), timeout=timeout
+            ) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for name, pid in self.procs.load().items():
+                if not Path(f"/proc/{pid}").exists():
+                    log = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{name} exited during start-up; end of its log:\n{log}")
+            try:
+                status = self._get("/readyz", timeout=3)
+                if status == 200:
+                    return
+                last = f"HTTP {status}"
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.3)
+        raise TimeoutError(f"kube-apiserver not ready after {timeout}s ({last}); see {self.workdir}")
+
+    def _write_kubeconfig(self, path: Path, user: dict[str, str]) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "sipsockets-dev",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(self.pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": "user", "user": user}],
+            "contexts": [
+                {"name": "sipsockets-dev", "context": {"cluster": "sipsockets-dev", "user": "user"}}
+            ],
+            "current-context": "sipsockets-dev",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1))
+        path.chmod(0o600)
+        return path
+
+    def kubeconfig_for_token(self, token: str, path: Path) -> Path:
+        return self._write_kubeconfig(path, user={"token": token})
+
+    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
+        return env
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(binaries.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = 300.0
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.env()
+        # Helm keeps caches and repository config under HOME; keep them in the work dir, not the user's.
+        for var, sub in (
+            ("HELM_CACHE_HOME", "cache"),
+            ("HELM_CONFIG_HOME", "config"),
+            ("HELM_DATA_HOME", "data"),
+        ):
+            env[var] = str(self.workdir / "helm" / sub)
+        cmd = [str(binaries.binary("helm")), *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def ensure_namespace(self, name: str) -> None:
+        """A namespace with its `default` ServiceAccount: no controller-manager runs here to create it, and
+        the ServiceAccount admission plugin refuses pods without it."""
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": name},
+                },
+            ],
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(manifest))

@@ -1,0 +1,164 @@
+"""Proxy "pods" without a kubelet: a `sipproxy` process on its own loopback address, registered as a Pod
+object whose status (Running, Ready, podIP) this harness sets, as a kubelet would. The operator sees
+ordinary Pods.
+
+This simulation belongs to the e2e tier and the demo only; nothing in the operator knows about it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devenv.controlplane import ControlPlane
+from devenv.processes import ProcessTable, alive
+
+PROXY_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "proxy"}
+MI_PORT = 8888
+
+
+def sipproxy_command() -> str:
+    """The console script installed beside the running interpreter (the project's virtualenv)."""
+    return str(Path(sys.executable).parent / "sipproxy")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ProxyPod:
+    def __init__(
+        self,
+        cp: ControlPlane,
+        namespace: str,
+        name: str,
+        ip: str,
+        config: dict[str, Any],
+        workdir: Path,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.cp = cp
+        self.namespace = namespace
+        self.name = name
+        self.ip = ip
+        self.labels = dict(labels if labels is not None else PROXY_LABELS)
+        self.workdir = workdir / name
+        self.config = json.loads(json.dumps(config))  # a private deep copy
+        mi = self.config.setdefault("mi", {})
+        mi.setdefault("listen", f"{ip}:{MI_PORT}")
+        self.mi_listen = str(mi["listen"])
+        self.mi_url = f"http://{self.mi_listen}/{mi.get('root', 'mi')}"
+        self.procs = ProcessTable(cp.workdir)
+        self._proc_name = f"proxy-{namespace}-{name}"
+
+    # -- the process -----------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self.procs.load().get(self._proc_name)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "proxy.yaml"
+        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.procs.stop(self._proc_name)
+        proc = self.procs.start(
+            self._proc_name,
+            [sipproxy_command(), "--config", str(cfg)],
+            self.workdir / "sipproxy.log",
+            env=dict(os.environ),
+        )
+        self._wait_ready(proc.pid, timeout)
+        self._register(ready=True)
+
+    def _wait_ready(self, pid: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not alive(pid):
+                log = (self.workdir / "sipproxy.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"sipproxy {self.name} exited during start-up:\n{log}")
+            try:
+                with urllib.request.urlopen(f"http://{self.mi_listen}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"sipproxy {self.name} not ready after {timeout}s; see {self.workdir}")
+
+    def kill(self) -> None:
+        """The container crashed: the process dies at once and the Pod stops being Ready."""
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+            self.procs.stop(self._proc_name, timeout=5)
+        self._set_status(ready=False)
+
+    def stop(self) -> None:
+        """The pod is deleted: graceful stop of the process, then the Pod object goes."""
+        self.procs.stop(self._proc_name)
+        self.cp.kubectl(
+            "delete",
+            "pod",
+            self.name,
+            "-n",
+            self.namespace,
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
+
+    # -- the Pod object --------------------------------------------------------------------------------
+
+    def _register(self, ready: bool) -> None:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": self.labels},
+            "spec": {
+                "containers": [
+                    {"name": "sipproxy", "image": "sipsockets/proxy:dev", "imagePullPolicy": "Never"}
+                ]
+            },
+        }
+        exists = self.cp.kubectl("get", "pod", self.name, "-n", self.namespace, check=False).returncode == 0
+        if not exists:
+            self.cp.kubectl("create", "-f", "-", input=json.dumps(pod))
+        self._set_status(ready)
+
+    def _set_status(self, ready: bool) -> None:
+        flag = "True" if ready else "False"
+        conditions = [
+            {
+                "type": t,
+                "status": "True" if t in ("PodScheduled", "Initialized") else flag,
+                "lastTransitionTime": _now(),
+            }
+            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        status = {
+            "status": {
+                "phase": "Running",
+                "podIP": self.ip,
+                "podIPs": [{"ip": self.ip}],
+                "hostIP": "127.0.0.1",
+                "startTime": _now(),
+                "conditions": conditions,
+            }
+        }
+        self.cp.kubectl(
+            "patch", "pod", self.name, "-n", self.namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps(status), check=False,
+        )  # fmt: skip

@@ -1,0 +1,39 @@
+"""Fixtures of the e2e tier: a real etcd and kube-apiserver for the session, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.controlplane import ControlPlane
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    # Names stay unique within the session: without a controller-manager a deleted namespace never finishes
+    # terminating, so a name is never reused.
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"{base}-{next(_namespaces)}"
+    control_plane.ensure_namespace(name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
