@@ -1,0 +1,157 @@
+"""Conditions and listeners from what reconcile found (pure).
+
+Accepted -> Programmed -> Ready form a chain: when one is False the next ones are False with the same reason,
+so `kubectl get sipsockets` (whose Reason column shows Ready's reason) names the first thing to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ACCEPTED, PROGRAMMED, READY = "Accepted", "Programmed", "Ready"
+LISTENING, FAILED, PENDING = "Listening", "Failed", "Pending"
+
+
+@dataclass(frozen=True)
+class PodResult:
+    """One ready proxy pod after reload and listing."""
+
+    pod: str
+    reachable: bool
+    state: str = PENDING  # LISTENING, FAILED or PENDING
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything reconcile learned, in decision order; later fields matter only if earlier ones passed."""
+
+    accepted: bool
+    accepted_reason: str = "Accepted"
+    accepted_message: str = ""
+    programmed: bool = False
+    programmed_reason: str = "Programmed"
+    programmed_message: str = ""
+    pods: Sequence[PodResult] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def listeners(pods: Iterable[PodResult]) -> list[dict[str, str]]:
+    out = []
+    for p in sorted(pods, key=lambda p: p.pod):
+        if not p.reachable:
+            out.append({"pod": p.pod, "state": FAILED, "message": f"proxy unreachable: {p.error}"})
+        else:
+            out.append({"pod": p.pod, "state": p.state, "message": p.error or _default_message(p.state)})
+    return out
+
+
+def _default_message(state: str) -> str:
+    return {
+        LISTENING: "listening",
+        PENDING: "not listed by the proxy yet",
+        FAILED: "failed",
+    }[state]
+
+
+def _names(pods: Iterable[PodResult]) -> str:
+    return ", ".join(sorted(p.pod for p in pods))
+
+
+def _ready(pods: Sequence[PodResult]) -> Condition:
+    if not pods:
+        return Condition(READY, "False", "NoProxyPods", "no ready proxy pod matches the proxy selector")
+    unreachable = [p for p in pods if not p.reachable]
+    listening = [p for p in pods if p.reachable and p.state == LISTENING]
+    failed = [p for p in pods if p.reachable and p.state == FAILED]
+    pending = [p for p in pods if p.reachable and p.state == PENDING]
+    total = len(pods)
+    if len(listening) == total:
+        return Condition(READY, "True", "Listening", f"listening on {total}/{total} proxy pods")
+    if unreachable:
+        detail = "; ".join(f"{p.pod}: {p.error}" for p in sorted(unreachable, key=lambda p: p.pod))
+        return Condition(
+            READY,
+            "False",
+            "ProxyUnreachable",
+            f"listening on {len(listening)}/{total} proxy pods; cannot reach the MI of {detail}",
+        )
+    if failed and listening:
+        detail = "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in sorted(failed, key=lambda p: p.pod))
+        return Condition(
+            READY,
+            "False",
+            "PartiallyListening",
+            f"listening on {len(listening)}/{total} proxy pods; failed on {detail}",
+        )
+    if failed:
+        detail = "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in sorted(failed, key=lambda p: p.pod))
+        return Condition(READY, "False", "BindFailed", f"no proxy pod could bind the socket: {detail}")
+    return Condition(
+        READY,
+        "False",
+        "Pending",
+        f"listening on {len(listening)}/{total} proxy pods; waiting for {_names(pending)}",
+    )
+
+
+def conditions(outcome: Outcome) -> list[Condition]:
+    if not outcome.accepted:
+        reason, message = outcome.accepted_reason, outcome.accepted_message
+        return [
+            Condition(ACCEPTED, "False", reason, message),
+            Condition(PROGRAMMED, "False", reason, "not written to the database: " + message),
+            Condition(READY, "False", reason, "not served: " + message),
+        ]
+    accepted = Condition(ACCEPTED, "True", "Accepted", outcome.accepted_message or "spec is valid")
+    if not outcome.programmed:
+        reason, message = outcome.programmed_reason, outcome.programmed_message
+        return [
+            accepted,
+            Condition(PROGRAMMED, "False", reason, message),
+            Condition(READY, "False", reason, "cannot confirm the socket: " + message),
+        ]
+    programmed = Condition(
+        PROGRAMMED, "True", "Programmed", outcome.programmed_message or "row written to the sockets table"
+    )
+    return [accepted, programmed, _ready(outcome.pods)]
+
+
+def merge(
+    previous: Sequence[Mapping[str, Any]] | None,
+    new: Sequence[Condition],
+    generation: int,
+    now: str,
+) -> tuple[list[dict[str, Any]], list[Condition]]:
+    """metav1.Condition dicts, keeping lastTransitionTime unless status changed; also the conditions whose
+    status or reason changed (each worth an Event)."""
+    old = {c.get("type"): c for c in previous or () if isinstance(c, Mapping)}
+    out: list[dict[str, Any]] = []
+    changed: list[Condition] = []
+    for cond in new:
+        prior = old.get(cond.type)
+        same_status = prior is not None and prior.get("status") == cond.status
+        if not same_status or prior is None or prior.get("reason") != cond.reason:
+            changed.append(cond)
+        out.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message[:32768],
+                "observedGeneration": generation,
+                "lastTransitionTime": (
+                    str(prior.get("lastTransitionTime")) if same_status and prior is not None else now
+                ),
+            }
+        )
+    return out, changed

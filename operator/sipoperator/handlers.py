@@ -1,0 +1,113 @@
+"""kopf wiring: which Kubernetes events call which reconciler step. No decisions here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from sipoperator.conditions import Condition
+from sipoperator.reconciler import Reconciler
+from sipoperator.store import DatabaseUnavailable
+
+GROUP, VERSION, PLURAL = "sipsockets.io", "v1alpha1", "sipsockets"
+FINALIZER = "sipsockets.io/finalizer"
+log = logging.getLogger(__name__)
+
+
+def _emit(body: kopf.Body, changed: list[Condition]) -> None:
+    for c in changed:
+        kopf.event(
+            body,
+            type="Normal" if c.status == "True" else "Warning",
+            reason=c.reason,
+            message=f"{c.type}={c.status}: {c.message}"[:1024],
+        )
+
+
+def _apply(patch: kopf.Patch, status: Mapping[str, Any]) -> None:
+    for key, value in status.items():
+        patch.status[key] = value
+
+
+def configure(settings: kopf.OperatorSettings, peering: str) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="sipsockets.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="sipsockets.io", key="last-handled-configuration"
+    )
+    # Namespaced operator: no cluster-wide namespace or CRD watches, so RBAC stays namespaced.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = False
+
+
+def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> None:
+    selector = rec.settings.selector_labels
+    tick = max(0.5, min(2.0, rec.settings.resync_period))
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, peering)
+        try:
+            await rec.store.ensure_schema()
+        except DatabaseUnavailable as exc:
+            log.warning("database not reachable at start-up (will retry in reconcile): %s", exc)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def watch_sipsockets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            rec.forget(str(body.metadata.uid))
+        else:
+            rec.observe(body)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=3, field="spec")
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        result = await rec.reconcile(body)
+        _apply(patch, result.status)
+        _emit(body, result.changed)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=tick, backoff=3)
+    async def periodic(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        if body.metadata.get("deletionTimestamp") or not rec.due(str(body.metadata.uid)):
+            return
+        result = await rec.reconcile(body)
+        _apply(patch, result.status)
+        _emit(body, result.changed)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
+    async def finalize(body: kopf.Body, **_: Any) -> None:
+        try:
+            errors = await rec.finalize(str(body.metadata.uid))
+        except DatabaseUnavailable as exc:
+            kopf.warn(body, reason="DatabaseUnavailable", message=f"cannot remove the socket row yet: {exc}")
+            raise kopf.TemporaryError(f"database unavailable: {exc}", delay=5) from exc
+        for pod, error in sorted(errors.items()):
+            log.warning(
+                "proxy pod %s missed the reload after deleting %s: %s", pod, body.metadata.name, error
+            )
+
+    @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
+    def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        name = str(body.metadata.name)
+        if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
+            rec.fleet.forget(name)
+            return
+        status = body.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+        )
+        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready)

@@ -1,0 +1,284 @@
+"""The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP).
+
+Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
+`list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
+Reloads and listings are coalesced per pod: callers that ask while one is running share the next one, so a
+thousand SipSockets reconciling at once cost a handful of reloads, never a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+
+from sipoperator.conditions import FAILED, LISTENING, PENDING
+from sipoperator.metrics import Metrics
+from sipoperator.settings import Settings
+from sipoperator.spec import EndpointKey, row_key
+
+log = logging.getLogger(__name__)
+METHOD_NOT_FOUND = -32601
+T = TypeVar("T")
+_ids = itertools.count(1)
+
+
+class Unreachable(Exception):
+    """The pod's MI could not be asked (connection, timeout, HTTP error, bad JSON)."""
+
+
+class MIError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"MI error {code}: {message}")
+        self.code = code
+
+
+class MIClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # A fresh connection per call: proxies restart and keep-alive connections go stale.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, ip: str) -> str:
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"http://{host}:{self.settings.mi_port}/{self.settings.mi_root}"
+
+    async def call(self, ip: str, method: str, wait: float | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        try:
+            token = self.settings.mi_token()
+        except OSError as exc:
+            raise Unreachable(f"cannot read the MI token file: {exc}") from exc
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        payload = {"jsonrpc": "2.0", "method": method, "params": {}, "id": next(_ids)}
+        try:
+            async with self._sess().post(
+                self.url(ip),
+                json=payload,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=wait or self.settings.mi_timeout),
+            ) as resp:
+                if resp.status == 401:
+                    raise Unreachable("the MI refused the token (HTTP 401); check the MI token file")
+                if resp.status != 200:
+                    raise Unreachable(f"{method}: HTTP {resp.status}")
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise Unreachable(f"{method}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except TimeoutError as exc:
+            raise Unreachable(f"{method}: no answer within {wait or self.settings.mi_timeout:g}s") from exc
+        if not isinstance(body, Mapping):
+            raise Unreachable(f"{method}: not a JSON-RPC answer")
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            raise MIError(int(error.get("code", 0)), str(error.get("message", "")))
+        return body.get("result")
+
+
+class Coalesced(Generic[T]):
+    """Run `fn` on request; requests made while a run is in flight share the next run, not the current one
+    (the current one may have read the database before the caller's write)."""
+
+    def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
+        self._fn = fn
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._covered = 0
+        self._last: tuple[T | None, BaseException | None] = (None, None)
+
+    async def __call__(self) -> T:
+        self._requested += 1
+        mine = self._requested
+        async with self._lock:
+            if self._covered < mine:
+                covers = self._requested
+                try:
+                    self._last = (await self._fn(), None)
+                except Exception as exc:
+                    self._last = (None, exc)
+                self._covered = covers
+            value, error = self._last
+        if error is not None:
+            raise error
+        return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A pod's dynamic sockets: socket text -> (state, error)."""
+
+    entries: dict[str, tuple[str, str]]
+    opensips: bool  # no per-socket state: a listed socket counts as listening
+
+    def state_of(self, socket: str, key: EndpointKey) -> tuple[str, str]:
+        found = self.entries.get(socket)
+        if found is None:
+            for text, value in self.entries.items():
+                if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
+                    found = value
+                    break
+        if found is None:
+            return PENDING, ""
+        return found
+
+
+@dataclass
+class ProxyPod:
+    name: str
+    uid: str
+    ip: str
+    client: MIClient
+    metrics: Metrics
+    static: list[str] | None = None
+    capacity: int | None = None
+    opensips: bool | None = None
+    _reload: Coalesced[Any] = field(init=False)
+    _listing: Coalesced[Listed] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._reload = Coalesced(self._do_reload)
+        self._listing = Coalesced(self._do_list)
+
+    async def _do_reload(self) -> Any:
+        started = time.monotonic()
+        try:
+            result = await self.client.call(self.ip, "sockets_reload")
+        except (Unreachable, MIError):
+            self.metrics.reloads.inc(result="error")
+            raise
+        self.metrics.reloads.inc(result="ok")
+        self.metrics.reload_seconds.observe(time.monotonic() - started)
+        return result
+
+    async def _do_list(self) -> Listed:
+        result = await self.client.call(self.ip, "sockets_list")
+        entries: dict[str, tuple[str, str]] = {}
+        opensips = True
+        for item in result if isinstance(result, list) else []:
+            if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
+                continue
+            state = item.get("state")
+            if state is None:
+                entries[item["socket"]] = (LISTENING, "")
+                continue
+            opensips = False
+            if str(state).lower() == "listening":
+                entries[item["socket"]] = (LISTENING, "")
+            else:
+                entries[item["socket"]] = (FAILED, str(item.get("error") or state))
+        if self.opensips is not None:
+            opensips = self.opensips
+        return Listed(entries, opensips)
+
+    async def reload(self) -> Any:
+        return await self._reload()
+
+    async def listing(self) -> Listed:
+        return await self._listing()
+
+    async def discover(self) -> None:
+        """Static sockets and capacity, asked once per process (they only change with a restart)."""
+        if self.static is not None:
+            return
+        static: list[str] = []
+        try:
+            sockets = await self.client.call(self.ip, "list_sockets")
+            self.opensips = False
+            for item in sockets if isinstance(sockets, list) else []:
+                if isinstance(item, Mapping) and item.get("kind") == "static" and item.get("socket"):
+                    static.append(str(item["socket"]))
+        except MIError as exc:
+            if exc.code != METHOD_NOT_FOUND:
+                raise Unreachable(str(exc)) from exc
+            self.opensips = True
+        try:
+            cap = await self.client.call(self.ip, "sockets_capacity")
+            if isinstance(cap, Mapping) and isinstance(cap.get("max_sockets"), int):
+                self.capacity = int(cap["max_sockets"])
+        except MIError as exc:
+            if exc.code != METHOD_NOT_FOUND:
+                raise Unreachable(str(exc)) from exc
+        self.static = static
+
+
+class Fleet:
+    """Ready proxy pods, kept current from the pod watch. `epoch` moves whenever the set changes."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.client = MIClient(settings)
+        self.pods: dict[str, ProxyPod] = {}
+        self.epoch = 0
+        self.changed = asyncio.Event()
+
+    def observe(self, name: str, uid: str, ip: str | None, ready: bool) -> None:
+        current = self.pods.get(name)
+        if not ready or not ip:
+            if current is not None:
+                del self.pods[name]
+                self._bump(f"proxy pod {name} is no longer ready")
+            return
+        if current is not None and current.uid == uid and current.ip == ip:
+            return
+        # New pod, or the same pod restarted: forget what the old process said.
+        self.pods[name] = ProxyPod(name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics)
+        self._bump(f"proxy pod {name} is ready at {ip}")
+
+    def forget(self, name: str) -> None:
+        if self.pods.pop(name, None) is not None:
+            self._bump(f"proxy pod {name} is gone")
+
+    def _bump(self, why: str) -> None:
+        log.info("proxy fleet changed: %s", why)
+        self.epoch += 1
+        self.changed.set()
+
+    def ready(self) -> list[ProxyPod]:
+        return sorted(self.pods.values(), key=lambda p: p.name)
+
+    async def discover_all(self) -> None:
+        async def one(pod: ProxyPod) -> None:
+            try:
+                await pod.discover()
+            except Unreachable as exc:
+                log.debug("cannot discover %s: %s", pod.name, exc)
+
+        await asyncio.gather(*(one(p) for p in self.ready()))
+
+    def capacity(self) -> int | None:
+        """The smallest max_sockets of the fleet; None when no pod says (OpenSIPS: not enforced)."""
+        caps = [p.capacity for p in self.pods.values() if p.capacity is not None]
+        return min(caps) if caps else None
+
+    def static_sockets(self) -> list[tuple[str, str]]:
+        return [(p.name, s) for p in self.ready() for s in p.static or ()]
+
+    async def reload_all(self) -> dict[str, str]:
+        """Reload every ready pod concurrently; pod -> error for those that failed."""
+        errors: dict[str, str] = {}
+
+        async def one(pod: ProxyPod) -> None:
+            try:
+                await pod.reload()
+            except (Unreachable, MIError) as exc:
+                errors[pod.name] = str(exc)
+
+        await asyncio.gather(*(one(p) for p in self.ready()))
+        return errors

@@ -1,0 +1,379 @@
+"""Reconcile one SipSocket: validate -> conflicts -> capacity -> owned row -> reload -> listeners -> status.
+
+I/O orchestration only; each decision is a pure function of `spec`, `conflicts` and `conditions`.
+Level-triggered: every pass recomputes the whole status from the spec, the table and the proxies, so a pass
+interrupted anywhere (operator killed) is simply repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sipoperator import conditions as cond
+from sipoperator.conflicts import Claim, Foreign, Verdict, decide
+from sipoperator.metrics import Metrics
+from sipoperator.proxies import Fleet, Listed, MIError, ProxyPod, Unreachable
+from sipoperator.settings import Settings
+from sipoperator.spec import DesiredSocket, EndpointKey, SpecError, row_key, validate
+from sipoperator.store import DatabaseUnavailable, Store, TableRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Known:
+    """What the watch last said about a SipSocket."""
+
+    uid: str
+    namespace: str
+    name: str
+    created: str
+    spec: Mapping[str, Any]
+    deleting: bool = False
+
+    def desired(self) -> DesiredSocket | None:
+        try:
+            return validate(self.spec)
+        except SpecError:
+            return None
+
+
+@dataclass
+class Memo:
+    """Per-object scheduling state of the periodic check."""
+
+    last_run: float = 0.0
+    fleet_epoch: int = -1
+    table_epoch: int = -1
+    healthy: bool = False
+    blocked: bool = False  # not accepted: waits for an endpoint or a slot to free up
+    failures: int = 0
+    last_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    status: dict[str, Any]
+    changed: list[cond.Condition]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.metrics = metrics
+        self.known: dict[str, Known] = {}
+        self.memos: dict[str, Memo] = {}
+        self.table_epoch = 0
+        self.started = time.monotonic()
+        self._write_lock = asyncio.Lock()  # conflict decision + row write are one step across all objects
+        self._object_locks: dict[str, asyncio.Lock] = {}
+        self._last_gc = time.monotonic()
+        metrics.conditions_source = self.condition_counts
+
+    # -- bookkeeping from the watch ------------------------------------------------------------------
+
+    def observe(self, body: Mapping[str, Any]) -> Known:
+        meta = body.get("metadata", {})
+        known = Known(
+            uid=str(meta.get("uid")),
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            created=str(meta.get("creationTimestamp") or ""),
+            spec=dict(body.get("spec") or {}),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+        self.known[known.uid] = known
+        return known
+
+    def forget(self, uid: str) -> None:
+        self.known.pop(uid, None)
+        self.memos.pop(uid, None)
+        self._object_locks.pop(uid, None)
+
+    def memo(self, uid: str) -> Memo:
+        return self.memos.setdefault(uid, Memo())
+
+    def condition_counts(self) -> dict[tuple[str, str, str], int]:
+        counts: dict[tuple[str, str, str], int] = {}
+        for memo in self.memos.values():
+            for ctype, (status, reason) in memo.last_conditions.items():
+                counts[(ctype, status, reason)] = counts.get((ctype, status, reason), 0) + 1
+        return counts
+
+    def due(self, uid: str) -> bool:
+        """Should the periodic check run a full pass for this object now?"""
+        memo = self.memo(uid)
+        elapsed = time.monotonic() - memo.last_run
+        if elapsed >= self.settings.resync_period or memo.fleet_epoch != self.fleet.epoch:
+            return True
+        if memo.blocked and memo.table_epoch != self.table_epoch:
+            return True
+        if not memo.healthy:
+            return elapsed >= min(2.0 ** min(memo.failures, 5), 30.0)
+        return False
+
+    # -- the pass ------------------------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Result:
+        known = self.observe(body)
+        lock = self._object_locks.setdefault(known.uid, asyncio.Lock())
+        async with lock:
+            memo = self.memo(known.uid)
+            memo.fleet_epoch, memo.table_epoch = self.fleet.epoch, self.table_epoch
+            try:
+                outcome, socket = await self._outcome(known, body)
+            finally:
+                memo.last_run = time.monotonic()
+            status = body.get("status") or {}
+            generation = int(body.get("metadata", {}).get("generation") or 0)
+            new = cond.conditions(outcome)
+            merged, changed = cond.merge(status.get("conditions"), new, generation, now_rfc3339())
+            ready = next(c for c in new if c.type == cond.READY)
+            memo.healthy = ready.status == "True"
+            memo.blocked = not outcome.accepted and outcome.accepted_reason != "InvalidSpec"
+            memo.failures = 0 if memo.healthy else memo.failures + 1
+            memo.last_conditions = {c.type: (c.status, c.reason) for c in new}
+            self.metrics.reconciles.inc(result="ready" if memo.healthy else "not_ready")
+            if not memo.healthy:
+                self.metrics.errors.inc(reason=ready.reason)
+            new_status: dict[str, Any] = {
+                "observedGeneration": generation,
+                "socket": socket,
+                "conditions": merged,
+                "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
+            }
+            return Result(new_status, changed)
+
+    async def _outcome(self, known: Known, body: Mapping[str, Any]) -> tuple[cond.Outcome, str | None]:
+        try:
+            desired = validate(known.spec)
+        except SpecError as exc:
+            await self._drop_row(known.uid)
+            return cond.Outcome(False, "InvalidSpec", str(exc)), None
+
+        await self.fleet.discover_all()
+        try:
+            async with self._write_lock:
+                rows = await self.store.snapshot()
+                verdict = self._verdict(known, desired, rows)
+                if not verdict.accepted:
+                    outcome = cond.Outcome(False, "EndpointConflict", verdict.message)
+                    await self._drop_row_locked(known.uid)
+                    return outcome, desired.socket
+                full = self._capacity_exceeded(known.uid, rows)
+                if full is not None:
+                    await self._drop_row_locked(known.uid)
+                    return cond.Outcome(False, "CapacityExceeded", full), desired.socket
+                generation = int(body.get("metadata", {}).get("generation") or 0)
+                written = await self.store.write(
+                    known.uid, known.namespace, known.name, generation, desired.row
+                )
+                if written.changed:
+                    # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
+                    self.table_epoch += 1
+                rows_after = await self.store.snapshot() if written.changed else rows
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable while reconciling %s/%s: %s", known.namespace, known.name, exc)
+            previous = _condition(body, cond.ACCEPTED)
+            if (
+                previous
+                and previous.get("status") == "False"
+                and previous.get("reason")
+                in (
+                    "EndpointConflict",
+                    "CapacityExceeded",
+                )
+            ):
+                return cond.Outcome(False, str(previous["reason"]), str(previous.get("message", ""))), (
+                    desired.socket
+                )
+            pods = await self._observe_pods(desired, None, force_reload=False)
+            return (
+                cond.Outcome(
+                    True,
+                    accepted_message="spec is valid (endpoint conflicts unchecked: database unavailable)",
+                    programmed=False,
+                    programmed_reason="DatabaseUnavailable",
+                    programmed_message=f"the proxy database is unavailable ({exc}); retrying",
+                    pods=pods,
+                ),
+                desired.socket,
+            )
+        pods = await self._observe_pods(desired, rows_after, force_reload=written.changed)
+        await self._collect_orphans(rows_after)
+        return (
+            cond.Outcome(
+                True,
+                accepted_message=verdict.message,
+                programmed=True,
+                programmed_message=f"row {written.row_id} of {self.settings.table_name}: {desired.socket}",
+                pods=pods,
+            ),
+            desired.socket,
+        )
+
+    def _verdict(self, known: Known, desired: DesiredSocket, rows: Sequence[TableRow]) -> Verdict:
+        me_programmed = any(r.owner_uid == known.uid and row_key(r.socket) == desired.key for r in rows)
+        me = Claim(known.uid, known.namespace, known.name, known.created, desired.key, me_programmed)
+        return self.verdict_among(me, rows, self.known)
+
+    def verdict_among(self, me: Claim, rows: Sequence[TableRow], known: Mapping[str, Known]) -> Verdict:
+        """Does `me` get its endpoint, given the table, the proxies' static sockets and the other objects?"""
+        claims: list[Claim] = []
+        foreign: list[Foreign] = []
+        for row in rows:
+            key = row_key(row.socket)
+            if key is None:
+                continue
+            if row.owner_uid is None:
+                foreign.append(
+                    Foreign(
+                        key,
+                        f"row {row.id} of table {self.settings.table_name} ({row.socket}, "
+                        "not managed by the operator)",
+                    )
+                )
+            elif row.owner_uid != me.uid:
+                other = known.get(row.owner_uid)
+                claims.append(
+                    Claim(
+                        row.owner_uid,
+                        row.owner_namespace or "",
+                        row.owner_name or "",
+                        other.created if other else "",
+                        key,
+                        programmed=True,
+                    )
+                )
+        for pod, text in self.fleet.static_sockets():
+            key = row_key(text)
+            if key is not None:
+                foreign.append(Foreign(key, f"static socket {text} of proxy pod {pod}"))
+        for other in known.values():
+            if other.uid == me.uid or other.deleting:
+                continue
+            wanted = other.desired()
+            if wanted is not None:
+                claims.append(Claim(other.uid, other.namespace, other.name, other.created, wanted.key))
+        return decide(me, claims, foreign)
+
+    def _capacity_exceeded(self, uid: str, rows: Sequence[TableRow]) -> str | None:
+        capacity = self.fleet.capacity()
+        if capacity is None or any(r.owner_uid == uid for r in rows):
+            return None
+        distinct = {(r.socket, r.advertised, r.tag, r.flags, r.tos) for r in rows}
+        if len(distinct) + 1 > capacity:
+            return (
+                f"the proxies have max_sockets={capacity} and {len(distinct)} sockets are in the table; "
+                "delete a SipSocket or raise sockets_mgm.max_sockets"
+            )
+        return None
+
+    async def _drop_row(self, uid: str) -> None:
+        try:
+            async with self._write_lock:
+                await self._drop_row_locked(uid)
+        except DatabaseUnavailable as exc:
+            log.warning("cannot remove the row of %s: %s", uid, exc)
+
+    async def _drop_row_locked(self, uid: str) -> None:
+        if await self.store.remove(uid):
+            self.table_epoch += 1
+            await self.fleet.reload_all()
+
+    async def _observe_pods(
+        self, desired: DesiredSocket, rows: Sequence[TableRow] | None, force_reload: bool
+    ) -> list[cond.PodResult]:
+        wanted = {r.socket for r in rows if row_key(r.socket) is not None} if rows is not None else None
+
+        async def one(pod: ProxyPod) -> cond.PodResult:
+            try:
+                if force_reload:
+                    await pod.reload()
+                listed = await pod.listing()
+                if rows is not None and self._needs_reload(listed, desired, wanted, force_reload):
+                    await pod.reload()
+                    listed = await pod.listing()
+            except (Unreachable, MIError) as exc:
+                return cond.PodResult(pod.name, reachable=False, error=str(exc))
+            state, error = listed.state_of(desired.socket, desired.key)
+            return cond.PodResult(pod.name, reachable=True, state=state, error=error)
+
+        return list(await asyncio.gather(*(one(p) for p in self.fleet.ready())))
+
+    @staticmethod
+    def _needs_reload(
+        listed: Listed, desired: DesiredSocket, wanted: set[str | None] | None, done: bool
+    ) -> bool:
+        if done:
+            return listed.state_of(desired.socket, desired.key)[0] == cond.PENDING
+        if listed.state_of(desired.socket, desired.key)[0] != cond.LISTENING:
+            return True
+        # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
+        return wanted is not None and set(listed.entries) != wanted
+
+    async def _collect_orphans(self, rows: Sequence[TableRow]) -> None:
+        """Rows owned by SipSockets of our namespace that no longer exist (finalizer removed by force).
+
+        Only after a full resync period of uptime, so the watch has listed every existing object."""
+        now = time.monotonic()
+        if (
+            now - self.started < self.settings.resync_period
+            or now - self._last_gc < self.settings.resync_period
+        ):
+            return
+        self._last_gc = now
+        orphans = [
+            r
+            for r in rows
+            if r.owner_uid is not None
+            and r.owner_namespace == self.settings.namespace
+            and r.owner_uid not in self.known
+        ]
+        for row in orphans:
+            log.warning(
+                "removing orphaned row %s (%s) of deleted SipSocket %s", row.id, row.socket, row.owner_name
+            )
+            try:
+                async with self._write_lock:
+                    await self._drop_row_locked(str(row.owner_uid))
+            except DatabaseUnavailable as exc:
+                log.warning("cannot remove orphaned row %s: %s", row.id, exc)
+                return
+
+    # -- deletion ------------------------------------------------------------------------------------
+
+    async def finalize(self, uid: str) -> dict[str, str]:
+        """Remove the row and reload the proxies. Raises DatabaseUnavailable (the finalizer stays)."""
+        lock = self._object_locks.setdefault(uid, asyncio.Lock())
+        async with lock:
+            async with self._write_lock:
+                removed = await self.store.remove(uid)
+                if removed:
+                    self.table_epoch += 1
+            errors = await self.fleet.reload_all() if removed else {}
+        self.forget(uid)
+        self.table_epoch += 1
+        return errors
+
+
+def _condition(body: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for item in (body.get("status") or {}).get("conditions") or ():
+        if isinstance(item, Mapping) and item.get("type") == ctype:
+            return item
+    return None
+
+
+__all__ = ["EndpointKey", "Known", "Reconciler", "Result"]

@@ -1,0 +1,179 @@
+"""Operator settings: every one a command-line flag and an environment variable (flag wins)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_PROXY_SELECTOR = "app.kubernetes.io/name=sipsockets,app.kubernetes.io/component=proxy"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the flag and the environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str
+    db_url: str
+    table_name: str = "sockets"
+    proxy_selector: str = DEFAULT_PROXY_SELECTOR
+    mi_port: int = 8888
+    mi_root: str = "mi"
+    mi_token_file: str | None = None
+    resync_period: float = 60.0
+    mi_timeout: float = 5.0
+    webhook_listen: str = ""
+    webhook_cert_file: str | None = None
+    webhook_key_file: str | None = None
+    health_listen: str = "0.0.0.0:8080"
+    log_format: str = "text"
+    peering: str = ""
+    priority: int = 0
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return parse_selector(self.proxy_selector)
+
+    def mi_token(self) -> str | None:
+        """Read at each use so a rotated Secret is picked up without a restart."""
+        if not self.mi_token_file:
+            return None
+        return Path(self.mi_token_file).read_text().strip() or None
+
+
+# (flag, env var, help)
+_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--namespace", "SIPSOCKETS_NAMESPACE", "namespace to serve (default: the pod's own, else 'default')"),
+    ("--db-url", "SIPSOCKETS_DB_URL", "OpenSIPS-style database URL, e.g. postgres://u:p@host/db"),
+    ("--db-url-file", "SIPSOCKETS_DB_URL_FILE", "file holding the database URL (e.g. a mounted Secret)"),
+    ("--table-name", "SIPSOCKETS_TABLE_NAME", "sockets table name (default: sockets)"),
+    ("--proxy-selector", "SIPSOCKETS_PROXY_SELECTOR", "label selector of the proxy pods (k=v,k2=v2)"),
+    ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI HTTP port (default: 8888)"),
+    ("--mi-root", "SIPSOCKETS_MI_ROOT", "proxy MI path (default: mi)"),
+    ("--mi-token-file", "SIPSOCKETS_MI_TOKEN_FILE", "file holding the MI bearer token"),
+    ("--resync-period", "SIPSOCKETS_RESYNC_PERIOD", "seconds between drift checks of each SipSocket (60)"),
+    ("--mi-timeout", "SIPSOCKETS_MI_TIMEOUT", "seconds to wait for one MI call (5)"),
+    ("--webhook-listen", "SIPSOCKETS_WEBHOOK_LISTEN", "host:port of the admission webhook (empty: off)"),
+    ("--webhook-cert-file", "SIPSOCKETS_WEBHOOK_CERT_FILE", "webhook TLS certificate (PEM)"),
+    ("--webhook-key-file", "SIPSOCKETS_WEBHOOK_KEY_FILE", "webhook TLS private key (PEM)"),
+    ("--health-listen", "SIPSOCKETS_HEALTH_LISTEN", "host:port for /healthz and /metrics (0.0.0.0:8080)"),
+    ("--log-format", "SIPSOCKETS_LOG_FORMAT", "text or json"),
+    ("--peering", "SIPSOCKETS_PEERING", "kopf peering name for several replicas (empty: standalone)"),
+    ("--priority", "SIPSOCKETS_PRIORITY", "kopf peering priority of this replica (0)"),
+)
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """Equality-based selector `k=v,k2=v2` (also `k==v`)."""
+    labels: dict[str, str] = {}
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        key, sep, value = part.replace("==", "=").partition("=")
+        if not sep or not key.strip() or "!" in key:
+            raise SettingsError(
+                f"--proxy-selector/SIPSOCKETS_PROXY_SELECTOR: {part!r} is not key=value "
+                "(only equality selectors are supported)"
+            )
+        labels[key.strip()] = value.strip()
+    if not labels:
+        raise SettingsError("--proxy-selector/SIPSOCKETS_PROXY_SELECTOR: empty selector")
+    return labels
+
+
+def split_listen(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{what} {text!r}: expected host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _default_namespace() -> str:
+    try:
+        return SERVICEACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _number(raw: str, flag: str, env: str, kind: type[int] | type[float], minimum: float) -> float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{flag}/{env}: {raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{flag}/{env}: {raw!r} must be at least {minimum:g}")
+    return value
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="sipsockets-operator",
+        description="Programs SipSocket resources into the proxy database and every proxy pod.",
+    )
+    for flag, var, text in _OPTIONS:
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, help=f"{text} [env {var}]")
+    args = vars(parser.parse_args(argv))
+
+    def get(flag: str) -> str | None:
+        value: str | None = args[flag[2:].replace("-", "_")]
+        if value is None:
+            var = next(v for f, v, _ in _OPTIONS if f == flag)
+            value = env.get(var) or None
+        return value
+
+    db_url = get("--db-url")
+    db_url_file = get("--db-url-file")
+    if db_url_file and not db_url:
+        try:
+            db_url = Path(db_url_file).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"--db-url-file/SIPSOCKETS_DB_URL_FILE: cannot read {db_url_file}: {exc}"
+            ) from exc
+    if not db_url:
+        raise SettingsError("a database URL is required: --db-url/SIPSOCKETS_DB_URL or --db-url-file")
+
+    log_format = get("--log-format") or "text"
+    if log_format not in ("text", "json"):
+        raise SettingsError(f"--log-format/SIPSOCKETS_LOG_FORMAT: {log_format!r} is not text or json")
+    webhook_listen = get("--webhook-listen") or ""
+    if webhook_listen:
+        split_listen(webhook_listen, "--webhook-listen/SIPSOCKETS_WEBHOOK_LISTEN")
+        if not get("--webhook-cert-file") or not get("--webhook-key-file"):
+            raise SettingsError("--webhook-listen needs --webhook-cert-file and --webhook-key-file")
+    health_listen = get("--health-listen") or "0.0.0.0:8080"
+    split_listen(health_listen, "--health-listen/SIPSOCKETS_HEALTH_LISTEN")
+    selector = get("--proxy-selector") or DEFAULT_PROXY_SELECTOR
+    parse_selector(selector)
+    mi_root = (get("--mi-root") or "mi").strip("/")
+
+    settings = Settings(
+        namespace=get("--namespace") or _default_namespace(),
+        db_url=db_url,
+        table_name=get("--table-name") or "sockets",
+        proxy_selector=selector,
+        mi_port=int(_number(get("--mi-port") or "8888", "--mi-port", "SIPSOCKETS_MI_PORT", int, 1)),
+        mi_root=mi_root,
+        mi_token_file=get("--mi-token-file"),
+        resync_period=_number(
+            get("--resync-period") or "60", "--resync-period", "SIPSOCKETS_RESYNC_PERIOD", float, 1
+        ),
+        mi_timeout=_number(get("--mi-timeout") or "5", "--mi-timeout", "SIPSOCKETS_MI_TIMEOUT", float, 0.1),
+        webhook_listen=webhook_listen,
+        webhook_cert_file=get("--webhook-cert-file"),
+        webhook_key_file=get("--webhook-key-file"),
+        health_listen=health_listen,
+        log_format=log_format,
+        peering=get("--peering") or "",
+        priority=int(_number(get("--priority") or "0", "--priority", "SIPSOCKETS_PRIORITY", int, -(2**31))),
+    )
+    if settings.mi_port > 65535:
+        raise SettingsError("--mi-port/SIPSOCKETS_MI_PORT: must be at most 65535")
+    return settings

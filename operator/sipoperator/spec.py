@@ -1,0 +1,216 @@
+"""A SipSocket spec checked, defaulted and turned into the OpenSIPS `sockets` row (pure, no I/O).
+
+The CRD schema refuses most bad specs already; this is the same judgement made again in the webhook and in
+reconcile, so an object that slipped past (schema changed, webhook off) still gets a clear `InvalidSpec`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sipproxy.socketspec import (
+    DEFAULT_PORTS,
+    FLAGS,
+    PROTOCOLS,
+    TOS_NAMES,
+    RowError,
+    SocketSpec,
+    format_socket,
+    parse_row,
+    transport_layer,
+)
+
+_HOSTNAME = re.compile(
+    r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
+_COLUMN_MAX = 128  # CHAR(128) in the OpenSIPS schema
+
+EndpointKey = tuple[str, str, int]  # (transport layer, address, port)
+
+
+class SpecError(ValueError):
+    """An unusable spec; `field` is the JSON path a person fixes, the message says how."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"spec.{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Row:
+    """The five columns OpenSIPS reads, as written to the table."""
+
+    socket: str
+    advertised: str | None = None
+    tag: str | None = None
+    flags: str | None = None
+    tos: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "socket": self.socket,
+            "advertised": self.advertised,
+            "tag": self.tag,
+            "flags": self.flags,
+            "tos": self.tos,
+        }
+
+
+@dataclass(frozen=True)
+class DesiredSocket:
+    protocol: str
+    address: str  # compressed form, IPv6 without brackets
+    port: int
+    row: Row
+    parsed: SocketSpec
+
+    @property
+    def key(self) -> EndpointKey:
+        return endpoint_key(self.protocol, self.address, self.port)
+
+    @property
+    def socket(self) -> str:
+        return self.row.socket
+
+
+def endpoint_key(protocol: str, address: str, port: int) -> EndpointKey:
+    """Two sockets with equal keys cannot both bind: same kernel transport, address and port."""
+    return (transport_layer(protocol), ipaddress.ip_address(address).compressed, port)
+
+
+def describe_key(key: EndpointKey) -> str:
+    layer, address, port = key
+    host = f"[{address}]" if ":" in address else address
+    return f"{layer.upper()} {host}:{port}"
+
+
+def _port(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field, f"must be an integer 1-65535, got {value!r}")
+    if not 1 <= value <= 65535:
+        raise SpecError(field, f"must be 1-65535, got {value}")
+    return value
+
+
+def _ip(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(field, f"must be an IP address literal, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise SpecError(
+            field, f"{value!r} is not one IPv4 or IPv6 address literal (host names are not allowed)"
+        ) from None
+    return ip.compressed
+
+
+def _tos(value: Any) -> tuple[int, str | None]:
+    """The number, and the column text: the IPTOS_ name as given (what OpenSIPS understands), else digits."""
+    if value is None:
+        return 0, None
+    if isinstance(value, bool):
+        raise SpecError("tos", f"must be 0-255 or an IPTOS_ name, got {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value <= 255:
+            raise SpecError("tos", f"must be 0-255, got {value}")
+        return value, (str(value) if value else None)
+    if isinstance(value, str):
+        if value in TOS_NAMES:
+            return TOS_NAMES[value], value
+        if value.isdigit() and int(value) <= 255:
+            return int(value), (value if int(value) else None)
+    raise SpecError("tos", f"must be 0-255 or one of {', '.join(TOS_NAMES)}, got {value!r}")
+
+
+def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
+    """The socket a spec asks for, defaults applied. Raises SpecError naming the field."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("protocol", "the spec is missing")
+    protocol = spec.get("protocol")
+    if protocol not in PROTOCOLS:
+        raise SpecError("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    assert isinstance(protocol, str)
+    address = _ip(spec.get("address"), "address")
+    port = _port(spec["port"], "port") if spec.get("port") is not None else DEFAULT_PORTS[protocol]
+
+    advertised_text: str | None = None
+    advertised = spec.get("advertised")
+    if advertised is not None:
+        if not isinstance(advertised, Mapping):
+            raise SpecError("advertised", "must be an object with address and optional port")
+        adv_address = advertised.get("address")
+        if not isinstance(adv_address, str) or not adv_address:
+            raise SpecError("advertised.address", "is required: an IP address literal or a host name")
+        try:
+            adv_host = ipaddress.ip_address(adv_address).compressed
+        except ValueError:
+            if not _HOSTNAME.match(adv_address) or len(adv_address) > 100:
+                raise SpecError(
+                    "advertised.address", f"{adv_address!r} is neither an IP address literal nor a host name"
+                ) from None
+            adv_host = adv_address.lower()
+        adv_port = (
+            _port(advertised["port"], "advertised.port") if advertised.get("port") is not None else port
+        )
+        advertised_text = f"[{adv_host}]:{adv_port}" if ":" in adv_host else f"{adv_host}:{adv_port}"
+
+    tag = spec.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not _TAG.match(tag)):
+        raise SpecError("tag", f"must be 1-64 characters of letters, digits and _.:@+-, got {tag!r}")
+
+    flags = spec.get("flags") or []
+    if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
+        raise SpecError("flags", f"must be a list of {', '.join(FLAGS)}, got {flags!r}")
+    if len(set(flags)) != len(flags):
+        raise SpecError("flags", f"lists a flag twice: {flags!r}")
+    flags_text = ",".join(f for f in FLAGS if f in flags) or None
+
+    _, tos_text = _tos(spec.get("tos"))
+
+    row = Row(
+        socket=format_socket(protocol, address, port),
+        advertised=advertised_text,
+        tag=tag,
+        flags=flags_text,
+        tos=tos_text,
+    )
+    for column, text in row.as_dict().items():
+        if text is not None and len(text) > _COLUMN_MAX:
+            raise SpecError(column, f"is longer than the table's {_COLUMN_MAX} characters")
+    try:
+        parsed = parse_row(**row.as_dict(), resolve=_no_resolve)
+    except RowError as exc:  # the proxy would refuse the row: say so now, not after the reload
+        raise SpecError("address", f"the proxy would refuse this socket: {exc}") from exc
+    return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed)
+
+
+def _no_resolve(name: str) -> list[str]:
+    raise RowError(f"host {name!r} is not an address literal")
+
+
+def row_key(socket_text: str | None) -> EndpointKey | None:
+    """The endpoint a table row (or a listed static socket) occupies; None when it does not parse."""
+    if not socket_text:
+        return None
+    try:
+        parsed = parse_row(socket_text, resolve=_no_resolve)
+    except RowError:
+        return None
+    return endpoint_key(parsed.proto, parsed.host, parsed.port)
+
+
+def same_row(current: Mapping[str, Any], wanted: Row) -> bool:
+    """A row edited by hand differs here (blank and NULL are the same to OpenSIPS)."""
+
+    def norm(value: Any) -> str | None:
+        if value is None:
+            return None
+        text = str(value).strip()
+        return text or None
+
+    return all(norm(current.get(k)) == norm(v) for k, v in wanted.as_dict().items())
