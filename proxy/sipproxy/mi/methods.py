@@ -1,0 +1,174 @@
+"""The MI commands of the proxy, bound to a running supervisor."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from typing import TYPE_CHECKING, Any
+
+from sipproxy.metrics import render_prometheus
+from sipproxy.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
+
+if TYPE_CHECKING:
+    from sipproxy.supervisor import Entry, ReloadResult, Supervisor
+
+
+def entry_dict(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
+    """OpenSIPS' sockets_list fields first (empty ones left out), then ours."""
+    spec, row = entry.spec, entry.row
+    out: dict[str, Any] = {}
+    if row is not None and row.socket:
+        out["socket"] = row.socket.strip()
+    elif spec is not None:
+        out["socket"] = spec.raw or spec.socket_str
+    if spec is not None:
+        if spec.advertised_str:
+            out["advertised"] = spec.advertised_str
+        if spec.tag:
+            out["tag"] = spec.tag
+        if spec.flags:
+            out["flags"] = ",".join(spec.flags_tuple)
+        if spec.tos:
+            out["tos"] = spec.tos
+    elif row is not None:  # a row that did not parse: show what it says
+        for name in ("advertised", "tag", "flags", "tos"):
+            value = getattr(row, name)
+            if value is not None and value.strip():
+                out[name] = value.strip()
+    if spec is not None:
+        out["proto"] = spec.proto
+        out["address"] = spec.host
+        out["port"] = spec.port
+    if entry.slot is not None:
+        out["slot"] = entry.slot
+    out["state"] = (
+        "listening" if entry.state == "listening" else "failed" if entry.state == "failed" else entry.state
+    )
+    if entry.error:
+        out["error"] = entry.error
+    if with_kind:
+        out["kind"] = entry.kind
+    return out
+
+
+def reload_dict(result: ReloadResult) -> dict[str, Any]:
+    return {
+        "added": [entry_dict(e) for e in result.added],
+        "removed": [entry_dict(e) for e in result.removed],
+        "kept": [entry_dict(e) for e in result.kept],
+        "failed": [
+            {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
+        ],
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sipsockets")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _wanted_stats(params: Params) -> list[str]:
+    if params is None:
+        return ["all"]
+    names: Any = params.get("statistics", ["all"]) if isinstance(params, dict) else params[:1]
+    if isinstance(params, list) and params:
+        names = params[0]
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MIError(INVALID_PARAMS, "Invalid params", "statistics: a list of names, group: prefixes or all")
+    return names or ["all"]
+
+
+def make_methods(sup: Supervisor) -> dict[str, Method]:
+    from sipproxy.supervisor import ReloadError
+
+    async def sockets_reload(params: Params) -> Any:
+        no_params(params)
+        try:
+            return reload_dict(await sup.reload())
+        except ReloadError as exc:
+            raise MIError(500, "Could not reload sockets", str(exc)) from None
+
+    async def sockets_list(params: Params) -> Any:
+        no_params(params)
+        return [entry_dict(e) for e in sup.dynamic_entries()]
+
+    async def list_sockets(params: Params) -> Any:
+        no_params(params)
+        return [entry_dict(e, with_kind=True) for e in sup.static_entries() + sup.dynamic_entries()]
+
+    async def sockets_capacity(params: Params) -> Any:
+        no_params(params)
+        if sup.config.sockets_mgm is None:
+            return {"max_sockets": 0, "used": 0, "free": 0}
+        return {"max_sockets": sup.slots.size, "used": sup.slots.used, "free": sup.slots.free}
+
+    async def ps(params: Params) -> Any:
+        no_params(params)
+        return {"Processes": sup.processes()}
+
+    async def uptime(params: Params) -> Any:
+        no_params(params)
+        now = time.time()
+        return {
+            "Now": time.ctime(now),
+            "Up since": time.ctime(sup.started_at),
+            "Up time": f"{int(now - sup.started_at)} [sec]",
+        }
+
+    async def version(params: Params) -> Any:
+        no_params(params)
+        return {"Server": f"sipproxy {_version()}"}
+
+    async def get_statistics(params: Params) -> Any:
+        wanted = _wanted_stats(params)
+        per_socket = await sup.collect_stats()
+        stats: dict[str, int] = {
+            "core:rcv_packets": sum(c.rx_packets for c in per_socket.values()),
+            "core:rcv_bytes": sum(c.rx_bytes for c in per_socket.values()),
+            "core:fwd_packets": sum(c.fwd_packets for c in per_socket.values()),
+            "core:fwd_bytes": sum(c.fwd_bytes for c in per_socket.values()),
+            "core:drop_packets": sum(sum(c.drops.values()) for c in per_socket.values()),
+            "core:worker_restarts": sup.worker_restarts,
+            "sockets_mgm:reloads": sup.reloads,
+            "sockets_mgm:reload_failures": sup.reload_failures,
+            "sockets_mgm:listening": sum(1 for e in sup.entries.values() if e.kind == "dynamic"),
+            "sockets_mgm:failed": len(sup.failed),
+        }
+        for label, c in sorted(per_socket.items()):
+            stats[f"socket:{label}:rcv_packets"] = c.rx_packets
+            stats[f"socket:{label}:fwd_packets"] = c.fwd_packets
+            stats[f"socket:{label}:drop_packets"] = sum(c.drops.values())
+        if "all" in wanted:
+            return stats
+        out: dict[str, int] = {}
+        for name in wanted:
+            if name.endswith(":"):
+                out.update({k: v for k, v in stats.items() if k.startswith(name)})
+            elif name in stats:
+                out[name] = stats[name]
+        return out
+
+    return {
+        "sockets_reload": sockets_reload,
+        "sockets_mgm:reload": sockets_reload,
+        "sockets_list": sockets_list,
+        "sockets_mgm:list": sockets_list,
+        "list_sockets": list_sockets,
+        "sockets_capacity": sockets_capacity,
+        "ps": ps,
+        "uptime": uptime,
+        "version": version,
+        "get_statistics": get_statistics,
+    }
+
+
+async def metrics_text(sup: Supervisor) -> str:
+    per_socket = await sup.collect_stats()
+    states: dict[str, int] = {"listening": len(sup.entries), "failed": len(sup.failed)}
+    return render_prometheus(
+        per_socket, sup.reloads, sup.reload_failures, sup.reload_seconds, sup.worker_restarts, states
+    )

@@ -1,0 +1,67 @@
+"""The HTTP side of the MI: POST /<root> (JSON-RPC), GET /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from sipproxy.mi.rpc import Method, handle_body
+from sipproxy.mi.token import authorized
+
+MAX_BODY = 1 << 20
+
+
+def make_app(
+    root: str,
+    methods: Mapping[str, Method],
+    token: str | None,
+    ready: Callable[[], bool],
+    metrics: Callable[[], Awaitable[str]],
+) -> web.Application:
+    async def rpc(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed\n")
+        if not authorized(request.headers.get("Authorization"), token):
+            return web.Response(
+                status=401, headers={"WWW-Authenticate": 'Bearer realm="sipproxy-mi"'}, text="Unauthorized\n"
+            )
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            return web.Response(status=413, text="Request Entity Too Large\n")
+        response = await handle_body(body, methods)
+        if response is None:
+            return web.Response(status=202)
+        return web.Response(
+            status=200, content_type="application/json", text=json.dumps(response, separators=(",", ":"))
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def prometheus(request: web.Request) -> web.Response:
+        text = await metrics()
+        return web.Response(
+            text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
+        )
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_route("*", "/" + root.strip("/"), rpc)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner

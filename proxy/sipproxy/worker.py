@@ -1,0 +1,332 @@
+"""A worker process: `python -m sipproxy.worker --control-fd N`.
+
+It receives every socket of the proxy over its own control channel (UDP ones to send from, and the ones it
+serves), runs the SIP engine on what it reads, and acknowledges each change so that the supervisor knows
+when a reload is applied everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sipproxy.control import Channel, ChannelClosed
+from sipproxy.metrics import SocketCounters
+from sipproxy.sip.engine import Listener, Outcome, SipEngine
+from sipproxy.sip.routing import parse_routes
+from sipproxy.worker_tcp import SipStream, open_outbound
+from sipproxy.worker_udp import UdpServer
+
+RESOLVE_TTL = 60.0
+
+
+@dataclass
+class WorkerSocket:
+    sid: int
+    listener: Listener
+    sock: socket.socket | None  # our copy of the bound socket (None: metadata only)
+    server: UdpServer | asyncio.AbstractServer | None = None
+
+
+class Listeners:
+    """The engine's ListenerView: every socket of the proxy, as this worker knows them."""
+
+    def __init__(self) -> None:
+        self._all: dict[Listener, int] = {}
+        self._by_tag: dict[str, Listener] = {}
+
+    def all(self) -> Iterable[Listener]:
+        return self._all.keys()
+
+    def by_tag(self, tag: str) -> Listener | None:
+        return self._by_tag.get(tag)
+
+    def add(self, listener: Listener, sid: int) -> None:
+        self._all[listener] = sid
+        if listener.tag and listener.tag not in self._by_tag:
+            self._by_tag[listener.tag] = listener
+
+    def remove(self, listener: Listener) -> None:
+        self._all.pop(listener, None)
+        if listener.tag and self._by_tag.get(listener.tag) == listener:
+            del self._by_tag[listener.tag]
+            for other in self._all:
+                if other.tag == listener.tag:
+                    self._by_tag[other.tag] = other
+                    break
+
+    def sid_of(self, listener: Listener) -> int | None:
+        return self._all.get(listener)
+
+
+def listener_from_wire(data: dict[str, Any]) -> Listener:
+    return Listener(
+        data["proto"],
+        data["host"],
+        int(data["port"]),
+        data.get("advertised_host"),
+        data.get("advertised_port"),
+        data.get("tag"),
+    )
+
+
+class Worker:
+    def __init__(self, channel: Channel, name: str) -> None:
+        self.channel = channel
+        self.name = name
+        self.log = logging.getLogger(f"sipproxy.worker.{name}")
+        self.listeners = Listeners()
+        self.engine: SipEngine = SipEngine([], self.listeners)
+        self.sockets: dict[int, WorkerSocket] = {}
+        self.udp_send: dict[Listener, socket.socket] = {}
+        self.counters: dict[int, SocketCounters] = {}
+        self.streams: set[SipStream] = set()
+        self.pool: dict[Any, SipStream] = {}
+        self.idle_timeout = 120.0
+        self._resolved: dict[str, tuple[str | None, float]] = {}
+        self._resolving: dict[str, list[tuple[bytes, socket.socket, int, int]]] = {}
+        self._stopping = asyncio.Event()
+
+    def counters_for(self, sid: int) -> SocketCounters:
+        c = self.counters.get(sid)
+        if c is None:
+            c = self.counters[sid] = SocketCounters()
+        return c
+
+    # --- the hot path -------------------------------------------------------------------------------
+
+    def dispatch(self, outcome: Outcome, inbound_sid: int) -> None:
+        if outcome.drop_reason is not None:
+            self.counters_for(inbound_sid).drop(outcome.drop_reason)
+        for send in outcome.sends:
+            sid = self.listeners.sid_of(send.listener)
+            if sid is None:
+                sid = inbound_sid
+            if send.proto == "udp":
+                sock = self.udp_send.get(send.listener)
+                if sock is None:
+                    self.counters_for(sid).drop("no_outbound_socket")
+                    continue
+                self._send_udp(send.data, sock, send.host, send.port, sid)
+            else:
+                self._send_stream(send.data, send.listener, send.host, send.port, send.connection, sid)
+
+    def _send_udp(self, data: bytes, sock: socket.socket, host: str, port: int, sid: int) -> None:
+        ip = self._resolve_now(host)
+        if ip is None:
+            waiting = self._resolving.get(host)
+            if waiting is None:
+                self._resolving[host] = [(data, sock, port, sid)]
+                asyncio.get_running_loop().create_task(self._resolve_then_send(host))
+            elif len(waiting) < 100:
+                waiting.append((data, sock, port, sid))
+            return
+        if ip == "":
+            self.counters_for(sid).drop("unresolvable_destination")
+            return
+        try:
+            sock.sendto(data, (ip, port))
+        except OSError:
+            self.counters_for(sid).drop("send_error")
+            return
+        c = self.counters_for(sid)
+        c.fwd_packets += 1
+        c.fwd_bytes += len(data)
+
+    def _send_stream(
+        self, data: bytes, listener: Listener, host: str, port: int, connection: Any, sid: int
+    ) -> None:
+        c = self.counters_for(sid)
+        if connection is not None:
+            try:
+                connection.write(data)
+            except Exception:
+                c.drop("connection_gone")
+                return
+        else:
+            stream = self.pool.get((listener, host, port))
+            if stream is None or stream.closed:
+                ip = self._resolve_now(host)
+                if not ip:
+                    c.drop("unresolvable_destination")
+                    return
+                stream = self.pool.get((listener, ip, port))
+                if stream is None or stream.closed:
+                    task = asyncio.get_running_loop().create_task(
+                        open_outbound(self, listener, sid, ip, port)
+                    )
+                    del task
+                    stream = self.pool[(listener, ip, port)]
+            stream.write(data)
+        c.fwd_packets += 1
+        c.fwd_bytes += len(data)
+
+    def _resolve_now(self, host: str) -> str | None:
+        """The address for host: itself when a literal, "" when known unresolvable, None when unknown."""
+        hit = self._resolved.get(host)
+        if hit is not None and (hit[1] == 0.0 or hit[1] > time.monotonic()):
+            return hit[0] if hit[0] is not None else ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        self._resolved[host] = (host, 0.0)
+        return host
+
+    async def _resolve_then_send(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        ip: str | None
+        try:
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            ip = str(infos[0][4][0]) if infos else None
+        except OSError:
+            ip = None
+        self._resolved[host] = (ip, time.monotonic() + RESOLVE_TTL)
+        for data, sock, port, sid in self._resolving.pop(host, []):
+            self._send_udp(data, sock, host, port, sid)
+
+    # --- control -------------------------------------------------------------------------------------
+
+    async def add_socket(self, msg: dict[str, Any], fd: int | None) -> None:
+        sid = int(msg["sid"])
+        if sid in self.sockets:
+            await self.remove_socket(sid)
+        listener = listener_from_wire(msg["listener"])
+        sock = socket.socket(fileno=fd) if fd is not None else None
+        entry = WorkerSocket(sid, listener, sock)
+        self.sockets[sid] = entry
+        self.listeners.add(listener, sid)
+        loop = asyncio.get_running_loop()
+        if sock is not None and listener.proto == "udp":
+            sock.setblocking(False)
+            self.udp_send[listener] = sock
+            if msg.get("serve"):
+                # The transport gets its own descriptor of the same open socket, so that closing either
+                # never pulls the other out from under it.
+                serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: UdpServer(self, listener, sid), sock=serve_sock
+                )
+                entry.server = protocol
+        elif sock is not None and msg.get("serve"):
+            serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+            entry.server = await loop.create_server(
+                lambda: SipStream(self, listener, sid), sock=serve_sock, backlog=1024
+            )
+
+    async def remove_socket(self, sid: int) -> None:
+        entry = self.sockets.pop(sid, None)
+        if entry is None:
+            return
+        self.listeners.remove(entry.listener)
+        if self.udp_send.get(entry.listener) is entry.sock:
+            del self.udp_send[entry.listener]
+        if isinstance(entry.server, UdpServer):
+            entry.server.close()
+        elif entry.server is not None:
+            entry.server.close()  # stops accepting; established connections carry on
+        if entry.sock is not None:
+            entry.sock.close()
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        return {str(sid): c.to_wire() for sid, c in self.counters.items()}
+
+    async def sweep(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            now = time.monotonic()
+            for stream in list(self.streams):
+                if stream.expired(now, self.idle_timeout):
+                    self.counters_for(stream.sid).drop("tcp_idle_timeout")
+                    stream.abort_after_write()
+
+    async def run(self) -> None:
+        sweeper = asyncio.get_running_loop().create_task(self.sweep())
+        try:
+            while True:
+                msg, fd = await self.channel.recv()
+                op = msg.get("op")
+                if op == "init":
+                    self.engine = SipEngine(
+                        parse_routes(msg.get("routes") or []),
+                        self.listeners,
+                        record_route=bool(msg.get("record_route", True)),
+                    )
+                    self.idle_timeout = float(msg.get("tcp_idle_timeout", 120.0))
+                elif op == "add":
+                    try:
+                        await self.add_socket(msg, fd)
+                    except Exception as exc:
+                        self.log.exception("cannot take socket %s", msg.get("listener"))
+                        await self.channel.send({"op": "error", "sid": msg.get("sid"), "error": str(exc)})
+                elif op == "remove":
+                    await self.remove_socket(int(msg["sid"]))
+                elif op == "sync":
+                    await self.channel.send({"op": "ack", "seq": msg["seq"]})
+                elif op == "stats":
+                    await self.channel.send({"op": "stats", "seq": msg["seq"], "counters": self.snapshot()})
+                elif op == "stop":
+                    break
+                elif fd is not None:
+                    os.close(fd)
+        except ChannelClosed:
+            self.log.info("supervisor gone, exiting")
+        finally:
+            sweeper.cancel()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for sid in list(self.sockets):
+            await self.remove_socket(sid)
+        for stream in list(self.streams):
+            stream.abort_after_write()
+        await asyncio.sleep(0)
+
+
+async def amain(control_fd: int, name: str) -> None:
+    sock = socket.socket(fileno=control_fd)
+    channel = Channel(sock)
+    worker = Worker(channel, name)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(worker.run())
+    # SIGTERM to the whole group (e.g. a terminal's ^C or a kill of the group): stop like on "stop".
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        await worker.shutdown()
+    channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sipproxy-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--name", default="worker")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s {args.name}[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    try:
+        import uvloop
+
+        uvloop.run(amain(args.control_fd, args.name))
+    except ImportError:
+        asyncio.run(amain(args.control_fd, args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

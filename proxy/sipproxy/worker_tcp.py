@@ -1,0 +1,137 @@
+"""TCP in a worker: listeners shared by the TCP pool, one framer per connection, outbound connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from sipproxy.sip.framing import FramingError, StreamFramer, error_reply_for_stream
+
+if TYPE_CHECKING:
+    from sipproxy.sip.engine import Listener
+    from sipproxy.worker import Worker
+
+# A peer that has sent part of a message and then nothing for this long is cut off (slowloris).
+PARTIAL_TIMEOUT = 20.0
+
+
+class SipStream(asyncio.Protocol):
+    """One TCP connection, accepted on a listener or opened by us towards a next hop."""
+
+    def __init__(self, worker: Worker, listener: Listener, sid: int, pool_key: Any = None) -> None:
+        self.worker = worker
+        self.listener = listener
+        self.sid = sid
+        self.pool_key = pool_key
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.pending: list[bytes] = []
+        self.closed = False
+        now = time.monotonic()
+        self.last_activity = now
+        self.partial_since: float | None = None
+        self.buffer = bytearray()  # bytes of the message being framed, for a 400 on framing errors
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (peer[0], peer[1])
+        self.worker.engine.register_connection(self)
+        self.worker.streams.add(self)
+        for data in self.pending:
+            self.transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        counters = self.worker.counters_for(self.sid)
+        counters.rx_bytes += len(data)
+        try:
+            messages = self.framer.feed(data)
+        except FramingError as exc:
+            counters.rx_packets += 1
+            counters.drop(f"framing: {exc}"[:80])
+            self.buffer += data
+            reply = error_reply_for_stream(bytes(self.buffer), str(exc))
+            if reply is not None and self.transport is not None:
+                self.transport.write(reply)
+            self.abort_after_write()
+            return
+        self._track_partial(data, messages)
+        for message in messages:
+            counters.rx_packets += 1
+            try:
+                outcome = self.worker.engine.handle(message, self.listener, self.peer, connection=self)
+            except Exception:
+                self.worker.log.exception("engine failed on a message from %s", self.peer)
+                counters.drop("internal_error")
+                continue
+            self.worker.dispatch(outcome, self.sid)
+
+    def _track_partial(self, data: bytes, messages: list[bytes]) -> None:
+        # The framer keeps its own buffer; we only need to know whether a message is half-received.
+        consumed = sum(len(m) for m in messages)
+        pending = getattr(self.framer, "pending", None)
+        if isinstance(pending, int):
+            has_partial = pending > 0
+        else:
+            has_partial = consumed < len(data.strip(b"\r\n")) or (not messages and bool(data.strip(b"\r\n")))
+        if has_partial:
+            if self.partial_since is None:
+                self.partial_since = time.monotonic()
+            if not messages:
+                self.buffer += data
+            else:
+                self.buffer = bytearray(data[-(len(data) - consumed) :] if consumed < len(data) else b"")
+        else:
+            self.partial_since = None
+            self.buffer.clear()
+
+    def write(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.closed:
+            raise ConnectionError("connection closed")
+        if self.transport is None:
+            self.pending.append(data)
+        else:
+            self.transport.write(data)
+
+    def abort_after_write(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # close() flushes what was written first
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.worker.streams.discard(self)
+        try:
+            self.worker.engine.forget_connection(self)
+        except Exception:
+            self.worker.log.exception("forget_connection failed")
+        if self.pool_key is not None and self.worker.pool.get(self.pool_key) is self:
+            del self.worker.pool[self.pool_key]
+
+    def expired(self, now: float, idle_timeout: float) -> bool:
+        if self.partial_since is not None and now - self.partial_since > PARTIAL_TIMEOUT:
+            return True
+        return now - self.last_activity > idle_timeout
+
+
+async def open_outbound(worker: Worker, listener: Listener, sid: int, host: str, port: int) -> SipStream:
+    """A connection from the listener's address (any local port) to a next hop; usable at once (writes
+    are queued until connected)."""
+    key = (listener, host, port)
+    stream = SipStream(worker, listener, sid, pool_key=key)
+    worker.pool[key] = stream
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_connection(lambda: stream, host=host, port=port, local_addr=(listener.host, 0))
+    except OSError as exc:
+        stream.closed = True
+        if worker.pool.get(key) is stream:
+            del worker.pool[key]
+        worker.counters_for(sid).drop("tcp_connect_failed")
+        worker.log.info("tcp connect to %s:%s from %s failed: %s", host, port, listener.host, exc)
+    return stream

@@ -1,0 +1,41 @@
+"""A UDP socket served by a worker: one datagram is one SIP message."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sipproxy.sip.engine import Listener
+    from sipproxy.worker import Worker
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, worker: Worker, listener: Listener, sid: int) -> None:
+        self.worker = worker
+        self.listener = listener
+        self.sid = sid
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        counters = self.worker.counters_for(self.sid)
+        counters.rx_packets += 1
+        counters.rx_bytes += len(data)
+        try:
+            outcome = self.worker.engine.handle(data, self.listener, (addr[0], addr[1]))
+        except Exception:  # the engine promises never to raise; a worker must survive if it does
+            self.worker.log.exception("engine failed on a datagram from %s", addr)
+            counters.drop("internal_error")
+            return
+        self.worker.dispatch(outcome, self.sid)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors of earlier sends (port unreachable...): nothing to do in a stateless proxy.
+        pass
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
