@@ -1,0 +1,60 @@
+"""Settings from flags and environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipoperator.settings import DEFAULT_PROXY_SELECTOR, SettingsError, load, parse_selector
+
+
+def test_defaults() -> None:
+    s = load([], {"SIPSOCKETS_DB_URL": "sqlite:///x.db"})
+    assert s.table_name == "sockets"
+    assert s.proxy_selector == DEFAULT_PROXY_SELECTOR
+    assert (s.mi_port, s.mi_root, s.resync_period, s.mi_timeout) == (8888, "mi", 60.0, 5.0)
+    assert s.webhook_listen == ""
+    assert s.health_listen == "0.0.0.0:8080"
+    assert s.peering == ""
+
+
+def test_flag_wins_over_environment(tmp_path: Path) -> None:
+    env = {
+        "SIPSOCKETS_DB_URL": "sqlite:///env.db",
+        "SIPSOCKETS_NAMESPACE": "env",
+        "SIPSOCKETS_MI_PORT": "9000",
+    }
+    s = load(["--namespace", "flag", "--mi-port", "9001"], env)
+    assert (s.namespace, s.mi_port, s.db_url) == ("flag", 9001, "sqlite:///env.db")
+
+
+def test_database_url_from_a_secret_file(tmp_path: Path) -> None:
+    f = tmp_path / "url"
+    f.write_text("postgres://u:p@db/sockets\n")
+    assert load([], {"SIPSOCKETS_DB_URL_FILE": str(f)}).db_url == "postgres://u:p@db/sockets"
+
+
+def test_mi_token_is_read_from_its_file(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text("s3cret\n")
+    assert load(["--mi-token-file", str(f)], {"SIPSOCKETS_DB_URL": "sqlite:///x"}).mi_token() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        ([], "database URL"),
+        (["--db-url", "sqlite:///x", "--log-format", "xml"], "SIPSOCKETS_LOG_FORMAT"),
+        (["--db-url", "sqlite:///x", "--webhook-listen", "0.0.0.0:9443"], "webhook-cert-file"),
+        (["--db-url", "sqlite:///x", "--resync-period", "soon"], "SIPSOCKETS_RESYNC_PERIOD"),
+        (["--db-url", "sqlite:///x", "--proxy-selector", "app!=x"], "SIPSOCKETS_PROXY_SELECTOR"),
+    ],
+)
+def test_bad_settings_name_the_setting(argv: list[str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle):
+        load(argv, {})
+
+
+def test_selector() -> None:
+    assert parse_selector("a=b, c==d") == {"a": "b", "c": "d"}
