@@ -48,7 +48,7 @@ def test_unreachable_pod_is_proxy_unreachable_and_its_listener_says_so() -> None
     got = programmed(*pods)
     assert got["Ready"].reason == "ProxyUnreachable"
     assert "p1" in got["Ready"].message
-    entry = [item for item in listeners(pods) if item["pod"] == "p1"][0]
+    entry = next(item for item in listeners(pods) if item["pod"] == "p1")
     assert entry["state"] == FAILED
     assert "unreachable" in entry["message"]
 

@@ -39,7 +39,8 @@ def test_full_spec_becomes_the_row_opensips_reads() -> None:
         tos="IPTOS_LOWDELAY",
     )
     # The proxy's own parser reads it back to the same socket.
-    parsed = parse_row(**got.row.as_dict())
+    r = got.row
+    parsed = parse_row(r.socket, r.advertised, r.tag, r.flags, r.tos)
     assert (parsed.proto, parsed.host, parsed.port, parsed.tos) == ("udp", "10.0.5.20", 5070, 16)
     assert parsed.flags == frozenset({"anycast", "reuse_port"})
 
