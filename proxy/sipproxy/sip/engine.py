@@ -1,0 +1,565 @@
+"""The stateless proxy: one received message in, the messages to send (or a drop reason) out.
+
+`SipEngine.handle` is the only entry point of the hot path. It never performs I/O and never raises: the
+runtime sends what the returned `Outcome` lists and counts its `drop_reason`.
+
+The inbound socket of a request (and, on streams, the connection) is remembered statelessly in a
+parameter of the Via we push: `sk=<proto code><packed IP hex>-<port hex>[-<connection id hex>]`, for
+example `sk=u7f000001-13c4` or `sk=t7f000001-13c4-2a`. The response carries our Via back, so the engine
+knows which socket to answer from and which connection to write on without keeping any state per
+transaction. Connection ids come from `register_connection` and map back through a weak map.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sipproxy.sip.branch import (
+    OUR_BRANCH_PREFIX,
+    loop_key,
+    loop_part,
+    make_branch,
+    reply_to_tag,
+    transaction_key,
+)
+from sipproxy.sip.headers import ValueSyntaxError, addr_uri, split_values
+from sipproxy.sip.listeners import (
+    STREAM_PROTOS,
+    Listener,
+    ListenerIndex,
+    ListenerView,
+    fits,
+    hostport,
+    parse_socket_key,
+)
+from sipproxy.sip.message import ParseError, SipMessage, parse_message
+from sipproxy.sip.replies import OPTIONS_HEADERS, build_reply, header_name
+from sipproxy.sip.routing import NextHop, Route, select_route
+from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
+from sipproxy.sip.validate import RequestFacts, inspect_request
+from sipproxy.sip.via import fix_received, parse_via
+
+__all__ = ["Listener", "ListenerView", "Outcome", "Send", "SipEngine"]
+
+# RFC 3261 18.1.1: above this size (path MTU unknown) a request should use a congestion-controlled transport.
+UDP_SIZE_LIMIT = 1300
+# How often a lookup miss may trigger a rebuild of the listener snapshot (a stray packet must not cost
+# a rebuild each time).
+_REFRESH_INTERVAL = 1.0
+
+REASON_PHRASES = {
+    200: "OK",
+    202: "Accepted",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    410: "Gone",
+    480: "Temporarily Unavailable",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes  # the full message to send
+    listener: Listener  # local socket to send from
+    host: str  # destination: IP literal or a hostname the runtime resolves
+    port: int
+    proto: str  # "udp" | "tcp" ...
+    # stream only: the exact connection to write on (the one a request arrived on, for its responses);
+    # None = the runtime picks or opens one to (host, port) from `listener`
+    connection: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    sends: list[Send]
+    drop_reason: str | None = None  # snake_case reason when something was dropped or answered with an error
+
+
+def _drop(reason: str) -> Outcome:
+    return Outcome([], reason)
+
+
+class SipEngine:
+    def __init__(self, routes: Sequence[Route], listeners: ListenerView, record_route: bool = True) -> None:
+        self.routes = list(routes)
+        self.listeners = listeners
+        self.record_route = record_route
+        self._index = ListenerIndex(listeners.all())
+        self._index_time = time.monotonic()
+        self._conn_by_id: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._id_by_conn: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # Connections that cannot be weakly referenced are held strongly until forget_connection.
+        self._strong_by_id: dict[int, object] = {}
+        self._strong_ids: dict[int, int] = {}
+        self._next_conn_id = 1
+
+    # ----------------------------------------------------------------- runtime hooks
+
+    def listeners_changed(self) -> None:
+        """Rebuild the listener snapshot now (call after sockets were added or removed)."""
+        self._index = ListenerIndex(self.listeners.all())
+        self._index_time = time.monotonic()
+
+    def _refresh_if_stale(self) -> bool:
+        now = time.monotonic()
+        if now - self._index_time < _REFRESH_INTERVAL:
+            return False
+        self._index = ListenerIndex(self.listeners.all())
+        self._index_time = now
+        return True
+
+    def register_connection(self, conn: object) -> int:
+        """Give a stream connection an id that our Via can carry; idempotent."""
+        try:
+            cid = self._id_by_conn.get(conn)
+            if cid is not None:
+                return cid
+            cid = self._next_conn_id
+            self._next_conn_id += 1
+            self._conn_by_id[cid] = conn
+            self._id_by_conn[conn] = cid
+            return cid
+        except TypeError:
+            cid = self._strong_ids.get(id(conn))
+            if cid is not None:
+                return cid
+            cid = self._next_conn_id
+            self._next_conn_id += 1
+            self._strong_by_id[cid] = conn
+            self._strong_ids[id(conn)] = cid
+            return cid
+
+    def forget_connection(self, conn: object) -> None:
+        """The connection closed: responses for it will go over a new connection instead."""
+        try:
+            cid = self._id_by_conn.pop(conn, None)
+        except TypeError:
+            cid = self._strong_ids.pop(id(conn), None)
+            if cid is not None:
+                self._strong_by_id.pop(cid, None)
+            return
+        if cid is not None:
+            self._conn_by_id.pop(cid, None)
+
+    def connection(self, cid: int) -> object | None:
+        conn = self._conn_by_id.get(cid)
+        return conn if conn is not None else self._strong_by_id.get(cid)
+
+    # ----------------------------------------------------------------- entry point
+
+    def handle(
+        self, data: bytes, listener: Listener, src: tuple[str, int], connection: object | None = None
+    ) -> Outcome:
+        """Process ONE complete message received on `listener` from `src`. Never raises."""
+        try:
+            return self.process(data, listener, src, connection)
+        except Exception:
+            return _drop("internal_error")
+
+    def process(
+        self, data: bytes, listener: Listener, src: tuple[str, int], connection: object | None = None
+    ) -> Outcome:
+        """`handle` without the safety net (tests use it to see that no input reaches the net)."""
+        if data[:1] in (b"\r", b"\n"):
+            # RFC 3261 7.5: ignore CRLFs before the start line; on their own they are keep-alives.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return _drop("keepalive")
+        if not self._index.knows(listener):
+            self._refresh_if_stale()
+        try:
+            msg = parse_message(data)
+        except ParseError:
+            return _drop("parse_error")
+        if msg.is_request:
+            return self._request(msg, listener, src, connection)
+        return self._response(msg)
+
+    # ----------------------------------------------------------------- requests
+
+    def _request(
+        self, msg: SipMessage, listener: Listener, src: tuple[str, int], conn: object | None
+    ) -> Outcome:
+        facts = inspect_request(msg)
+        headers = msg.headers
+        src_ip = normalize_host(src[0])
+        src_port = src[1]
+        top = facts.top_via
+        top_line: bytes | None = None
+        if top is not None:
+            first_value = facts.top_via_values[0]
+            fixed = fix_received(first_value, top, src_ip, src_port)
+            if fixed is not first_value:
+                raw = headers[facts.via_positions[0]][2]
+                top_line = header_name(raw) + b": " + b", ".join([fixed, *facts.top_via_values[1:]])
+        is_ack = msg.method == b"ACK"
+
+        def reply(status: int, phrase: str, reason: str | None, extra: Sequence[bytes] = ()) -> Outcome:
+            if is_ack:  # an ACK is never answered
+                return _drop(reason or "ack_not_forwarded")
+            return self._reply(
+                msg, facts, listener, src_ip, src_port, conn, top_line, status, phrase, extra, reason
+            )
+
+        rejection = facts.rejection
+        if rejection is not None:
+            return reply(rejection.status, rejection.phrase, rejection.reason, rejection.extra_headers)
+
+        index = self._index
+        ruri_raw = msg.ruri
+        ruri = facts.ruri
+        route_pos = msg.index.get(b"route")
+        routes: list[bytes] = []
+        routes_changed = False
+        hint: SipUri | None = None
+        if route_pos:
+            try:
+                for pos in route_pos:
+                    routes.extend(v for v in split_values(headers[pos][1]) if v)
+            except ValueSyntaxError:
+                return reply(400, "Bad Request (malformed Route)", "parse_error")
+            # RFC 3261 16.4: an upstream strict router put our Record-Route URI into the Request-URI.
+            if (
+                routes
+                and ruri is not None
+                and ruri.param(b"lr") is not None
+                and index.is_ours(ruri.host, ruri.port)
+            ):
+                ruri_raw = addr_uri(routes.pop())
+                ruri = parse_sip_uri(ruri_raw)
+                routes_changed = True
+            removed = 0
+            while routes and removed < 2:
+                uri = parse_sip_uri(addr_uri(routes[0]))
+                if uri is None or not index.is_ours(uri.host, uri.port):
+                    break
+                del routes[0]
+                removed += 1
+                routes_changed = True
+                if removed == 2:
+                    # Second of a double Record-Route (RFC 5658): the socket facing the next hop.
+                    hint = uri
+
+        if (
+            msg.method == b"OPTIONS"
+            and not routes
+            and ruri is not None
+            and index.is_ours(ruri.host, ruri.port)
+        ):
+            return reply(200, "OK", None, OPTIONS_HEADERS)
+        if facts.max_forwards == 0:
+            return reply(483, "Too Many Hops", "max_forwards")
+
+        # Requests inside a dialog that were loose-routed to us follow their route set, not the rules.
+        rule: Route | None = None
+        if not (route_pos and facts.to_tag is not None):
+            rule = select_route(self.routes, listener.tag, ruri_raw.decode("latin-1"))
+        target: NextHop
+        out_tag: str | None = None
+        if rule is not None and rule.reply is not None:
+            code = rule.reply
+            return reply(code, REASON_PHRASES.get(code, "Reply"), "route_reply")
+        if rule is not None and rule.forward is not None:
+            target = rule.forward
+            out_tag = rule.socket
+        elif routes:
+            first = parse_sip_uri(addr_uri(routes[0]))
+            if first is None:
+                return reply(400, "Bad Request (malformed Route)", "parse_error")
+            if first.param(b"lr") is None:
+                # RFC 3261 16.6 step 7: the next hop is a strict router.
+                first_raw = addr_uri(routes[0])
+                routes = [*routes[1:], b"<" + ruri_raw + b">"]
+                ruri_raw = first_raw
+                routes_changed = True
+            target = NextHop.from_uri(first, "")
+        else:
+            if ruri is None:
+                return reply(416, "Unsupported URI Scheme", "unsupported_uri_scheme")
+            target = NextHop.from_uri(ruri, "")
+
+        call_id = facts.call_id
+        cseq_number = facts.cseq_number
+        lp = loop_key(ruri_raw, facts.from_tag, call_id, cseq_number, b",".join(routes))
+        assert top is not None
+        txn = transaction_key(
+            top.branch, facts.top_via_values[0], facts.from_tag, call_id, cseq_number, msg.ruri
+        )
+        branch = make_branch(txn, lp)
+        if OUR_BRANCH_PREFIX in b"".join(headers[p][1] for p in facts.via_positions) and self._looped(
+            msg, facts, loop_part(branch)
+        ):
+            return reply(482, "Loop Detected", "loop")
+
+        # Outbound socket (issue 3: named socket, else the inbound one when it fits, else first fit).
+        family = host_family(target.host)
+        want = target.transport or "udp"
+        out: Listener | None = None
+        if out_tag is not None:
+            out = self.listeners.by_tag(out_tag)
+            if out is None:
+                return reply(503, f"Service Unavailable (no socket tagged {out_tag})", "no_socket")
+        else:
+            if hint is not None:
+                out = index.by_address(hint.host, hint.port, hint.transport or "udp")
+                if out is not None and not fits(out, want, family):
+                    out = None
+            if out is None:
+                out = listener if fits(listener, want, family) else index.pick(want, family)
+            if out is None and self._refresh_if_stale():
+                out = self._index.pick(want, family)
+            if out is None:
+                return reply(503, f"Service Unavailable (no {want} socket for the next hop)", "no_socket")
+
+        conn_id = self.register_connection(conn) if conn is not None else 0
+        sk = self._index.key_of(listener)
+        if conn_id:
+            sk += b"-%x" % conn_id
+        start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
+
+        def build(sender: Listener) -> bytes:
+            return self._build_request(
+                msg, facts, start_line, sender, listener, branch, sk, top_line, routes_changed, routes
+            )
+
+        data = build(out)
+        if len(data) > UDP_SIZE_LIMIT and out.proto == "udp" and out_tag is None and target.transport is None:
+            tcp = listener if fits(listener, "tcp", family) else self._index.pick("tcp", family)
+            if tcp is not None:
+                out = tcp
+                data = build(out)
+        return Outcome([Send(data, out, target.host, target.port, out.proto)])
+
+    def _looped(self, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
+        """RFC 3261 16.3 step 4: one of our Vias carries the loop hash this request would get again."""
+        index = self._index
+        headers = msg.headers
+        for pos in facts.via_positions:
+            try:
+                values = split_values(headers[pos][1])
+            except ValueSyntaxError:
+                continue
+            for value in values:
+                if OUR_BRANCH_PREFIX not in value:
+                    continue
+                via = parse_via(value)
+                if via is None or via.branch is None:
+                    continue
+                if loop_part(via.branch) == lp and index.is_ours(via.host, via.port):
+                    return True
+        return False
+
+    def _build_request(
+        self,
+        msg: SipMessage,
+        facts: RequestFacts,
+        start_line: bytes,
+        out: Listener,
+        inbound: Listener,
+        branch: bytes,
+        sk: bytes,
+        top_line: bytes | None,
+        routes_changed: bool,
+        routes: list[bytes],
+    ) -> bytes:
+        headers = msg.headers
+        hindex = msg.index
+        proto = out.proto
+        parts = [
+            start_line,
+            b"Via: SIP/2.0/%s %s;branch=%s;sk=%s" % (proto.upper().encode(), hostport(out), branch, sk),
+        ]
+        if self.record_route and msg.method != b"REGISTER":
+            if out != inbound:
+                # RFC 5658: one entry per side, the top one facing the next hop.
+                parts.append(b"Record-Route: " + _rr_uri(out, True))
+                parts.append(b"Record-Route: " + _rr_uri(inbound, True))
+            else:
+                parts.append(b"Record-Route: " + _rr_uri(out, False))
+        overrides: dict[int, bytes | None] = {}
+        if top_line is not None:
+            overrides[facts.via_positions[0]] = top_line
+        mf_pos = hindex.get(b"max-forwards")
+        if mf_pos:
+            raw = headers[mf_pos[0]][2]
+            mf = facts.max_forwards or 1
+            overrides[mf_pos[0]] = header_name(raw) + b": %d" % (mf - 1)
+        else:
+            parts.append(b"Max-Forwards: 70")
+        if routes_changed:
+            route_pos = hindex.get(b"route", [])
+            for pos in route_pos:
+                overrides[pos] = None
+            if routes:
+                name = header_name(headers[route_pos[0]][2]) if route_pos else b"Route"
+                line = name + b": " + b", ".join(routes)
+                if route_pos:
+                    overrides[route_pos[0]] = line
+                else:
+                    parts.append(line)
+        for i, header in enumerate(headers):
+            if i in overrides:
+                replacement = overrides[i]
+                if replacement is not None:
+                    parts.append(replacement)
+            else:
+                parts.append(header[2])
+        body = facts.body
+        if facts.content_length is None and proto in STREAM_PROTOS:
+            parts.append(b"Content-Length: %d" % len(body))
+        return b"\r\n".join(parts) + b"\r\n\r\n" + body
+
+    def _reply(
+        self,
+        msg: SipMessage,
+        facts: RequestFacts,
+        listener: Listener,
+        src_ip: str,
+        src_port: int,
+        conn: object | None,
+        top_line: bytes | None,
+        status: int,
+        phrase: str,
+        extra: Sequence[bytes],
+        reason: str | None,
+    ) -> Outcome:
+        if not facts.via_positions:
+            # Without a Via there is nowhere RFC 3261 lets us send a response.
+            return _drop(reason or "parse_error")
+        top = facts.top_via
+        txn = transaction_key(
+            top.branch if top is not None else None,
+            facts.top_via_values[0] if facts.top_via_values else b"",
+            facts.from_tag,
+            facts.call_id,
+            facts.cseq_number,
+            msg.ruri,
+        )
+        data = build_reply(msg, status, phrase, top_line, reply_to_tag(txn), list(extra))
+        if listener.proto in STREAM_PROTOS:
+            return Outcome([Send(data, listener, src_ip, src_port, listener.proto, conn)], reason)
+        # RFC 3261 18.2.2 with RFC 3581: to the source address; to the source port when rport was asked,
+        # else to the sent-by port.
+        port = src_port
+        if top is not None and b"rport" not in top.params:
+            port = top.port or 5060
+        return Outcome([Send(data, listener, src_ip, port, "udp")], reason)
+
+    # ----------------------------------------------------------------- responses
+
+    def _response(self, msg: SipMessage) -> Outcome:
+        if not msg.start_line_ok or msg.version.upper() != b"SIP/2.0":
+            return _drop("parse_error")
+        headers = msg.headers
+        via_pos = msg.index.get(b"via")
+        if not via_pos:
+            return _drop("parse_error")
+        try:
+            values = split_values(headers[via_pos[0]][1])
+        except ValueSyntaxError:
+            return _drop("parse_error")
+        ours = parse_via(values[0])
+        if ours is None:
+            return _drop("parse_error")
+        branch = ours.branch
+        if branch is None or not branch.startswith(OUR_BRANCH_PREFIX):
+            return _drop("response_not_ours")
+        if not self._index.is_ours(ours.host, ours.port) and not (
+            self._refresh_if_stale() and self._index.is_ours(ours.host, ours.port)
+        ):
+            return _drop("response_not_ours")
+        cseq = msg.first(b"cseq")
+        if cseq is not None:
+            number = cseq.split(None, 1)[0] if cseq.strip() else b""
+            if not number.isdigit() or len(number) > 10 or int(number) > 2**32 - 1:
+                return _drop("parse_error")
+        body = msg.body
+        cl_values = msg.values_of(b"content-length")
+        has_cl = bool(cl_values)
+        if cl_values:
+            first = cl_values[0]
+            if any(v != first for v in cl_values[1:]) or not first.isdigit() or len(first) > 10:
+                return _drop("bad_content_length")
+            length = int(first)
+            if length > len(body):
+                return _drop("bad_content_length")
+            body = body[:length]
+
+        # The next Via: the second value of our line, else the first value of the next Via line.
+        if len(values) > 1:
+            next_raw = values[1]
+            our_line: bytes | None = header_name(headers[via_pos[0]][2]) + b": " + b", ".join(values[1:])
+        else:
+            if len(via_pos) < 2:
+                return _drop("no_next_via")
+            try:
+                next_raw = split_values(headers[via_pos[1]][1])[0]
+            except ValueSyntaxError:
+                return _drop("parse_error")
+            our_line = None
+        nxt = parse_via(next_raw)
+        if nxt is None:
+            return _drop("parse_error")
+
+        inbound: Listener | None = None
+        conn: object | None = None
+        sk = ours.params.get(b"sk")
+        if sk:
+            key, cid = parse_socket_key(sk)
+            inbound = self._index.by_key(key)
+            if inbound is None and self._refresh_if_stale():
+                inbound = self._index.by_key(key)
+            if cid is not None:
+                conn = self.connection(cid)
+        proto = inbound.proto if inbound is not None else nxt.transport.lower()
+        if proto == "udp":
+            host = nxt.received or nxt.host
+            port = nxt.rport or nxt.port or 5060
+            conn = None
+        else:
+            host = nxt.received or nxt.host
+            port = nxt.port or (5061 if proto in ("tls", "wss") else 5060)
+        if inbound is None:
+            inbound = self._index.pick(proto, host_family(host))
+            if inbound is None:
+                return _drop("no_socket")
+
+        parts = [msg.start_line]
+        first_via = via_pos[0]
+        for i, header in enumerate(headers):
+            if i == first_via:
+                if our_line is not None:
+                    parts.append(our_line)
+            else:
+                parts.append(header[2])
+        if not has_cl and proto in STREAM_PROTOS:
+            parts.append(b"Content-Length: %d" % len(body))
+        data = b"\r\n".join(parts) + b"\r\n\r\n" + body
+        return Outcome([Send(data, inbound, host, port, proto, conn)])
+
+
+def _rr_uri(listener: Listener, double: bool) -> bytes:
+    transport = b"" if listener.proto == "udp" else b";transport=" + listener.proto.encode()
+    return b"<sip:" + hostport(listener) + transport + (b";r2=on;lr>" if double else b";lr>")

@@ -1,0 +1,160 @@
+"""The local sockets as the SIP core sees them, and the lookups it makes on them per message."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipproxy.sip.uri import format_host, host_family, normalize_host
+
+STREAM_PROTOS = frozenset(("tcp", "tls", "ws", "wss"))
+_PROTO_CODES = {"udp": "u", "tcp": "t", "tls": "s", "ws": "w", "wss": "x", "sctp": "c"}
+_CODE_PROTOS = {v: k for k, v in _PROTO_CODES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One local socket as the SIP core sees it."""
+
+    proto: str  # "udp" | "tcp" | "tls" | "ws" | "wss" (lowercase)
+    host: str  # bound IP literal, IPv6 WITHOUT brackets
+    port: int
+    advertised_host: str | None = None  # IP or hostname; None = use host
+    advertised_port: int | None = None  # None = use port
+    tag: str | None = None
+
+    @property
+    def public_host(self) -> str:
+        return self.advertised_host or self.host
+
+    @property
+    def public_port(self) -> int:
+        return self.advertised_port or self.port
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.host else 4
+
+
+class ListenerView(Protocol):
+    """Implemented by the runtime: the sockets this worker currently has."""
+
+    def all(self) -> Iterable[Listener]: ...
+
+    def by_tag(self, tag: str) -> Listener | None: ...
+
+
+def socket_key(listener: Listener) -> bytes:
+    """The `sk` Via parameter value naming `listener`: proto code, packed IP in hex, port in hex.
+
+    Example: udp 127.0.0.1:5060 -> b"u7f000001-13c4". Only token characters, so it is a valid Via
+    parameter, and it names the bound socket (not the advertised address), which is what the runtime
+    sends from.
+    """
+    code = _PROTO_CODES.get(listener.proto, "u")
+    try:
+        packed = ipaddress.ip_address(listener.host).packed.hex()
+    except ValueError:
+        packed = listener.host.encode("utf-8").hex()
+    return f"{code}{packed}-{listener.port:x}".encode("ascii")
+
+
+def parse_socket_key(value: bytes) -> tuple[bytes, int | None]:
+    """Split an `sk` value into (listener key, connection id or None)."""
+    parts = value.split(b"-")
+    if len(parts) == 3:
+        try:
+            return parts[0] + b"-" + parts[1], int(parts[2], 16)
+        except ValueError:
+            return value, None
+    return value, None
+
+
+class ListenerIndex:
+    """A snapshot of the listeners with the lookups the hot path needs, all O(1) or first-fit."""
+
+    __slots__ = ("_by_key", "_by_public", "_keys", "_ours", "listeners")
+
+    def __init__(self, listeners: Iterable[Listener]) -> None:
+        self.listeners = list(listeners)
+        self._ours: dict[str, set[int]] = {}
+        self._keys: dict[Listener, bytes] = {}
+        self._by_key: dict[bytes, Listener] = {}
+        self._by_public: dict[tuple[str, int, str], Listener] = {}
+        for lst in self.listeners:
+            key = socket_key(lst)
+            self._keys[lst] = key
+            self._by_key.setdefault(key, lst)
+            for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
+                norm = normalize_host(host)
+                self._ours.setdefault(norm, set()).add(port)
+                self._by_public.setdefault((norm, port, lst.proto), lst)
+
+    def key_of(self, listener: Listener) -> bytes:
+        key = self._keys.get(listener)
+        if key is None:
+            key = socket_key(listener)
+            self._keys[listener] = key
+        return key
+
+    def knows(self, listener: Listener) -> bool:
+        return listener in self._keys
+
+    def by_key(self, key: bytes) -> Listener | None:
+        return self._by_key.get(key)
+
+    def by_address(self, host: str, port: int | None, proto: str | None) -> Listener | None:
+        """The listener whose bound or advertised address is host:port, preferring protocol `proto`."""
+        if port is None:
+            for lst in self.listeners:
+                named = host in (normalize_host(lst.public_host), normalize_host(lst.host))
+                if named and (proto is None or lst.proto == proto):
+                    return lst
+            return None
+        if proto is not None:
+            found = self._by_public.get((host, port, proto))
+            if found is not None:
+                return found
+        for p in ("udp", "tcp", "tls", "ws", "wss"):
+            found = self._by_public.get((host, port, p))
+            if found is not None:
+                return found
+        return None
+
+    def is_ours(self, host: str, port: int | None) -> bool:
+        """True when host (normalized) is one of our addresses and port matches, or port is None."""
+        ports = self._ours.get(host)
+        if ports is None:
+            return False
+        return port is None or port in ports
+
+    def pick(self, proto: str, family: int) -> Listener | None:
+        """The first listener with protocol `proto` able to reach a destination of `family` (0 = any)."""
+        for lst in self.listeners:
+            if lst.proto == proto and family in (0, lst.family):
+                return lst
+        return None
+
+
+def fits(listener: Listener, proto: str, family: int) -> bool:
+    return listener.proto == proto and family in (0, listener.family)
+
+
+def hostport(listener: Listener) -> bytes:
+    """`host:port` as advertised in our Via and Record-Route."""
+    return f"{format_host(listener.public_host)}:{listener.public_port}".encode()
+
+
+__all__ = [
+    "STREAM_PROTOS",
+    "Listener",
+    "ListenerIndex",
+    "ListenerView",
+    "fits",
+    "host_family",
+    "hostport",
+    "parse_socket_key",
+    "socket_key",
+]
