@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import subprocess
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from devenv import binaries
+from devenv.cluster_client import ClusterClient, write_kubeconfig
 from devenv.processes import ProcessTable, free_port
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -57,11 +57,10 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-class ControlPlane:
+class ControlPlane(ClusterClient):
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir.resolve()
+        super().__init__(workdir.resolve(), workdir.resolve() / "kubeconfig")
         self.pki = self.workdir / "pki"
-        self.kubeconfig = self.workdir / "kubeconfig"
         self.procs = ProcessTable(self.workdir)
         self._state = self.workdir / "controlplane.json"
         self.server = ""
@@ -118,7 +117,7 @@ class ControlPlane:
             self.workdir / "kube-apiserver.log",
         )
         self._state.write_text(json.dumps({"server": self.server}))
-        self._write_kubeconfig(self.kubeconfig, user={
+        write_kubeconfig(self.kubeconfig, self.server, _b64(self.pki / "ca.crt"), user={
             "client-certificate-data": _b64(self.pki / "admin.crt"),
             "client-key-data": _b64(self.pki / "admin.key"),
         })  # fmt: skip
@@ -168,87 +167,3 @@ class ControlPlane:
                 last = str(e)
             time.sleep(0.3)
         raise TimeoutError(f"kube-apiserver not ready after {timeout}s ({last}); see {self.workdir}")
-
-    def _write_kubeconfig(self, path: Path, user: dict[str, str]) -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "sipsockets-dev",
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": _b64(self.pki / "ca.crt"),
-                    },
-                }
-            ],
-            "users": [{"name": "user", "user": user}],
-            "contexts": [
-                {"name": "sipsockets-dev", "context": {"cluster": "sipsockets-dev", "user": "user"}}
-            ],
-            "current-context": "sipsockets-dev",
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
-        path.chmod(0o600)
-        return path
-
-    def kubeconfig_for_token(self, token: str, path: Path) -> Path:
-        return self._write_kubeconfig(path, user={"token": token})
-
-    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
-        return env
-
-    def kubectl(
-        self,
-        *args: str,
-        input: str | None = None,
-        check: bool = True,
-        kubeconfig: Path | None = None,
-        timeout: float = 120.0,
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(binaries.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
-        result = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
-            )
-        return result
-
-    def helm(
-        self, *args: str, check: bool = True, timeout: float = 300.0
-    ) -> subprocess.CompletedProcess[str]:
-        env = self.env()
-        # Helm keeps caches and repository config under HOME; keep them in the work dir, not the user's.
-        for var, sub in (
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_DATA_HOME", "data"),
-        ):
-            env[var] = str(self.workdir / "helm" / sub)
-        cmd = [str(binaries.binary("helm")), *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"helm {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-        return result
-
-    def ensure_namespace(self, name: str) -> None:
-        """A namespace with its `default` ServiceAccount: no controller-manager runs here to create it, and
-        the ServiceAccount admission plugin refuses pods without it."""
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "List",
-            "items": [
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                {
-                    "apiVersion": "v1",
-                    "kind": "ServiceAccount",
-                    "metadata": {"name": "default", "namespace": name},
-                },
-            ],
-        }
-        self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
