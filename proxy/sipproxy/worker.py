@@ -222,13 +222,14 @@ class Worker:
             entry.server = await loop.create_server(
                 lambda: SipStream(self, listener, sid), sock=serve_sock, backlog=1024
             )
+        self.engine.listeners_changed()
 
     async def remove_socket(self, sid: int) -> None:
         entry = self.sockets.pop(sid, None)
         if entry is None:
             return
         self.listeners.remove(entry.listener)
-        if self.udp_send.get(entry.listener) is entry.sock:
+        if entry.sock is not None and self.udp_send.get(entry.listener) is entry.sock:
             del self.udp_send[entry.listener]
         if isinstance(entry.server, UdpServer):
             entry.server.close()
@@ -236,6 +237,7 @@ class Worker:
             entry.server.close()  # stops accepting; established connections carry on
         if entry.sock is not None:
             entry.sock.close()
+        self.engine.listeners_changed()
 
     def snapshot(self) -> dict[str, list[Any]]:
         return {str(sid): c.to_wire() for sid, c in self.counters.items()}
@@ -249,35 +251,47 @@ class Worker:
                     self.counters_for(stream.sid).drop("tcp_idle_timeout")
                     stream.abort_after_write()
 
+    async def apply(self, msg: dict[str, Any], fd: int | None) -> bool:
+        """Apply one control command; False when told to stop."""
+        op = msg.get("op")
+        if op == "init":
+            self.engine = SipEngine(
+                parse_routes(msg.get("routes") or []),
+                self.listeners,
+                record_route=bool(msg.get("record_route", True)),
+            )
+            self.idle_timeout = float(msg.get("tcp_idle_timeout", 120.0))
+        elif op == "add":
+            try:
+                await self.add_socket(msg, fd)
+            except Exception as exc:
+                self.log.exception("cannot take socket %s", msg.get("listener"))
+                await self.channel.send({"op": "error", "sid": msg.get("sid"), "error": str(exc)})
+        elif op == "remove":
+            await self.remove_socket(int(msg["sid"]))
+        elif op == "sync":
+            await self.channel.send({"op": "ack", "seq": msg["seq"]})
+        elif op == "stats":
+            await self.channel.send({"op": "stats", "seq": msg["seq"], "counters": self.snapshot()})
+        elif op == "stop":
+            return False
+        elif fd is not None:
+            os.close(fd)
+        return True
+
     async def run(self) -> None:
         sweeper = asyncio.get_running_loop().create_task(self.sweep())
         try:
             while True:
                 msg, fd = await self.channel.recv()
-                op = msg.get("op")
-                if op == "init":
-                    self.engine = SipEngine(
-                        parse_routes(msg.get("routes") or []),
-                        self.listeners,
-                        record_route=bool(msg.get("record_route", True)),
-                    )
-                    self.idle_timeout = float(msg.get("tcp_idle_timeout", 120.0))
-                elif op == "add":
-                    try:
-                        await self.add_socket(msg, fd)
-                    except Exception as exc:
-                        self.log.exception("cannot take socket %s", msg.get("listener"))
-                        await self.channel.send({"op": "error", "sid": msg.get("sid"), "error": str(exc)})
-                elif op == "remove":
-                    await self.remove_socket(int(msg["sid"]))
-                elif op == "sync":
-                    await self.channel.send({"op": "ack", "seq": msg["seq"]})
-                elif op == "stats":
-                    await self.channel.send({"op": "stats", "seq": msg["seq"], "counters": self.snapshot()})
-                elif op == "stop":
-                    break
-                elif fd is not None:
-                    os.close(fd)
+                try:
+                    if not await self.apply(msg, fd):
+                        break
+                except ChannelClosed:
+                    raise
+                except Exception:
+                    # One bad command must not take the worker (and every socket it serves) down.
+                    self.log.exception("control command %s failed", msg.get("op"))
         except ChannelClosed:
             self.log.info("supervisor gone, exiting")
         finally:

@@ -31,8 +31,7 @@ class SipStream(asyncio.Protocol):
         self.closed = False
         now = time.monotonic()
         self.last_activity = now
-        self.partial_since: float | None = None
-        self.buffer = bytearray()  # bytes of the message being framed, for a 400 on framing errors
+        self.partial_since: float | None = None  # when a half-received message started waiting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -53,14 +52,17 @@ class SipStream(asyncio.Protocol):
             messages = self.framer.feed(data)
         except FramingError as exc:
             counters.rx_packets += 1
-            counters.drop(f"framing: {exc}"[:80])
-            self.buffer += data
-            reply = error_reply_for_stream(bytes(self.buffer), str(exc))
+            counters.drop(exc.reason)
+            reply = error_reply_for_stream(self.framer.pending, exc.reason)
             if reply is not None and self.transport is not None:
                 self.transport.write(reply)
             self.abort_after_write()
             return
-        self._track_partial(data, messages)
+        if self.framer.pending:
+            if self.partial_since is None:
+                self.partial_since = self.last_activity
+        else:
+            self.partial_since = None
         for message in messages:
             counters.rx_packets += 1
             try:
@@ -70,25 +72,6 @@ class SipStream(asyncio.Protocol):
                 counters.drop("internal_error")
                 continue
             self.worker.dispatch(outcome, self.sid)
-
-    def _track_partial(self, data: bytes, messages: list[bytes]) -> None:
-        # The framer keeps its own buffer; we only need to know whether a message is half-received.
-        consumed = sum(len(m) for m in messages)
-        pending = getattr(self.framer, "pending", None)
-        if isinstance(pending, int):
-            has_partial = pending > 0
-        else:
-            has_partial = consumed < len(data.strip(b"\r\n")) or (not messages and bool(data.strip(b"\r\n")))
-        if has_partial:
-            if self.partial_since is None:
-                self.partial_since = time.monotonic()
-            if not messages:
-                self.buffer += data
-            else:
-                self.buffer = bytearray(data[-(len(data) - consumed) :] if consumed < len(data) else b"")
-        else:
-            self.partial_since = None
-            self.buffer.clear()
 
     def write(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
