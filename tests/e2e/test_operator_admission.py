@@ -1,0 +1,201 @@
+"""What is refused at `kubectl apply` time: the CRD schema (with CEL) in the API server, and conflicts by the
+operator's validating webhook. And the race the webhook cannot see: reconcile picks exactly one winner."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.controlplane import ControlPlane
+from devenv.processes import free_port
+from tests.e2e.operator_support import (
+    Env,
+    apply,
+    condition,
+    crd,
+    env,
+    get,
+    sipsocket,
+    wait_condition,
+    wait_for,
+)
+
+__all__ = ["crd", "env"]  # fixtures
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ({"protocol": "udp", "address": "sbc.example.com"}, "spec.address"),
+        ({"protocol": "udp", "address": "10.0.0.1/24"}, "spec.address"),
+        ({"protocol": "sctp", "address": "10.0.0.1"}, "spec.protocol"),
+        ({"protocol": "udp", "address": "10.0.0.1", "port": 0}, "spec.port"),
+        ({"protocol": "udp", "address": "10.0.0.1", "port": 65536}, "spec.port"),
+        ({"protocol": "udp", "address": "10.0.0.1", "flags": ["fast"]}, "spec.flags"),
+        ({"protocol": "udp", "address": "10.0.0.1", "tos": "IPTOS_FAST"}, "spec.tos"),
+        ({"protocol": "udp", "address": "10.0.0.1", "tos": 300}, "spec.tos"),
+        (
+            {"protocol": "udp", "address": "10.0.0.1", "advertised": {"address": "bad_host!"}},
+            "spec.advertised.address",
+        ),
+        ({"protocol": "udp", "address": "10.0.0.1", "unknown": 1}, "unknown"),
+        ({"address": "10.0.0.1"}, "spec.protocol"),
+    ],
+)
+def test_api_server_refuses_invalid_specs_naming_the_field(
+    control_plane: ControlPlane, crd: Path, namespace: str, spec: dict[str, object], needle: str
+) -> None:
+    obj = {
+        "apiVersion": "sipsockets.io/v1alpha1",
+        "kind": "SipSocket",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    out = control_plane.kubectl(
+        "apply", "--validate=strict", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False
+    )
+    assert out.returncode != 0, out.stdout
+    assert needle in out.stderr, out.stderr
+    assert get(control_plane, namespace, "bad") is None
+
+
+def test_api_server_accepts_valid_specs(control_plane: ControlPlane, crd: Path, namespace: str) -> None:
+    good = [
+        sipsocket("v4", "udp", "10.0.5.20"),
+        sipsocket("v6", "tls", "2001:db8::5", 5061, advertised={"address": "sbc.example.com", "port": 5061}),
+        sipsocket(
+            "all", "ws", "10.0.5.21", 8080, tag="edge", flags=["reuse_port", "frag"], tos="IPTOS_LOWDELAY"
+        ),
+        sipsocket("tosnum", "udp", "10.0.5.22", tos=184, advertised={"address": "203.0.113.7"}),
+    ]
+    for obj in good:
+        out = apply(control_plane, namespace, obj, check=False)
+        assert out.returncode == 0, out.stderr
+
+
+def _cert(workdir: Path) -> tuple[Path, Path]:
+    cert, key = workdir / "webhook.crt", workdir / "webhook.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def webhook(env: Env) -> Iterator[int]:
+    """A ValidatingWebhookConfiguration for this test's namespace only, pointing at the operator."""
+    cert, key = _cert(env.workdir)
+    port = free_port()
+    env.operator(webhook_listen=f"127.0.0.1:{port}", webhook_cert_file=str(cert), webhook_key_file=str(key))
+    name = f"sipsockets-{env.namespace}"
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "validate.sipsockets.io",
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{port}/validate-sipsocket",
+                    "caBundle": base64.b64encode(cert.read_bytes()).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": ["sipsockets.io"],
+                        "apiVersions": ["v1alpha1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["sipsockets"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.namespace}},
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 10,
+            }
+        ],
+    }
+    env.cp.kubectl("apply", "-f", "-", input=json.dumps(config))
+    try:
+        yield port
+    finally:
+        env.cp.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found", check=False)
+
+
+def test_webhook_refuses_conflicts_with_an_actionable_message(env: Env, webhook: int) -> None:
+    cp, ns = env.cp, env.namespace
+    env.pod("sipproxy-0")
+    addr = env.addresses.next()
+    assert apply(cp, ns, sipsocket("first", "tcp", addr, 5061)).returncode == 0
+    wait_condition(cp, ns, "first", "Ready", "True")
+
+    # tls shares TCP ports with tcp: same endpoint.
+    out = apply(cp, ns, sipsocket("second", "tls", addr, 5061), check=False)
+    assert out.returncode != 0
+    assert "admission webhook" in out.stderr
+    assert f"SipSocket {ns}/first" in out.stderr, out.stderr
+    assert "choose another address or port" in out.stderr
+    assert get(cp, ns, "second") is None
+
+    # udp on the same port is another endpoint: allowed.
+    assert apply(cp, ns, sipsocket("third", "udp", addr, 5061), check=False).returncode == 0
+
+    # A row written by hand (not owned by the operator) holds its endpoint too.
+    with sqlite3.connect(env.workdir / "sockets.db") as conn:
+        conn.execute("INSERT INTO sockets (socket, tag) VALUES (?, 'by-hand')", (f"udp:{addr}:5090",))
+    out = apply(cp, ns, sipsocket("fourth", "udp", addr, 5090), check=False)
+    assert out.returncode != 0
+    assert "not managed by the operator" in out.stderr, out.stderr
+
+    # Updating an existing object onto a taken endpoint is refused as well; the object keeps its spec.
+    out = apply(cp, ns, sipsocket("third", "tcp", addr, 5061), check=False)
+    assert out.returncode != 0
+    obj = get(cp, ns, "third")
+    assert obj is not None and obj["spec"]["protocol"] == "udp"
+
+
+def test_race_without_webhook_has_exactly_one_winner(env: Env) -> None:
+    cp, ns = env.cp, env.namespace
+    env.pod("sipproxy-0")
+    env.operator()
+    addr = env.addresses.next()
+    names = ["racer-a", "racer-b", "racer-c"]
+    apply(cp, ns, *(sipsocket(n, "udp", addr, 5080) for n in names))
+
+    def settled() -> list[dict[str, object]] | None:
+        objs = [get(cp, ns, n) for n in names]
+        accepted = [condition(o, "Accepted").get("status") for o in objs]
+        return [o for o in objs if o] if all(a in ("True", "False") for a in accepted) else None
+
+    objs = wait_for(settled, "every racer decided")
+    winners = [o for o in objs if condition(o, "Accepted")["status"] == "True"]  # type: ignore[arg-type]
+    losers = [o for o in objs if condition(o, "Accepted")["status"] == "False"]  # type: ignore[arg-type]
+    assert len(winners) == 1
+    winner = winners[0]["metadata"]["name"]  # type: ignore[index]
+    wait_condition(cp, ns, str(winner), "Ready", "True")
+    for loser in losers:
+        c = condition(loser, "Accepted")  # type: ignore[arg-type]
+        assert c["reason"] == "EndpointConflict"
+        assert f"SipSocket {ns}/{winner}" in c["message"]
+    with sqlite3.connect(env.workdir / "sockets.db") as conn:
+        assert conn.execute("SELECT socket FROM sockets").fetchall() == [(f"udp:{addr}:5080",)]
+
+    # The holder goes: one of the losers takes the endpoint by itself.
+    cp.kubectl("delete", "sipsocket", str(winner), "-n", ns, "--timeout=60s")
+    rest = [n for n in names if n != winner]
+
+    def new_winner() -> str | None:
+        ready = [n for n in rest if condition(get(cp, ns, n), "Ready").get("status") == "True"]
+        return ready[0] if len(ready) == 1 else None
+
+    wait_for(new_winner, "a former loser Ready", timeout=120)
