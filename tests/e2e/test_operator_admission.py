@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,19 +173,19 @@ def test_race_without_webhook_has_exactly_one_winner(env: Env) -> None:
     names = ["racer-a", "racer-b", "racer-c"]
     apply(cp, ns, *(sipsocket(n, "udp", addr, 5080) for n in names))
 
-    def settled() -> list[dict[str, object]] | None:
+    def settled() -> list[dict[str, Any]] | None:
         objs = [get(cp, ns, n) for n in names]
         accepted = [condition(o, "Accepted").get("status") for o in objs]
         return [o for o in objs if o] if all(a in ("True", "False") for a in accepted) else None
 
     objs = wait_for(settled, "every racer decided")
-    winners = [o for o in objs if condition(o, "Accepted")["status"] == "True"]  # type: ignore[arg-type]
-    losers = [o for o in objs if condition(o, "Accepted")["status"] == "False"]  # type: ignore[arg-type]
+    winners = [o for o in objs if condition(o, "Accepted")["status"] == "True"]
+    losers = [o for o in objs if condition(o, "Accepted")["status"] == "False"]
     assert len(winners) == 1
-    winner = winners[0]["metadata"]["name"]  # type: ignore[index]
+    winner = winners[0]["metadata"]["name"]
     wait_condition(cp, ns, str(winner), "Ready", "True")
     for loser in losers:
-        c = condition(loser, "Accepted")  # type: ignore[arg-type]
+        c = condition(loser, "Accepted")
         assert c["reason"] == "EndpointConflict"
         assert f"SipSocket {ns}/{winner}" in c["message"]
     with sqlite3.connect(env.workdir / "sockets.db") as conn:
