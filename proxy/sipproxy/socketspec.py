@@ -162,7 +162,7 @@ def split_host_port(text: str, what: str) -> tuple[str, int | None]:
 def _parse_socket_text(text: str, resolve: Resolver) -> tuple[str, str, int]:
     text = text.strip()
     proto, sep, rest = text.partition(":")
-    if not sep or not proto or not rest:
+    if not sep or not proto or not rest or not proto.isalpha():
         raise RowError(f"socket {text!r}: expected proto:host[:port] (proto is required)")
     proto = proto.lower()
     if proto in _KNOWN_UNSERVED:

@@ -1,0 +1,175 @@
+"""Dynamic sockets from the table, added and removed at runtime, answering SIPp (SQLite database)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.conftest import (
+    Proxy,
+    SocketsTable,
+    free_port,
+    loopback_ip,
+    sipp_options,
+    tcp_connect_refused,
+    udp_options,
+)
+
+
+def mgm_config(table: SocketsTable, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "udp_workers": 1,
+        "tcp_workers": 2,
+        "sockets_mgm": {"db_url": table.db_url, "processes": 2, "max_sockets": 10},
+    }
+    config.update(extra)
+    return config
+
+
+def by_socket(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["socket"]: e for e in entries}
+
+
+def test_udp_and_tcp_sockets_added_and_removed_at_runtime(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    proxy = proxies(mgm_config(sqlite_table))
+    ip = loopback_ip()
+    port = free_port(ip)
+    udp, tcp = f"udp:{ip}:{port}", f"tcp:{ip}:{port}"
+    assert proxy.call("sockets_list") == []
+
+    sqlite_table.add(udp, tag="carrier-a", advertised="203.0.113.7")
+    sqlite_table.add(tcp, flags="reuse_port")
+    result = proxy.call("sockets_reload")
+    assert sorted(e["socket"] for e in result["added"]) == [tcp, udp]
+    assert result["removed"] == [] and result["kept"] == [] and result["failed"] == []
+
+    listed = by_socket(proxy.call("sockets_list"))
+    assert listed[udp]["state"] == "listening" and listed[tcp]["state"] == "listening"
+    assert listed[udp]["tag"] == "carrier-a"
+    assert listed[udp]["advertised"] == f"203.0.113.7:{port}"
+    assert listed[tcp]["flags"] == "reuse_port"
+    assert (listed[udp]["proto"], listed[udp]["address"], listed[udp]["port"]) == ("udp", ip, port)
+    assert {listed[udp]["slot"], listed[tcp]["slot"]} == {0, 1}
+
+    assert sipp_options(ip, port, "udp", count=5).returncode == 0
+    assert sipp_options(ip, port, "tcp", count=5).returncode == 0
+
+    # A second reload with the same rows keeps both untouched.
+    again = proxy.call("sockets_reload")
+    assert again["added"] == [] and sorted(e["socket"] for e in again["kept"]) == [tcp, udp]
+
+    sqlite_table.remove(udp)
+    result = proxy.call("sockets_reload")
+    assert [e["socket"] for e in result["removed"]] == [udp]
+    assert [e["socket"] for e in result["kept"]] == [tcp]
+    assert udp_options(ip, port, wait=2.0) is None
+    assert sipp_options(ip, port, "tcp").returncode == 0
+
+    sqlite_table.remove(tcp)
+    result = proxy.call("sockets_reload")
+    assert [e["socket"] for e in result["removed"]] == [tcp]
+    assert tcp_connect_refused(ip, port)
+    assert proxy.call("sockets_list") == []
+
+
+def test_start_up_loads_the_table_itself(proxies: Callable[..., Proxy], sqlite_table: SocketsTable) -> None:
+    ip = loopback_ip()
+    port = free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{port}")
+    proxy = proxies(mgm_config(sqlite_table))
+    assert [e["state"] for e in proxy.call("sockets_list")] == ["listening"]
+    reply = udp_options(ip, port)
+    assert reply is not None and reply.startswith(b"SIP/2.0 200")
+
+
+def test_failures_are_reported_per_socket_and_the_rest_proceeds(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    mgm = {"db_url": sqlite_table.db_url, "processes": 1, "max_sockets": 2}
+    proxy = proxies(mgm_config(sqlite_table, sockets_mgm=mgm))
+    ip = loopback_ip()
+    busy_port, ok_port, extra_port = free_port(ip), free_port(ip), free_port(ip)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind((ip, busy_port))  # EADDRINUSE for the proxy
+    try:
+        sqlite_table.add(f"udp:{ip}:{busy_port}")
+        sqlite_table.add(f"udp:{ip}:{ok_port}")
+        sqlite_table.add(f"tls:{ip}:{ok_port}")
+        sqlite_table.add(f"udp:{ip}:0")
+        sqlite_table.add(f"udp:{ip}:{extra_port}", flags="turbo")
+        sqlite_table.add(f"udp:{ip}:{extra_port}", tos="IPTOS_FAST")
+        sqlite_table.add(f"{ip}:{extra_port}")
+        sqlite_table.add("udp:192.0.2.1:5060")  # not a local address: EADDRNOTAVAIL
+        result = proxy.call("sockets_reload")
+        errors = {f["socket"]: f["error"] for f in result["failed"]}
+        assert errors[f"udp:{ip}:{busy_port}"] == "[Errno 98] Address already in use"
+        assert errors[f"tls:{ip}:{ok_port}"] == "transport not supported yet"
+        assert "out of range" in errors[f"udp:{ip}:0"]
+        assert "Cannot assign requested address" in errors["udp:192.0.2.1:5060"]
+        assert [e["socket"] for e in result["added"]] == [f"udp:{ip}:{ok_port}"]
+        bad = [f for f in result["failed"] if f["socket"] == f"udp:{ip}:{extra_port}"]
+        assert sorted(f["error"].split(" ")[0] for f in bad) == ["bad", "unknown"]
+        assert "proto is required" in errors[f"{ip}:{extra_port}"]
+
+        listed = proxy.call("sockets_list")
+        states = [(e["socket"], e["state"]) for e in listed]
+        assert (f"udp:{ip}:{ok_port}", "listening") in states
+        assert (f"udp:{ip}:{busy_port}", "failed") in states
+        assert (f"tls:{ip}:{ok_port}", "failed") in states
+        assert len(listed) == 8
+        assert udp_options(ip, ok_port) is not None
+
+        # max_sockets is 2: one slot left for two new sockets.
+        p1, p2 = free_port(ip), free_port(ip)
+        sqlite_table.add(f"udp:{ip}:{p1}")
+        sqlite_table.add(f"tcp:{ip}:{p2}")
+        result = proxy.call("sockets_reload")
+        assert len(result["added"]) == 1
+        assert [f["error"] for f in result["failed"] if f["error"] == "no free slot"] == ["no free slot"]
+        assert proxy.call("sockets_capacity") == {"max_sockets": 2, "used": 2, "free": 0}
+    finally:
+        holder.close()
+
+    # The port is free now: the failed row is retried on the next reload.
+    sqlite_table.remove(f"udp:{ip}:{ok_port}")
+    result = proxy.call("sockets_reload")
+    assert f"udp:{ip}:{busy_port}" in [e["socket"] for e in result["added"]]
+    assert udp_options(ip, busy_port) is not None
+
+
+def test_changed_row_is_replaced_in_a_new_slot(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    proxy = proxies(mgm_config(sqlite_table))
+    ip = loopback_ip()
+    port = free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{port}", tag="old")
+    first = proxy.call("sockets_reload")["added"][0]
+    sqlite_table.set(f"udp:{ip}:{port}", tag="new")
+    result = proxy.call("sockets_reload")
+    assert [e["tag"] for e in result["removed"]] == ["old"]
+    assert [e["tag"] for e in result["added"]] == ["new"]
+    assert result["added"][0]["slot"] != first["slot"]
+    assert udp_options(ip, port) is not None
+
+
+def test_list_sockets_shows_static_and_dynamic(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    ip = loopback_ip()
+    static_port, dyn_port = free_port(ip), free_port(ip)
+    proxy = proxies(mgm_config(sqlite_table, sockets=[f"udp:{ip}:{static_port} tag core use_workers 1"]))
+    sqlite_table.add(f"tcp:{ip}:{dyn_port}")
+    proxy.call("sockets_reload")
+    listing = {(e["socket"], e["kind"]) for e in proxy.call("list_sockets")}
+    assert listing == {(f"udp:{ip}:{static_port}", "static"), (f"tcp:{ip}:{dyn_port}", "dynamic")}
+    # sockets_list is OpenSIPS' view: dynamic sockets only.
+    assert [e["socket"] for e in proxy.call("sockets_list")] == [f"tcp:{ip}:{dyn_port}"]
+    ps = proxy.processes()
+    types = sorted(p["Type"] for p in ps)
+    assert types == ["supervisor", "tcp", "tcp", "udp", "udp_pool", "udp_pool"]
+    assert [p["Sockets"] for p in ps if p["Type"] == "udp"] == [[f"udp:{ip}:{static_port}"]]
+    assert all(p["Sockets"] == [f"tcp:{ip}:{dyn_port}"] for p in ps if p["Type"] == "tcp")
