@@ -182,6 +182,8 @@ seccompProfile:
     "root" .Values.mi.root
     "token_file" "/etc/sipsockets/mi/token")
   "routes" $p.routes
+  "log_level" $p.logLevel
+  "tcp_idle_timeout" $p.tcpIdleTimeout
 -}}
 {{- toYaml $config -}}
 {{- end -}}

@@ -1,0 +1,389 @@
+"""`helm lint` and `helm template` over every mode and option set: what each renders, and that it is right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.chart.rendering import (
+    CHART,
+    OPTION_SETS,
+    RELEASE,
+    Rendered,
+    containers,
+    env_of,
+    pod_spec,
+    rendered,
+    run_helm,
+)
+
+PROXY_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "proxy"}
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_helm_lint_strict(option_set: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps(OPTION_SETS[option_set]))
+    result = run_helm("lint", "--strict", str(CHART), "--values", str(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_every_option_set_renders_valid_objects(option_set: str) -> None:
+    r = rendered(OPTION_SETS[option_set])
+    names: set[tuple[str, str]] = set()
+    for m in r.manifests:
+        assert {"apiVersion", "kind", "metadata"} <= m.keys()
+        key = (m["kind"], m["metadata"]["name"])
+        assert key not in names, f"{key} rendered twice"
+        names.add(key)
+        assert len(m["metadata"]["name"]) <= 63
+        labels = m["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", key
+    # Every workload's selector matches its own pod template.
+    for w in r.workloads():
+        selector = w["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_defaults_install_the_whole_fleet() -> None:
+    r = rendered()
+    assert {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "Secret",
+        "ConfigMap",
+        "ValidatingWebhookConfiguration",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    } <= r.kinds()
+    assert "DaemonSet" not in r.kinds()
+    operator = r.one("Deployment", "-operator")
+    assert operator["spec"]["replicas"] == 1
+    proxy = r.one("Deployment", "-proxy")
+    assert PROXY_LABELS.items() <= proxy["spec"]["template"]["metadata"]["labels"].items()
+    postgres = r.one("StatefulSet", "-postgresql")
+    claim = postgres["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_service_mode_is_a_load_balancer_keeping_source_addresses() -> None:
+    r = rendered()
+    svc = r.one("Service", "-proxy")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    assert {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    assert PROXY_LABELS.items() <= svc["spec"]["selector"].items()
+    node_port = rendered(OPTION_SETS["nodePort"]).one("Service", "-proxy")
+    assert node_port["spec"]["type"] == "NodePort"
+    assert node_port["spec"]["ports"] == [
+        {"name": "sip-udp", "port": 5060, "targetPort": 5060, "protocol": "UDP", "nodePort": 30060}
+    ]
+
+
+def test_host_network_mode_is_a_daemonset_on_the_chosen_nodes() -> None:
+    r = rendered(OPTION_SETS["hostNetwork"])
+    assert not [d for d in r.of_kind("Deployment") if d["metadata"]["name"].endswith("-proxy")]
+    ds = r.one("DaemonSet", "-proxy")
+    spec = pod_spec(ds)
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["nodeSelector"] == {"sipsockets.io/sbc": "true"}
+    assert spec["tolerations"] == [{"key": "sbc", "operator": "Exists", "effect": "NoSchedule"}]
+    # A network-namespaced sysctl is refused on a hostNetwork pod.
+    assert "sysctls" not in spec["securityContext"]
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
+    # No LoadBalancer Service, and no PodDisruptionBudget (a DaemonSet has no scale subresource).
+    assert not [s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-proxy")]
+    assert [p["metadata"]["name"] for p in r.of_kind("PodDisruptionBudget")] == [f"{RELEASE}-operator"]
+
+
+def test_multus_mode_attaches_the_secondary_networks() -> None:
+    r = rendered(OPTION_SETS["multus"])
+    proxy = r.one("Deployment", "-proxy")
+    annotation = proxy["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
+    assert json.loads(annotation) == [{"name": "carrier-vlan", "interface": "net1", "ips": ["10.0.5.20/24"]}]
+    assert "hostNetwork" not in pod_spec(proxy)
+    assert not [s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-proxy")]
+
+
+def test_multus_mode_without_networks_is_refused() -> None:
+    result = rendered_error({"proxy": {"mode": "multus"}})
+    assert "networks" in result
+
+
+def rendered_error(values: dict[str, Any]) -> str:
+    from tests.unit.chart.rendering import template_text
+
+    result = template_text(values, check=False)
+    assert result.returncode != 0, f"helm template accepted {values}"
+    return result.stderr
+
+
+def proxy_config(r: Rendered) -> dict[str, Any]:
+    cm = r.one("ConfigMap", "-proxy")
+    config: dict[str, Any] = yaml.safe_load(cm["data"]["proxy.yaml"])
+    return config
+
+
+def test_proxy_config_is_generated_from_values() -> None:
+    config = proxy_config(rendered(OPTION_SETS["routesAndTuning"]))
+    assert config == {
+        "sockets": ["udp:0.0.0.0:5060 tag public", "tcp:0.0.0.0:5060 tag public"],
+        "udp_workers": 2,
+        "tcp_workers": 3,
+        "sockets_mgm": {"db_url": "", "table_name": "carrier_sockets", "processes": 4, "max_sockets": 500},
+        "mi": {"listen": "0.0.0.0:9000", "root": "admin", "token_file": "/etc/sipsockets/mi/token"},
+        "routes": [
+            {
+                "match": {"tag": "public", "ruri": "^sip:\\+44"},
+                "forward": "sip:127.0.0.1:5080",
+                "socket": "core",
+            },
+            {"match": {}, "reply": 404},
+        ],
+        "log_level": "info",
+        "tcp_idle_timeout": 120,
+    }
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_render_config_step_gives_a_config_the_proxy_accepts(option_set: str, tmp_path: Path) -> None:
+    """Run the chart's own render-config script (paths moved under tmp_path) with a db_url file: the result
+    passes the proxy's config parser, and holds the URL."""
+    from sipproxy.config import parse_config
+
+    r = rendered(OPTION_SETS[option_set])
+    proxy = next(w for w in r.workloads() if w["metadata"]["name"].endswith("-proxy"))
+    step = next(c for c in containers(proxy) if c["name"] == "render-config")
+    script = step["command"][-1]
+    for mount in step["volumeMounts"]:
+        local = tmp_path / mount["name"]
+        local.mkdir()
+        script = script.replace(mount["mountPath"], str(local))
+    (tmp_path / "config-template" / "proxy.yaml").write_text(
+        r.one("ConfigMap", "-proxy")["data"]["proxy.yaml"]
+    )
+    (tmp_path / "db-url" / "db-url").write_text("postgres://u:secret@db.voip.svc:5432/sipsockets\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    out = tmp_path / "run" / "proxy.yaml"
+    assert out.stat().st_mode & 0o777 == 0o600
+    config = parse_config(yaml.safe_load(out.read_text()))
+    assert config.sockets_mgm is not None
+    assert config.sockets_mgm.db_url == "postgres://u:secret@db.voip.svc:5432/sipsockets"
+
+
+def test_render_config_step_refuses_a_config_the_proxy_would_refuse(tmp_path: Path) -> None:
+    r = rendered()
+    proxy = r.one("Deployment", "-proxy")
+    step = next(c for c in containers(proxy) if c["name"] == "render-config")
+    script = step["command"][-1]
+    for mount in step["volumeMounts"]:
+        (tmp_path / mount["name"]).mkdir()
+        script = script.replace(mount["mountPath"], str(tmp_path / mount["name"]))
+    (tmp_path / "config-template" / "proxy.yaml").write_text(
+        r.one("ConfigMap", "-proxy")["data"]["proxy.yaml"]
+    )
+    (tmp_path / "db-url" / "db-url").write_text("redis://nowhere/0")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "sockets_mgm.db_url" in result.stderr
+    assert not (tmp_path / "run" / "proxy.yaml").exists()
+
+
+def test_a_config_change_rolls_the_proxy_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        proxy = rendered(values).one("Deployment", "-proxy")
+        value: str = proxy["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    base = checksum({})
+    assert checksum({}) == base
+    assert checksum({"proxy": {"udpWorkers": 4}}) != base
+    assert checksum({"proxy": {"sockets": ["udp:0.0.0.0:5070"]}}) != base
+
+
+def test_database_url_comes_from_a_secret_never_a_configmap() -> None:
+    r = rendered()
+    assert "postgres://" not in yaml.safe_dump(r.of_kind("ConfigMap"))
+    proxy = r.one("Deployment", "-proxy")
+    volumes = {v["name"]: v for v in pod_spec(proxy)["volumes"]}
+    assert volumes["db-url"]["secret"]["secretName"] == f"{RELEASE}-db-url"
+    assert volumes["run"]["emptyDir"]["medium"] == "Memory"
+    render_config = next(c for c in containers(proxy) if c["name"] == "render-config")
+    assert "/etc/sipsockets/db/db-url" in render_config["command"][-1]
+    main = next(c for c in pod_spec(proxy)["containers"] if c["name"] == "proxy")
+    assert main["command"] == ["sipproxy", "--config", "/run/sipsockets/proxy.yaml"]
+
+
+def test_bundled_database_url_points_at_the_bundled_postgresql() -> None:
+    import base64
+
+    r = rendered()
+    secret = r.one("Secret", "-db-url")
+    url = base64.b64decode(secret["data"]["db-url"]).decode()
+    password = base64.b64decode(r.one("Secret", "-postgresql-auth")["data"]["password"]).decode()
+    assert url == f"postgres://sipsockets:{password}@{RELEASE}-postgresql.voip.svc:5432/sipsockets"
+    assert len(password) == 32
+
+
+def test_external_database_replaces_the_bundled_one() -> None:
+    r = rendered(OPTION_SETS["externalDatabase"])
+    assert not r.of_kind("StatefulSet")
+    assert not [s for s in r.of_kind("Secret") if "db-url" in s["metadata"]["name"]]
+    for w in r.workloads():
+        spec = pod_spec(w)
+        refs = [v["secret"] for v in spec["volumes"] if v["name"] == "db-url"]
+        assert refs == [{"secretName": "carrier-db", "items": [{"key": "url", "path": "db-url"}]}]
+        init = next(c for c in spec["initContainers"] if c["name"] == "db-init")
+        assert env_of(init)["SIPSOCKETS_DB_URL"] == {"secretKeyRef": {"name": "carrier-db", "key": "url"}}
+
+
+def test_schema_init_step_runs_sipproxy_db_init() -> None:
+    r = rendered(OPTION_SETS["routesAndTuning"])
+    for w in r.workloads():
+        if w["metadata"]["name"].endswith("-postgresql"):
+            continue
+        init = next(c for c in pod_spec(w)["initContainers"] if c["name"] == "db-init")
+        assert init["command"] == [
+            "sipproxy",
+            "db",
+            "init",
+            "--db-url",
+            "$(SIPSOCKETS_DB_URL)",
+            "--table-name",
+            "carrier_sockets",
+        ]
+    off = rendered(OPTION_SETS["everythingOff"])
+    for w in off.workloads():
+        assert "db-init" not in [c["name"] for c in pod_spec(w).get("initContainers", [])]
+
+
+def test_operator_settings_follow_the_operator_contract() -> None:
+    r = rendered(OPTION_SETS["routesAndTuning"])
+    op = r.one("Deployment", "-operator")
+    (container,) = pod_spec(op)["containers"]
+    env = env_of(container)
+    assert env["SIPSOCKETS_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["SIPSOCKETS_DB_URL_FILE"] == "/etc/sipsockets/db/db-url"
+    assert env["SIPSOCKETS_TABLE_NAME"] == "carrier_sockets"
+    assert env["SIPSOCKETS_MI_PORT"] == "9000"
+    assert env["SIPSOCKETS_MI_ROOT"] == "admin"
+    assert env["SIPSOCKETS_MI_TOKEN_FILE"] == "/etc/sipsockets/mi/token"
+    assert env["SIPSOCKETS_WEBHOOK_LISTEN"] == "0.0.0.0:9443"
+    assert env["SIPSOCKETS_HEALTH_LISTEN"] == "0.0.0.0:8080"
+    assert env["SIPSOCKETS_LOG_FORMAT"] == "text"
+    assert "SIPSOCKETS_PEERING" not in env
+    # The selector finds exactly this release's proxy pods.
+    selector = dict(kv.split("=") for kv in env["SIPSOCKETS_PROXY_SELECTOR"].split(","))
+    proxy_labels = r.one("Deployment", "-proxy")["spec"]["template"]["metadata"]["labels"]
+    assert PROXY_LABELS.items() <= selector.items() <= proxy_labels.items()
+    probes = (container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"])
+    assert all(p == {"path": "/healthz", "port": "health"} for p in probes)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "webhook": 9443}
+
+
+def test_mi_token_secret_is_shared_by_operator_and_proxies() -> None:
+    r = rendered()
+    secret = r.one("Secret", "-mi-token")
+    assert len(secret["data"]["token"]) > 40
+    for suffix in ("-operator", "-proxy"):
+        spec = pod_spec(r.one("Deployment", suffix))
+        vol = next(v for v in spec["volumes"] if v["name"] == "mi-token")
+        assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+    mine = rendered({"mi": {"existingSecret": "my-token", "secretKey": "t"}})
+    assert not [s for s in mine.of_kind("Secret") if s["metadata"]["name"].endswith("-mi-token")]
+    vol = next(v for v in pod_spec(mine.one("Deployment", "-proxy"))["volumes"] if v["name"] == "mi-token")
+    assert vol["secret"] == {"secretName": "my-token", "items": [{"key": "t", "path": "token"}]}
+
+
+def test_network_policy_lets_only_the_operator_reach_the_mi_port() -> None:
+    r = rendered(OPTION_SETS["monitoring"])
+    (policy,) = r.of_kind("NetworkPolicy")
+    assert PROXY_LABELS.items() <= policy["spec"]["podSelector"]["matchLabels"].items()
+    mi_rule, open_rule = policy["spec"]["ingress"]
+    assert mi_rule["ports"] == [{"protocol": "TCP", "port": 8888}]
+    peers = mi_rule["from"]
+    assert peers[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert peers[1] == {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+    assert "from" not in open_rule
+    for proto in ("UDP", "TCP", "SCTP"):
+        ranges = [(p["port"], p["endPort"]) for p in open_rule["ports"] if p["protocol"] == proto]
+        assert ranges == [(1, 8887), (8889, 65535)]
+    assert not rendered(OPTION_SETS["everythingOff"]).of_kind("NetworkPolicy")
+
+
+def test_peering_runs_a_statefulset_with_distinct_priorities() -> None:
+    r = rendered(OPTION_SETS["peering"])
+    op = r.one("StatefulSet", "-operator")
+    assert op["spec"]["replicas"] == 3
+    env = env_of(pod_spec(op)["containers"][0])
+    assert env["SIPSOCKETS_PEERING"] == RELEASE
+    assert env["SIPSOCKETS_PRIORITY"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    crd = next(c for c in r.of_kind("CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev")
+    assert crd["spec"]["names"]["kind"] == "KopfPeering"
+    (peering,) = r.of_kind("KopfPeering")
+    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert not [d for d in r.of_kind("Deployment") if d["metadata"]["name"].endswith("-operator")]
+    single = rendered()
+    assert not single.of_kind("KopfPeering")
+    assert single.one("Deployment", "-operator")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_pod_disruption_budgets() -> None:
+    r = rendered()
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in r.of_kind("PodDisruptionBudget")}
+    assert pdbs[f"{RELEASE}-operator"]["maxUnavailable"] == 1
+    assert pdbs[f"{RELEASE}-proxy"]["maxUnavailable"] == 1
+    assert pdbs[f"{RELEASE}-proxy"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
+    assert not rendered(OPTION_SETS["everythingOff"]).of_kind("PodDisruptionBudget")
+
+
+def test_service_monitors_scrape_operator_and_proxies_with_the_token() -> None:
+    r = rendered(OPTION_SETS["monitoring"])
+    monitors = {m["metadata"]["name"]: m for m in r.of_kind("ServiceMonitor")}
+    assert set(monitors) == {f"{RELEASE}-operator", f"{RELEASE}-proxy"}
+    proxy_ep = monitors[f"{RELEASE}-proxy"]["spec"]["endpoints"][0]
+    assert proxy_ep["port"] == "mi"
+    assert proxy_ep["authorization"]["credentials"] == {"name": f"{RELEASE}-mi-token", "key": "token"}
+    mi_svc = r.one("Service", "-proxy-mi")
+    assert mi_svc["spec"]["clusterIP"] == "None"
+    assert (
+        monitors[f"{RELEASE}-proxy"]["spec"]["selector"]["matchLabels"].items()
+        <= mi_svc["metadata"]["labels"].items()
+    )
+    assert monitors[f"{RELEASE}-proxy"]["metadata"]["labels"]["release"] == "prom"
+    assert not rendered().of_kind("ServiceMonitor")
+
+
+def test_images_are_values() -> None:
+    r = rendered(
+        {
+            "operator": {"image": {"repository": "reg.example/op", "tag": "1.2"}},
+            "proxy": {"image": {"repository": "reg.example/px", "tag": "3.4", "pullPolicy": "Never"}},
+        }
+    )
+    op = r.one("Deployment", "-operator")
+    assert pod_spec(op)["containers"][0]["image"] == "reg.example/op:1.2"
+    px = r.one("Deployment", "-proxy")
+    assert {c["image"] for c in containers(px)} == {"reg.example/px:3.4"}
+    assert {c["imagePullPolicy"] for c in containers(px)} == {"Never"}
+    default = rendered().one("Deployment", "-proxy")
+    assert pod_spec(default)["containers"][0]["image"] == "sipsockets/proxy:0.1.0"
