@@ -19,12 +19,14 @@ class FramingError(ValueError):
     """The stream cannot be split any further; the connection must be closed.
 
     `reason` is a snake_case word for metrics: missing_content_length, bad_content_length,
-    headers_too_large or message_too_large.
+    headers_too_large or message_too_large. `messages` holds the complete messages that the same
+    `feed` call split off before the error: the runtime should still handle them before closing.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, messages: list[bytes] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.messages: list[bytes] = messages if messages is not None else []
 
 
 class StreamFramer:
@@ -36,7 +38,7 @@ class StreamFramer:
         self.max_headers = max_headers
         self.max_message = max_message
         self._buf = bytearray()
-        self._broken: FramingError | None = None
+        self._broken: str | None = None
 
     @property
     def pending(self) -> bytes:
@@ -46,11 +48,12 @@ class StreamFramer:
     def feed(self, data: bytes) -> list[bytes]:
         """Complete messages found so far; skips CRLF keep-alives (RFC 5626) between messages.
 
-        Raises FramingError on missing or bad Content-Length and on oversized headers or messages; once
-        it raised, every later call raises the same error.
+        Raises FramingError on missing or bad Content-Length and on oversized headers or messages (with
+        the messages completed before the error in `messages`); once it raised, every later call raises
+        the same reason again.
         """
         if self._broken is not None:
-            raise self._broken
+            raise FramingError(self._broken)
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -66,27 +69,27 @@ class StreamFramer:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.max_headers:
-                    self._fail("headers_too_large")
+                    self._fail("headers_too_large", out)
                 break
             if end + 4 > self.max_headers:
-                self._fail("headers_too_large")
+                self._fail("headers_too_large", out)
             length = _content_length(bytes(buf[:end]))
             if length is None:
-                self._fail("missing_content_length")
+                self._fail("missing_content_length", out)
             if length < 0:
-                self._fail("bad_content_length")
+                self._fail("bad_content_length", out)
             total = end + 4 + length
             if total > self.max_message:
-                self._fail("message_too_large")
+                self._fail("message_too_large", out)
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
         return out
 
-    def _fail(self, reason: str) -> NoReturn:
-        self._broken = FramingError(reason)
-        raise self._broken
+    def _fail(self, reason: str, messages: list[bytes]) -> NoReturn:
+        self._broken = reason
+        raise FramingError(reason, messages)
 
 
 def _content_length(head: bytes) -> int | None:

@@ -35,6 +35,14 @@ ROUTABLE_SCHEMES = ("sip", "sips")
 _MAX_CSEQ = 2**32 - 1
 _REQUIRED = (b"via", b"from", b"to", b"call-id", b"cseq")
 _SINGLETONS = (b"from", b"to", b"call-id", b"cseq", b"max-forwards")
+_DISPLAY = {
+    b"via": "Via",
+    b"from": "From",
+    b"to": "To",
+    b"call-id": "Call-ID",
+    b"cseq": "CSeq",
+    b"max-forwards": "Max-Forwards",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +113,11 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
         return _reject(facts, 400, "Bad Request (header block not terminated)", "parse_error")
     for name in _REQUIRED:
         if name not in index:
-            return _reject(facts, 400, f"Bad Request (missing {name.decode().title()})", "parse_error")
+            return _reject(facts, 400, f"Bad Request (missing {_DISPLAY[name]})", "parse_error")
     for name in _SINGLETONS:
         positions = index.get(name)
         if positions is not None and len(positions) > 1:
-            return _reject(facts, 400, f"Bad Request (multiple {name.decode().title()})", "parse_error")
+            return _reject(facts, 400, f"Bad Request (multiple {_DISPLAY[name]})", "parse_error")
 
     # Via: every value must parse, not only ours to read (RFC 4475 3.1.2.1).
     if not via_ok or facts.top_via is None:
