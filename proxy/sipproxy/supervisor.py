@@ -222,6 +222,10 @@ class Supervisor:
             w.name,
             "--log-level",
             self.log_level,
+            "--index",
+            str(self.workers.index(w)),
+            "--relay-prefix",
+            f"sipproxy-{os.getpid()}",
             pass_fds=[child.fileno()],
         )
         child.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,47 @@ from sipproxy.worker_tcp import SipStream, open_outbound
 from sipproxy.worker_udp import UdpServer
 
 RESOLVE_TTL = 60.0
+# Connection ids carry their owner: (worker index + 1) << CONN_ID_BITS, plus a per-worker counter.
+CONN_ID_BITS = 20
+
+
+class WorkerEngine(SipEngine):
+    """The SIP engine with connection ids unique across workers.
+
+    A response to a request that came over TCP may arrive at another process (on a shared UDP socket).
+    Its Via names the connection id; the id tells which worker owns the connection, so the message is
+    relayed there instead of being answered over a new connection."""
+
+    def __init__(self, routes: Any, listeners: Listeners, index: int, record_route: bool = True) -> None:
+        super().__init__(routes, listeners, record_route=record_route)
+        self.index = index
+        self._conn_base = (index + 1) << CONN_ID_BITS
+        self._conn_count = 0
+        self._conns: dict[int, object] = {}
+        self._conn_ids: dict[int, int] = {}
+        self.relay_to: int | None = None
+
+    def register_connection(self, conn: object) -> int:
+        cid = self._conn_ids.get(id(conn))
+        if cid is None:
+            self._conn_count = self._conn_count % ((1 << CONN_ID_BITS) - 1) + 1
+            cid = self._conn_base + self._conn_count
+            self._conn_ids[id(conn)] = cid
+            self._conns[cid] = conn
+        return cid
+
+    def forget_connection(self, conn: object) -> None:
+        cid = self._conn_ids.pop(id(conn), None)
+        if cid is not None:
+            self._conns.pop(cid, None)
+
+    def connection(self, cid: int) -> object | None:
+        conn = self._conns.get(cid)
+        if conn is None:
+            owner = (cid >> CONN_ID_BITS) - 1
+            if owner >= 0 and owner != self.index:
+                self.relay_to = owner
+        return conn
 
 
 @dataclass
@@ -68,6 +110,17 @@ class Listeners:
         return self._all.get(listener)
 
 
+def listener_to_wire(listener: Listener) -> dict[str, Any]:
+    return {
+        "proto": listener.proto,
+        "host": listener.host,
+        "port": listener.port,
+        "advertised_host": listener.advertised_host,
+        "advertised_port": listener.advertised_port,
+        "tag": listener.tag,
+    }
+
+
 def listener_from_wire(data: dict[str, Any]) -> Listener:
     return Listener(
         data["proto"],
@@ -80,17 +133,21 @@ def listener_from_wire(data: dict[str, Any]) -> Listener:
 
 
 class Worker:
-    def __init__(self, channel: Channel, name: str) -> None:
+    def __init__(self, channel: Channel, name: str, index: int, relay_prefix: str) -> None:
         self.channel = channel
         self.name = name
+        self.index = index
+        self.relay_prefix = relay_prefix
         self.log = logging.getLogger(f"sipproxy.worker.{name}")
         self.listeners = Listeners()
-        self.engine: SipEngine = SipEngine([], self.listeners)
+        self.engine = WorkerEngine([], self.listeners, index)
+        self.relay_sock: socket.socket | None = None
         self.sockets: dict[int, WorkerSocket] = {}
         self.udp_send: dict[Listener, socket.socket] = {}
         self.counters: dict[int, SocketCounters] = {}
         self.streams: set[SipStream] = set()
         self.pool: dict[Any, SipStream] = {}
+        self.connecting: set[asyncio.Task[None]] = set()
         self.idle_timeout = 120.0
         self._resolved: dict[str, tuple[str | None, float]] = {}
         self._resolving: dict[str, list[tuple[bytes, socket.socket, int, int]]] = {}
@@ -103,6 +160,60 @@ class Worker:
         return c
 
     # --- the hot path -------------------------------------------------------------------------------
+
+    def handle(
+        self, data: bytes, listener: Listener, src: tuple[str, int], sid: int, conn: Any = None
+    ) -> None:
+        """Run the engine on one message and send what it says (or relay it to the connection's owner)."""
+        engine = self.engine
+        outcome = engine.handle(data, listener, src, conn)
+        if engine.relay_to is not None:
+            owner, engine.relay_to = engine.relay_to, None
+            if self.relay(owner, data, listener, src):
+                return
+        self.dispatch(outcome, sid)
+
+    def relay_address(self, index: int) -> bytes:
+        return f"\0{self.relay_prefix}-{index}".encode()
+
+    def relay(self, owner: int, data: bytes, listener: Listener, src: tuple[str, int]) -> bool:
+        if self.relay_sock is None:
+            return False
+        head = json.dumps([listener_to_wire(listener), src[0], src[1]]).encode()
+        try:
+            self.relay_sock.sendto(head + b"\n" + data, self.relay_address(owner))
+        except OSError:
+            return False
+        return True
+
+    def relayed(self, packet: bytes) -> None:
+        head, _, data = packet.partition(b"\n")
+        try:
+            wire, host, port = json.loads(head)
+            listener = listener_from_wire(wire)
+        except (ValueError, KeyError, TypeError):
+            return
+        sid = self.listeners.sid_of(listener)
+        if sid is None:
+            return
+        outcome = self.engine.handle(data, listener, (host, int(port)))
+        self.engine.relay_to = None  # never bounce a relayed message on
+        self.dispatch(outcome, sid)
+
+    async def open_relay(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self.relay_address(self.index))
+        sock.setblocking(False)
+        self.relay_sock = sock
+        worker = self
+
+        class Relay(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                worker.relayed(data)
+
+        await asyncio.get_running_loop().create_datagram_endpoint(
+            Relay, sock=socket.socket(fileno=os.dup(sock.fileno()))
+        )
 
     def dispatch(self, outcome: Outcome, inbound_sid: int) -> None:
         if outcome.drop_reason is not None:
@@ -161,12 +272,12 @@ class Worker:
                     return
                 stream = self.pool.get((listener, ip, port))
                 if stream is None or stream.closed:
-                    task = asyncio.get_running_loop().create_task(
-                        open_outbound(self, listener, sid, ip, port)
-                    )
-                    del task
-                    stream = self.pool[(listener, ip, port)]
-            stream.write(data)
+                    stream = open_outbound(self, listener, sid, ip, port)
+            try:
+                stream.write(data)
+            except ConnectionError:
+                c.drop("connection_gone")
+                return
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
 
@@ -255,9 +366,10 @@ class Worker:
         """Apply one control command; False when told to stop."""
         op = msg.get("op")
         if op == "init":
-            self.engine = SipEngine(
+            self.engine = WorkerEngine(
                 parse_routes(msg.get("routes") or []),
                 self.listeners,
+                self.index,
                 record_route=bool(msg.get("record_route", True)),
             )
             self.idle_timeout = float(msg.get("tcp_idle_timeout", 120.0))
@@ -281,6 +393,10 @@ class Worker:
 
     async def run(self) -> None:
         sweeper = asyncio.get_running_loop().create_task(self.sweep())
+        try:
+            await self.open_relay()
+        except OSError as exc:
+            self.log.warning("no relay socket (TCP responses via other workers disabled): %s", exc)
         try:
             while True:
                 msg, fd = await self.channel.recv()
@@ -306,10 +422,10 @@ class Worker:
         await asyncio.sleep(0)
 
 
-async def amain(control_fd: int, name: str) -> None:
+async def amain(control_fd: int, name: str, index: int, relay_prefix: str) -> None:
     sock = socket.socket(fileno=control_fd)
     channel = Channel(sock)
-    worker = Worker(channel, name)
+    worker = Worker(channel, name, index, relay_prefix)
     loop = asyncio.get_running_loop()
     task = loop.create_task(worker.run())
     # SIGTERM to the whole group (e.g. a terminal's ^C or a kill of the group): stop like on "stop".
@@ -325,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipproxy-worker")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--name", default="worker")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--relay-prefix", default=f"sipproxy-{os.getppid()}")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -336,9 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(amain(args.control_fd, args.name))
+        uvloop.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
     except ImportError:
-        asyncio.run(amain(args.control_fd, args.name))
+        asyncio.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
     return 0
 
 

@@ -66,12 +66,10 @@ class SipStream(asyncio.Protocol):
         for message in messages:
             counters.rx_packets += 1
             try:
-                outcome = self.worker.engine.handle(message, self.listener, self.peer, connection=self)
+                self.worker.handle(message, self.listener, self.peer, self.sid, self)
             except Exception:
-                self.worker.log.exception("engine failed on a message from %s", self.peer)
+                self.worker.log.exception("failed on a message from %s", self.peer)
                 counters.drop("internal_error")
-                continue
-            self.worker.dispatch(outcome, self.sid)
 
     def write(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -102,19 +100,27 @@ class SipStream(asyncio.Protocol):
         return now - self.last_activity > idle_timeout
 
 
-async def open_outbound(worker: Worker, listener: Listener, sid: int, host: str, port: int) -> SipStream:
-    """A connection from the listener's address (any local port) to a next hop; usable at once (writes
-    are queued until connected)."""
+def open_outbound(worker: Worker, listener: Listener, sid: int, host: str, port: int) -> SipStream:
+    """A pooled connection from the listener's address (any local port) to a next hop, usable at once:
+    writes are queued until it is connected."""
     key = (listener, host, port)
     stream = SipStream(worker, listener, sid, pool_key=key)
     worker.pool[key] = stream
+    task = asyncio.get_running_loop().create_task(_connect(worker, stream, host, port))
+    worker.connecting.add(task)
+    task.add_done_callback(worker.connecting.discard)
+    return stream
+
+
+async def _connect(worker: Worker, stream: SipStream, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     try:
-        await loop.create_connection(lambda: stream, host=host, port=port, local_addr=(listener.host, 0))
+        await loop.create_connection(
+            lambda: stream, host=host, port=port, local_addr=(stream.listener.host, 0)
+        )
     except OSError as exc:
         stream.closed = True
-        if worker.pool.get(key) is stream:
-            del worker.pool[key]
-        worker.counters_for(sid).drop("tcp_connect_failed")
-        worker.log.info("tcp connect to %s:%s from %s failed: %s", host, port, listener.host, exc)
-    return stream
+        if worker.pool.get(stream.pool_key) is stream:
+            del worker.pool[stream.pool_key]
+        worker.counters_for(stream.sid).drop("tcp_connect_failed")
+        worker.log.info("tcp connect to %s:%s from %s failed: %s", host, port, stream.listener.host, exc)

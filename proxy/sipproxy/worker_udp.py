@@ -25,12 +25,10 @@ class UdpServer(asyncio.DatagramProtocol):
         counters.rx_packets += 1
         counters.rx_bytes += len(data)
         try:
-            outcome = self.worker.engine.handle(data, self.listener, (addr[0], addr[1]))
+            self.worker.handle(data, self.listener, (addr[0], addr[1]), self.sid)
         except Exception:  # the engine promises never to raise; a worker must survive if it does
-            self.worker.log.exception("engine failed on a datagram from %s", addr)
+            self.worker.log.exception("failed on a datagram from %s", addr)
             counters.drop("internal_error")
-            return
-        self.worker.dispatch(outcome, self.sid)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors of earlier sends (port unreachable...): nothing to do in a stateless proxy.
