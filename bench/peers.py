@@ -1,0 +1,120 @@
+"""The proxies under test: sipproxy (ours) and Kamailio 5.6, started in the foreground and waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from bench.procs import Processes, udp_port_free
+
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+KAMAILIO_CFG = Path(__file__).with_name("kamailio.cfg")
+START_TIMEOUT = 60.0
+
+
+def render_kamailio_cfg(listen_host: str, listen_port: int, uas_host: str, uas_port: int) -> str:
+    text = KAMAILIO_CFG.read_text()
+    for key, value in {
+        "@LISTEN_HOST@": listen_host,
+        "@LISTEN_PORT@": str(listen_port),
+        "@UAS_HOST@": uas_host,
+        "@UAS_PORT@": str(uas_port),
+    }.items():
+        text = text.replace(key, value)
+    return text
+
+
+def kamailio_argv(cfg: Path, rundir: Path) -> list[str]:
+    # -DD -E: foreground, log to stderr; -x/-X tlsf: the TLSF allocator for shared and private memory.
+    return [
+        KAMAILIO,
+        "-f",
+        str(cfg),
+        "-DD",
+        "-E",
+        "-x",
+        "tlsf",
+        "-X",
+        "tlsf",
+        "-m",
+        "64",
+        "-M",
+        "8",
+        "-Y",
+        str(rundir),
+    ]
+
+
+async def start_kamailio(
+    procs: Processes, workdir: Path, listen: tuple[str, int], uas: tuple[str, int]
+) -> asyncio.subprocess.Process:
+    cfg = workdir / "kamailio.cfg"
+    cfg.write_text(render_kamailio_cfg(listen[0], listen[1], uas[0], uas[1]))
+    rundir = workdir / "kamailio-run"
+    rundir.mkdir(parents=True, exist_ok=True)
+    proc = await procs.start("kamailio", kamailio_argv(cfg, rundir))
+    deadline = time.monotonic() + START_TIMEOUT
+    while udp_port_free(*listen):
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"kamailio did not start: {procs.log_tail('kamailio')}")
+        await asyncio.sleep(0.1)
+    return proc
+
+
+class SipProxy:
+    """A running `sipproxy --config FILE` and its MI endpoint."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, mi_url: str, base_url: str) -> None:
+        self.proc = proc
+        self.mi_url = mi_url
+        self.base_url = base_url
+        self._ids = 0
+
+    async def mi(self, session: aiohttp.ClientSession, method: str, limit: float = 120.0) -> Any:
+        self._ids += 1
+        body = {"jsonrpc": "2.0", "method": method, "id": self._ids}
+        async with session.post(self.mi_url, json=body, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
+            data = await resp.json(content_type=None)
+        if "error" in data:
+            raise RuntimeError(f"MI {method}: {data['error']}")
+        return data["result"]
+
+    async def worker_pids(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        """Process type/name -> pid, from the MI `ps` method."""
+        result = await self.mi(session, "ps")
+        items = result.get("Processes", result) if isinstance(result, dict) else result
+        out: dict[str, int] = {}
+        for item in items:
+            name = str(item.get("Name") or item.get("Type") or "")
+            pid = item.get("PID")
+            if name and pid:
+                out[name] = int(pid)
+        return out
+
+
+async def start_sipproxy(procs: Processes, workdir: Path, name: str, config: dict[str, Any]) -> SipProxy:
+    cfg = workdir / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    host, port = str(config["mi"]["listen"]).rsplit(":", 1)
+    base = f"http://{host}:{port}"
+    proc = await procs.start(name, [sys.executable, "-m", "sipproxy.cli", "--config", str(cfg)])
+    deadline = time.monotonic() + START_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become ready: {procs.log_tail(name)}")
+            try:
+                async with session.get(base + "/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    return SipProxy(proc, f"{base}/{config['mi'].get('root', 'mi')}", base)

@@ -1,0 +1,363 @@
+"""Proxy CPU per forwarded call, sipproxy beside Kamailio in the same run; and the highest call rate one pool
+worker sustains with no failed call.
+
+SIPp `-sn uac` -> proxy -> SIPp `-sn uas` (INVITE/180/200/ACK/BYE/200 over UDP on loopback). CPU time is the
+utime+stime of the proxy's whole process tree between just before the uac starts and just after it exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.cpu import CpuTimes, process_cpu, tree_cpu
+from bench.machine import load
+from bench.peers import start_kamailio, start_sipproxy
+from bench.procs import Processes, free_tcp_port, free_udp_port
+from bench.sipp import SippStats, run_uac, uas_argv
+
+HOST = "127.0.0.1"
+WARMUP_CALLS = 100
+IDLE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    peer: str
+    round: int
+    target_rate: float
+    calls: int
+    successful: int
+    failed: int
+    retransmissions: int
+    achieved_rate: float
+    user_s: float
+    system_s: float
+    idle_cpu_ms_per_s: float  # the tree's CPU while no call is up: timers, housekeeping
+    worker_user_s: float | None = None  # ours only: the one UDP worker, without the supervisor
+    worker_system_s: float | None = None
+
+    @property
+    def user_ms_per_call(self) -> float:
+        return self.user_s * 1000 / max(self.calls, 1)
+
+    @property
+    def system_ms_per_call(self) -> float:
+        return self.system_s * 1000 / max(self.calls, 1)
+
+    @property
+    def total_ms_per_call(self) -> float:
+        return self.user_ms_per_call + self.system_ms_per_call
+
+
+@dataclass(frozen=True)
+class RateStep:
+    target_rate: float
+    calls: int
+    successful: int
+    failed: int
+    retransmissions: int
+    achieved_rate: float
+    worker_cpu_share: float  # CPU seconds of the pool worker per wall second (1.0 = one core)
+    loadavg: str
+
+
+def static_config(listen_port: int, uas_port: int, mi_port: int) -> dict[str, Any]:
+    return {
+        "sockets": [f"udp:{HOST}:{listen_port} use_workers 1"],
+        "udp_workers": 1,
+        "mi": {"listen": f"{HOST}:{mi_port}"},
+        "routes": [{"match": {}, "forward": f"sip:{HOST}:{uas_port}"}],
+        "log_level": "warning",
+    }
+
+
+def pool_config(db_url: str, uas_port: int, mi_port: int) -> dict[str, Any]:
+    return {
+        "udp_workers": 1,
+        "tcp_workers": 1,
+        "sockets_mgm": {"db_url": db_url, "processes": 1, "max_sockets": 10},
+        "mi": {"listen": f"{HOST}:{mi_port}"},
+        "routes": [{"match": {}, "forward": f"sip:{HOST}:{uas_port}"}],
+        "log_level": "warning",
+    }
+
+
+def summarize(runs: list[CpuRun]) -> dict[str, Any]:
+    """Per peer: calls-weighted CPU ms per call over all rounds; ratio ours/Kamailio."""
+    out: dict[str, Any] = {}
+    for peer in sorted({r.peer for r in runs}):
+        mine = [r for r in runs if r.peer == peer]
+        calls = sum(r.calls for r in mine)
+        out[peer] = {
+            "calls": calls,
+            "failed": sum(r.failed for r in mine),
+            "user_ms_per_call": sum(r.user_s for r in mine) * 1000 / max(calls, 1),
+            "system_ms_per_call": sum(r.system_s for r in mine) * 1000 / max(calls, 1),
+        }
+        out[peer]["total_ms_per_call"] = out[peer]["user_ms_per_call"] + out[peer]["system_ms_per_call"]
+    if "sipproxy" in out and "kamailio" in out and out["kamailio"]["total_ms_per_call"] > 0:
+        ours, kam = out["sipproxy"], out["kamailio"]
+        out["ratio_total"] = ours["total_ms_per_call"] / kam["total_ms_per_call"]
+        if kam["user_ms_per_call"] > 0:
+            out["ratio_user"] = ours["user_ms_per_call"] / kam["user_ms_per_call"]
+        if kam["system_ms_per_call"] > 0:
+            out["ratio_system"] = ours["system_ms_per_call"] / kam["system_ms_per_call"]
+    return out
+
+
+def sustained(steps: list[RateStep]) -> float | None:
+    """The highest rate reached before the first step with a failed call or a rate SIPp could not keep up."""
+    best: float | None = None
+    for step in steps:
+        if step.failed or step.successful < step.calls or step.achieved_rate < 0.95 * step.target_rate:
+            break
+        best = step.target_rate
+    return best
+
+
+async def _measure(
+    procs: Processes,
+    workdir: Path,
+    label: str,
+    target_port: int,
+    rate: float,
+    calls: int,
+    cpu: Callable[[], CpuTimes],
+) -> tuple[SippStats, CpuTimes]:
+    before = cpu()
+    stats = await run_uac(
+        procs, label, f"{HOST}:{target_port}", HOST, rate, calls, workdir, free_udp_port(HOST)
+    )
+    return stats, cpu() - before
+
+
+async def _idle_ms_per_s(cpu: Callable[[], CpuTimes]) -> float:
+    before = cpu()
+    await asyncio.sleep(IDLE_SECONDS)
+    return (cpu() - before).total * 1000 / IDLE_SECONDS
+
+
+async def _cpu_run(
+    procs: Processes,
+    workdir: Path,
+    peer: str,
+    rnd: int,
+    uas_port: int,
+    rate: float,
+    calls: int,
+) -> CpuRun:
+    listen_port = free_udp_port(HOST)
+    worker_pid: int | None = None
+    if peer == "kamailio":
+        proc = await start_kamailio(procs, workdir, (HOST, listen_port), (HOST, uas_port))
+    else:
+        proxy = await start_sipproxy(
+            procs, workdir, "sipproxy", static_config(listen_port, uas_port, free_tcp_port(HOST))
+        )
+        proc = proxy.proc
+        async with aiohttp.ClientSession() as session:
+            pids = await proxy.worker_pids(session)
+        worker_pid = next((pid for name, pid in pids.items() if name.startswith("udp[")), None)
+    try:
+        root = proc.pid
+
+        def cpu() -> CpuTimes:
+            return tree_cpu(root)
+
+        warm, _ = await _measure(procs, workdir, f"warmup-{peer}-{rnd}", listen_port, 100, WARMUP_CALLS, cpu)
+        if warm.failed:
+            print(f"  warning: {warm.failed} failed warm-up calls through {peer}", file=sys.stderr)
+        idle = await _idle_ms_per_s(cpu)
+        w_before = process_cpu(worker_pid) if worker_pid else None
+        stats, used = await _measure(procs, workdir, f"uac-{peer}-{rnd}", listen_port, rate, calls, cpu)
+        w_used = process_cpu(worker_pid) - w_before if worker_pid and w_before else None
+    finally:
+        await procs.stop(proc)
+    return CpuRun(
+        peer=peer,
+        round=rnd,
+        target_rate=rate,
+        calls=stats.created,
+        successful=stats.successful,
+        failed=stats.failed,
+        retransmissions=stats.retransmissions,
+        achieved_rate=stats.achieved_rate,
+        user_s=used.user,
+        system_s=used.system,
+        idle_cpu_ms_per_s=idle,
+        worker_user_s=w_used.user if w_used else None,
+        worker_system_s=w_used.system if w_used else None,
+    )
+
+
+def _print_run(r: CpuRun) -> None:
+    extra = ""
+    if r.worker_user_s is not None and r.worker_system_s is not None:
+        extra = (
+            f" (worker alone: user {r.worker_user_s * 1000 / max(r.calls, 1):.3f}"
+            f" sys {r.worker_system_s * 1000 / max(r.calls, 1):.3f})"
+        )
+    print(
+        f"  {r.peer:9s} round {r.round}: {r.calls} calls at {r.achieved_rate:.0f}/s, {r.failed} failed,"
+        f" {r.retransmissions} retrans; CPU ms/call user {r.user_ms_per_call:.3f}"
+        f" sys {r.system_ms_per_call:.3f}"
+        f" total {r.total_ms_per_call:.3f}{extra}; idle {r.idle_cpu_ms_per_s:.1f} ms/s",
+        flush=True,
+    )
+
+
+async def cpu_per_call(
+    workdir: Path, rate: float, seconds: float, rounds: int, peers: tuple[str, ...]
+) -> dict[str, Any]:
+    calls = int(rate * seconds)
+    runs: list[CpuRun] = []
+    print(f"proxy_cpu: {calls} calls at {rate:g}/s per run, {rounds} round(s), peers {', '.join(peers)}")
+    async with Processes(workdir / "logs") as procs:
+        uas_port = free_udp_port(HOST)
+        await procs.start("uas", uas_argv(HOST, uas_port), stdout_to_log=False)
+        await asyncio.sleep(0.5)
+        for rnd in range(rounds):
+            # Alternate the order so a drift in the machine's load does not favour one peer.
+            order = peers if rnd % 2 == 0 else tuple(reversed(peers))
+            for peer in order:
+                run = await _cpu_run(procs, workdir, peer, rnd, uas_port, rate, calls)
+                runs.append(run)
+                _print_run(run)
+    summary = summarize(runs)
+    for peer in peers:
+        s = summary[peer]
+        print(
+            f"  {peer:9s} all rounds: user {s['user_ms_per_call']:.3f} sys {s['system_ms_per_call']:.3f}"
+            f" total {s['total_ms_per_call']:.3f} CPU ms/call, {s['failed']} failed of {s['calls']}"
+        )
+    if "ratio_total" in summary:
+        print(
+            f"  ratio sipproxy/kamailio: total {summary['ratio_total']:.2f}x,"
+            f" user {summary.get('ratio_user', float('nan')):.2f}x,"
+            f" system {summary.get('ratio_system', float('nan')):.2f}x"
+        )
+    return {
+        "runs": [
+            asdict(r) | {"user_ms_per_call": r.user_ms_per_call, "system_ms_per_call": r.system_ms_per_call}
+            for r in runs
+        ],
+        "summary": summary,
+    }
+
+
+async def _db_init(workdir: Path, procs: Processes, db_url: str) -> None:
+    proc = await procs.start(
+        "db-init", [sys.executable, "-m", "sipproxy.cli", "db", "init", "--db-url", db_url]
+    )
+    if await asyncio.wait_for(proc.wait(), 60) != 0:
+        raise RuntimeError(f"sipproxy db init failed: {procs.log_tail('db-init')}")
+
+
+def insert_sockets(db_path: Path, sockets: list[str]) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany("INSERT INTO sockets (socket) VALUES (?)", [(s,) for s in sockets])
+
+
+async def max_rate(workdir: Path, rates: list[float], step_seconds: float) -> dict[str, Any]:
+    """Step the call rate up through one dynamic UDP socket served by a pool of one worker."""
+    steps: list[RateStep] = []
+    print(f"pool_max_rate: steps {', '.join(f'{r:g}' for r in rates)} calls/s, {step_seconds:g}s each")
+    db_path = workdir / "pool.sqlite"
+    db_url = f"sqlite:///{db_path}"  # absolute path: sqlite:////abs
+    async with Processes(workdir / "logs") as procs:
+        await _db_init(workdir, procs, db_url)
+        listen_port = free_udp_port(HOST)
+        insert_sockets(db_path, [f"udp:{HOST}:{listen_port}"])
+        uas_port = free_udp_port(HOST)
+        await procs.start("uas-pool", uas_argv(HOST, uas_port), stdout_to_log=False)
+        proxy = await start_sipproxy(
+            procs, workdir, "sipproxy-pool", pool_config(db_url, uas_port, free_tcp_port(HOST))
+        )
+        async with aiohttp.ClientSession() as session:
+            pids = await proxy.worker_pids(session)
+        worker = next(pid for name, pid in pids.items() if name.startswith("udp-pool"))
+        warm = await run_uac(
+            procs,
+            "warmup-pool",
+            f"{HOST}:{listen_port}",
+            HOST,
+            100,
+            WARMUP_CALLS,
+            workdir,
+            free_udp_port(HOST),
+        )
+        if warm.failed or warm.successful < WARMUP_CALLS:
+            raise RuntimeError(f"warm-up through the pool worker failed: {warm}")
+        for rate in rates:
+            calls = int(rate * step_seconds)
+            before, t0 = process_cpu(worker), time.monotonic()
+            stats = await run_uac(
+                procs,
+                f"uac-pool-{rate:g}",
+                f"{HOST}:{listen_port}",
+                HOST,
+                rate,
+                calls,
+                workdir,
+                free_udp_port(HOST),
+            )
+            share = (process_cpu(worker) - before).total / (time.monotonic() - t0)
+            step = RateStep(
+                target_rate=rate,
+                calls=calls,
+                successful=stats.successful,
+                failed=stats.failed,
+                retransmissions=stats.retransmissions,
+                achieved_rate=stats.achieved_rate,
+                worker_cpu_share=share,
+                loadavg=load(),
+            )
+            steps.append(step)
+            print(
+                f"  {rate:6g}/s: {step.successful}/{calls} ok, {step.failed} failed,"
+                f" {step.retransmissions} retrans, achieved {step.achieved_rate:.0f}/s,"
+                f" pool worker CPU {share * 100:.0f}% of a core, load {step.loadavg}",
+                flush=True,
+            )
+            if sustained(steps) != rate:
+                break
+            await asyncio.sleep(1.0)  # let the last calls' stray retransmissions drain
+    best = sustained(steps)
+    print(f"  highest rate with no failed call: {best:g}/s" if best else "  no step passed")
+    return {"steps": [asdict(s) for s in steps], "sustained_rate": best}
+
+
+def add_arguments(parser: argparse._ArgumentGroup) -> None:
+    parser.add_argument("--rate", type=float, default=200.0, help="calls/s of the CPU runs (default 200)")
+    parser.add_argument("--seconds", type=float, default=25.0, help="length of each CPU run (default 25)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per peer, order alternated (default 2)")
+    parser.add_argument("--no-kamailio", action="store_true", help="measure sipproxy alone")
+    parser.add_argument(
+        "--max-rate-steps",
+        default="300,500,700,900,1100,1300,1500,1800,2100",
+        help="call rates tried through one pool worker, ascending; stops at the first failure",
+    )
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--skip-max-rate", action="store_true")
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    peers = ("sipproxy",) if args.no_kamailio else ("sipproxy", "kamailio")
+    out: dict[str, Any] = {}
+    out["cpu_per_call"] = await cpu_per_call(workdir, args.rate, args.seconds, args.rounds, peers)
+    if not args.skip_max_rate:
+        rates = [float(r) for r in str(args.max_rate_steps).split(",") if r.strip()]
+        out["pool_max_rate"] = await max_rate(workdir, rates[:12], args.step_seconds)
+    return out
+
+
+Bench = Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]
