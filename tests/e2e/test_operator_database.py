@@ -1,0 +1,77 @@
+"""The database goes down and comes back (a real PostgreSQL server): conditions say so, then recover alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.databases import PostgresServer
+from tests.e2e.operator_support import (
+    Env,
+    apply,
+    condition,
+    crd,
+    env,
+    init_db,
+    sipsocket,
+    wait_condition,
+)
+
+__all__ = ["crd", "env"]  # fixtures
+
+
+class RestartablePostgres(PostgresServer):
+    """PostgresServer whose server process can be stopped and started again on the same data."""
+
+    def halt(self) -> None:
+        assert self._datadir is not None
+        self._as_postgres(
+            str(self._bindir / "pg_ctl"), "-D", str(self._datadir / "data"), "-m", "fast", "-w", "stop"
+        )
+
+    def resume(self) -> None:
+        assert self._datadir is not None
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self._datadir} -c fsync=off"
+        self._as_postgres(
+            str(self._bindir / "pg_ctl"), "-D", str(self._datadir / "data"), "-o", opts,
+            "-l", str(self._datadir / "server.log"), "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
+    pg = RestartablePostgres(tmp_path / "pg")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def test_database_stopped_and_restarted(env: Env, postgres: RestartablePostgres) -> None:
+    cp, ns = env.cp, env.namespace
+    db_url = postgres.create_database("sockets_e2e")
+    init_db(db_url)
+    env.pod("sipproxy-0", db_url=db_url)
+    env.operator(db_url=db_url)
+    addr = env.addresses.next()
+    apply(cp, ns, sipsocket("before", "udp", addr, 5070))
+    wait_condition(cp, ns, "before", "Ready", "True")
+
+    postgres.halt()
+    try:
+        obj = wait_condition(cp, ns, "before", "Programmed", "False", "DatabaseUnavailable")
+        assert condition(obj, "Ready")["reason"] == "DatabaseUnavailable"
+        # The proxy keeps serving what it has; the listener still says so.
+        assert [e["state"] for e in obj["status"]["listeners"]] == ["Listening"]
+        apply(cp, ns, sipsocket("during", "udp", addr, 5071))
+        wait_condition(cp, ns, "during", "Programmed", "False", "DatabaseUnavailable")
+        events = cp.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}").stdout.split()
+        assert "DatabaseUnavailable" in events
+    finally:
+        postgres.resume()
+
+    wait_condition(cp, ns, "before", "Ready", "True", timeout=120)
+    wait_condition(cp, ns, "during", "Ready", "True", timeout=120)
