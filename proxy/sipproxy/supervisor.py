@@ -444,7 +444,7 @@ class Supervisor:
 
     def processes(self) -> list[dict[str, Any]]:
         procs: list[dict[str, Any]] = [
-            {"ID": 0, "PID": os.getpid(), "Type": "supervisor", "Sockets": []},
+            {"ID": 0, "PID": os.getpid(), "Type": "supervisor", "Name": "supervisor", "Sockets": []},
         ]
         for i, w in enumerate(self.workers, start=1):
             sockets = [e.spec.socket_str for e in self.entries.values() if e.spec and w.serves(e)]

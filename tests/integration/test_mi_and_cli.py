@@ -1,0 +1,132 @@
+"""MI over the real process (token, opensips-cli framing, DB unreadable) and the command line contracts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.integration.conftest import Proxy, SocketsTable, free_port, loopback_ip, udp_options
+
+
+def test_token_is_enforced(proxies: Callable[..., Proxy]) -> None:
+    proxy = proxies({"udp_workers": 1}, token="t0ken-123")
+    body = json.dumps({"jsonrpc": "2.0", "method": "version", "id": 1}).encode()
+    assert proxy.http(body, {"Authorization": ""})[0] == 401
+    assert proxy.http(body, {"Authorization": "Bearer wrong"})[0] == 401
+    status, reply = proxy.http(body)
+    assert status == 200 and json.loads(reply)["result"]["Server"].startswith("sipproxy ")
+    # Probes stay open for the kubelet.
+    assert proxy.get("/healthz")[0] == 200 and proxy.get("/readyz")[0] == 200
+
+
+def test_opensips_cli_style_requests(proxies: Callable[..., Proxy], sqlite_table: SocketsTable) -> None:
+    proxy = proxies(
+        {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
+    )
+    for method in ("sockets_list", "sockets_reload", "ps", "uptime", "version", "get_statistics"):
+        response = proxy.mi(method, params={}, ident="4f2c9a")
+        assert response["id"] == "4f2c9a" and "result" in response, response
+    assert proxy.mi("sockets_mgm:list", params=[])["result"] == []
+    assert proxy.mi("no_such_command")["error"]["code"] == -32601
+    status, raw = proxy.http(b"{broken")
+    assert status == 200 and json.loads(raw)["error"]["code"] == -32700
+    assert proxy.http(json.dumps({"jsonrpc": "2.0", "method": "version"}).encode())[0] == 202
+    stats = proxy.call("get_statistics", {"statistics": ["core:"]})
+    assert set(stats) >= {"core:rcv_packets", "core:fwd_packets", "core:drop_packets"}
+    assert proxy.call("uptime")["Up time"].endswith("[sec]")
+
+
+def test_unreadable_database_leaves_sockets_as_they_were(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable, tmp_path: Path
+) -> None:
+    proxy = proxies(
+        {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
+    )
+    ip = loopback_ip()
+    port = free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{port}")
+    assert len(proxy.call("sockets_reload")["added"]) == 1
+    before = proxy.call("sockets_list")
+
+    db = sqlite3.connect(tmp_path / "proxy.db")
+    db.execute("ALTER TABLE sockets RENAME TO sockets_gone")
+    db.commit()
+    db.close()
+    response = proxy.mi("sockets_reload")
+    assert response["error"]["code"] == 500
+    assert response["error"]["message"] == "Could not reload sockets"
+    assert proxy.call("sockets_list") == before
+    reply = udp_options(ip, port)
+    assert reply is not None and reply.startswith(b"SIP/2.0 200")
+    assert "sipproxy_reload_failures_total 1" in proxy.get("/metrics")[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sipproxy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("sockets_mgm: {db_url: 'sqlite:///x.db', processes: 0}\n")
+    result = run_cli("--config", str(config))
+    assert result.returncode != 0
+    assert "config: sockets_mgm.processes: must be an integer >= 1" in result.stderr
+    config.write_text("mi: {listen: '127.0.0.1:8888', colour: blue}\n")
+    result = run_cli("--config", str(config))
+    assert result.returncode != 0 and "mi.colour: unknown key" in result.stderr
+
+
+def test_static_socket_bind_failure_stops_start_up(tmp_path: Path) -> None:
+    import socket
+
+    ip = loopback_ip()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind((ip, 0))
+    port = holder.getsockname()[1]
+    try:
+        config = tmp_path / "p.yaml"
+        mi_port = free_port(ip)
+        config.write_text(f"sockets: ['udp:{ip}:{port}']\nudp_workers: 1\nmi: {{listen: '{ip}:{mi_port}'}}\n")
+        result = run_cli("--config", str(config))
+        assert result.returncode == 1
+        assert "Address already in use" in result.stderr
+    finally:
+        holder.close()
+
+
+def test_db_init_creates_tables_once_and_never_alters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    first = run_cli("db", "init", "--db-url", url)
+    assert first.returncode == 0 and "created" in first.stdout
+    db = sqlite3.connect(tmp_path / "fresh.db")
+    assert db.execute("SELECT table_name, table_version FROM version").fetchall() == [("sockets", 1)]
+    columns = [r[1] for r in db.execute("PRAGMA table_info(sockets)")]
+    assert columns == ["id", "socket", "advertised", "tag", "flags", "tos"]
+    db.execute("ALTER TABLE sockets ADD COLUMN owner TEXT")
+    db.execute("INSERT INTO sockets (socket, owner) VALUES ('udp:127.0.0.1:5060', 'me')")
+    db.commit()
+    second = run_cli("db", "init", "--db-url", url)
+    assert second.returncode == 0 and "already present" in second.stdout
+    assert db.execute("SELECT socket, owner FROM sockets").fetchall() == [("udp:127.0.0.1:5060", "me")]
+    db.close()
+    custom = run_cli("db", "init", "--db-url", url, "--table-name", "edge_sockets")
+    assert custom.returncode == 0
+    db = sqlite3.connect(tmp_path / "fresh.db")
+    assert sorted(db.execute("SELECT table_name, table_version FROM version").fetchall()) == [
+        ("edge_sockets", 1),
+        ("sockets", 1),
+    ]
+    db.close()
+    bad = run_cli("db", "init", "--db-url", "oracle://x/y")
+    assert bad.returncode != 0 and "unsupported scheme" in bad.stderr
