@@ -90,17 +90,24 @@ def call_messages(engine: SipEngine) -> list[tuple[str, bytes, tuple[str, int]]]
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls of `fn` per second, from batches timed until `seconds` elapsed."""
-    batch = 1000
-    done = 0
-    start = time.perf_counter()
-    while True:
-        for _ in range(batch):
-            fn()
-        done += batch
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done / elapsed
+    """Calls of `fn` per CPU-second of this process, best of three runs of `seconds / 3` each.
+
+    CPU time rather than wall time: on a shared machine a descheduled process would otherwise look slow.
+    """
+    best = 0.0
+    batch = 500
+    for _ in range(3):
+        done = 0
+        start = time.process_time()
+        while True:
+            for _ in range(batch):
+                fn()
+            done += batch
+            elapsed = time.process_time() - start
+            if elapsed >= seconds / 3:
+                break
+        best = max(best, done / elapsed)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.drop_reason is not None or len(out.sends) != 1:
             print(f"setup error: {name} -> {out}", file=sys.stderr)
             return 1
-    print(f"SIP core hot path: SipEngine.handle, one core, Python {platform.python_version()}")
+    print(f"SIP core hot path: SipEngine.handle, msgs per CPU-second of one core, Python {platform.python_version()}")
     print(f"{'message':<12} {'bytes':>6} {'msg/s':>10} {'us/msg':>8}")
     for name, data, src in messages:
         per_s = rate(lambda d=data, s=src: engine.handle(d, PROXY, s), args.seconds)  # type: ignore[misc]

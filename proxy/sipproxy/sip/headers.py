@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # RFC 3261 7.3.3 compact forms plus the ones other RFCs registered; names are compared lowercased.
 COMPACT_NAMES: dict[bytes, bytes] = {
     b"v": b"via",
@@ -37,41 +39,50 @@ class ValueSyntaxError(ValueError):
     """A header value whose quotes or angle brackets do not balance."""
 
 
+_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _blank(match: re.Match[bytes]) -> bytes:
+    return b"_" * (match.end() - match.start())
+
+
 def split_values(value: bytes) -> list[bytes]:
     """Split a header value on the commas that separate values (not those inside quotes or <...>).
 
     Empty values are kept (as b"") so that callers can reject `Via: a,,b`. Raises ValueSyntaxError on an
     unterminated quoted string or angle bracket.
     """
-    if b'"' not in value and b"<" not in value:
-        if b"," not in value:
-            return [value.strip()]
-        return [part.strip() for part in value.split(b",")]
+    masked = value
+    if b'"' in value:
+        # Same-length copy with quoted strings blanked out, so positions still index `value`.
+        masked = _QUOTED.sub(_blank, value)
+        if b'"' in masked:
+            raise ValueSyntaxError("unterminated quoted string")
+    if b"," not in masked:
+        if masked.count(b"<") != masked.count(b">"):
+            raise ValueSyntaxError("unbalanced angle bracket")
+        return [value.strip()]
+    if b"<" not in masked:
+        if masked is value:
+            return [part.strip() for part in value.split(b",")]
+        if b">" in masked:
+            raise ValueSyntaxError("unbalanced angle bracket")
     out: list[bytes] = []
     start = 0
-    in_quote = False
-    in_angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if in_quote:
-            if c == 0x5C:  # backslash: quoted-pair, skip the next octet
-                i += 1
-            elif c == 0x22:
-                in_quote = False
-        elif c == 0x22:
-            in_quote = True
-        elif c == 0x3C:
-            in_angle = True
-        elif c == 0x3E:
-            in_angle = False
-        elif c == 0x2C and not in_angle:
-            out.append(value[start:i].strip())
-            start = i + 1
-        i += 1
-    if in_quote or in_angle:
-        raise ValueSyntaxError("unbalanced quote or angle bracket")
+    pos = masked.find(b",")
+    while pos >= 0:
+        segment = masked[start:pos]
+        opened = segment.count(b"<")
+        closed = segment.count(b">")
+        if opened == closed:
+            out.append(value[start:pos].strip())
+            start = pos + 1
+        elif opened < closed:
+            raise ValueSyntaxError("unbalanced angle bracket")
+        pos = masked.find(b",", pos + 1)
+    tail = masked[start:]
+    if tail.count(b"<") != tail.count(b">"):
+        raise ValueSyntaxError("unbalanced angle bracket")
     out.append(value[start:].strip())
     return out
 

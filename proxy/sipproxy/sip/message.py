@@ -13,6 +13,12 @@ from sipproxy.sip.headers import COMPACT_NAMES, is_token
 Header = tuple[bytes, bytes, bytes]
 
 
+# Header names as written -> lowercase long form. Senders use a small set of spellings, so this saves the
+# per-line normalisation; the bound keeps random names from growing it without limit.
+_NAMES: dict[bytes, bytes] = {}
+_NAME_CACHE_SIZE = 4096
+
+
 class ParseError(ValueError):
     """The message cannot be split into start line and headers."""
 
@@ -82,6 +88,7 @@ def parse_message(data: bytes) -> SipMessage:
     headers = msg.headers
     index = msg.index
     compact = COMPACT_NAMES
+    names = _NAMES
     for n in range(1, len(lines)):
         line = lines[n]
         first = line[:1]
@@ -95,8 +102,13 @@ def parse_message(data: bytes) -> SipMessage:
         colon = line.find(b":")
         if colon <= 0:
             raise ParseError("header line without a colon")
-        name = line[:colon].rstrip().lower()
-        name = compact.get(name, name)
+        written = line[:colon]
+        name = names.get(written)  # type: ignore[assignment]
+        if name is None:
+            name = written.rstrip().lower()
+            name = compact.get(name, name)
+            if len(names) < _NAME_CACHE_SIZE:
+                names[written] = name
         positions = index.get(name)
         if positions is None:
             index[name] = [len(headers)]
