@@ -99,17 +99,19 @@ class SipProxy:
         return out
 
 
-async def start_sipproxy(procs: Processes, workdir: Path, name: str, config: dict[str, Any]) -> SipProxy:
+async def start_sipproxy(
+    procs: Processes, workdir: Path, name: str, config: dict[str, Any], limit: float = START_TIMEOUT
+) -> SipProxy:
     cfg = workdir / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     host, port = str(config["mi"]["listen"]).rsplit(":", 1)
     base = f"http://{host}:{port}"
     proc = await procs.start(name, [sys.executable, "-m", "sipproxy.cli", "--config", str(cfg)])
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + limit
     async with aiohttp.ClientSession() as session:
         while True:
             if proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become ready: {procs.log_tail(name)}")
+                raise RuntimeError(f"{name} not ready after {limit:.0f}s: {procs.log_tail(name)}")
             try:
                 async with session.get(base + "/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status == 200:

@@ -1,13 +1,169 @@
+"""`sockets_reload` latency when one socket is added to (then removed from) 10, 100 and 1,000 present ones.
+
+SQLite table, UDP sockets on 127.0.x.y loopback addresses, all on one port found free on every one of them.
+The figure is the wall time of the MI call as a client sees it: read the table, diff, bind, hand the new
+socket to every worker and wait for each to acknowledge, answer with the full added/removed/kept list."""
+
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sqlite3
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from bench.peers import SipProxy, start_sipproxy
+from bench.procs import Processes, free_tcp_port, free_udp_port, udp_port_free
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ReloadFigures:
+    present: int
+    max_sockets: int
+    pool_workers: int
+    tcp_workers: int
+    startup_s: float  # process start to /readyz 200, the start-up load of `present` rows included
+    unchanged_ms: list[float]  # reload with nothing changed
+    add_ms: list[float]
+    remove_ms: list[float]
+
+    @property
+    def add_median(self) -> float:
+        return statistics.median(self.add_ms)
+
+    @property
+    def remove_median(self) -> float:
+        return statistics.median(self.remove_ms)
+
+    @property
+    def unchanged_median(self) -> float:
+        return statistics.median(self.unchanged_ms)
+
+
+def address(i: int) -> str:
+    """The i-th benchmark address: 127.0.10.1, 127.0.10.2, ... 250 per third octet, away from 127.0.0.x."""
+    return f"127.0.{10 + i // 250}.{1 + i % 250}"
+
+
+def pick_port(count: int, tries: int = 20) -> int:
+    for _ in range(tries):
+        port = free_udp_port(HOST)
+        if all(udp_port_free(address(i), port) for i in range(count)):
+            return port
+    raise RuntimeError(f"no UDP port free on all of {count} loopback addresses")
+
+
+def _db_exec(db_path: Path, sql: str, rows: list[tuple[str]]) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany(sql, rows)
+
+
+async def _reload(session: aiohttp.ClientSession, proxy: SipProxy) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    result = await proxy.mi(session, "sockets_reload")
+    return (time.perf_counter() - t0) * 1000, result
+
+
+async def measure(
+    procs: Processes, workdir: Path, present: int, runs: int, pool_workers: int, tcp_workers: int
+) -> ReloadFigures:
+    db_path = workdir / f"reload-{present}.sqlite"
+    db_path.unlink(missing_ok=True)
+    db_url = f"sqlite:///{db_path}"
+    init = await procs.start(
+        f"db-init-{present}", [sys.executable, "-m", "sipproxy.cli", "db", "init", "--db-url", db_url]
+    )
+    if await asyncio.wait_for(init.wait(), 60) != 0:
+        raise RuntimeError(f"sipproxy db init failed: {procs.log_tail(f'db-init-{present}')}")
+    port = pick_port(present + runs)
+    await asyncio.to_thread(
+        _db_exec,
+        db_path,
+        "INSERT INTO sockets (socket) VALUES (?)",
+        [(f"udp:{address(i)}:{port}",) for i in range(present)],
+    )
+    max_sockets = max(1000, present + 1)  # 1,000 present plus the one added need 1,001 slots
+    config = {
+        "udp_workers": 1,
+        "tcp_workers": tcp_workers,
+        "sockets_mgm": {"db_url": db_url, "processes": pool_workers, "max_sockets": max_sockets},
+        "mi": {"listen": f"{HOST}:{free_tcp_port(HOST)}"},
+        "log_level": "warning",
+    }
+    t0 = time.monotonic()
+    # Start-up loads the whole table and hands every socket to every worker: allow for a slow, shared machine.
+    proxy = await start_sipproxy(procs, workdir, f"sipproxy-{present}", config, limit=600)
+    startup = time.monotonic() - t0
+    unchanged: list[float] = []
+    added: list[float] = []
+    removed: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            listing = await proxy.mi(session, "sockets_list")
+            items = listing.get("Sockets", listing) if isinstance(listing, dict) else listing
+            listening = sum(1 for s in items if s.get("state") == "listening")
+            if listening != present:
+                raise RuntimeError(f"{listening} of {present} sockets listening after start-up")
+            for run in range(runs):
+                ms, _ = await _reload(session, proxy)
+                unchanged.append(ms)
+                row = (f"udp:{address(present + run)}:{port}",)
+                await asyncio.to_thread(_db_exec, db_path, "INSERT INTO sockets (socket) VALUES (?)", [row])
+                ms, result = await _reload(session, proxy)
+                if len(result["added"]) != 1 or result["failed"]:
+                    raise RuntimeError(f"adding {row[0]}: added {result['added']}, failed {result['failed']}")
+                added.append(ms)
+                await asyncio.to_thread(_db_exec, db_path, "DELETE FROM sockets WHERE socket = ?", [row])
+                ms, result = await _reload(session, proxy)
+                if len(result["removed"]) != 1:
+                    raise RuntimeError(f"removing {row[0]}: removed {result['removed']}")
+                removed.append(ms)
+    finally:
+        await procs.stop(proxy.proc)
+    return ReloadFigures(present, max_sockets, pool_workers, tcp_workers, startup, unchanged, added, removed)
+
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    pass
+    parser.add_argument("--reload-sizes", default="10,100,1000", help="sockets present (default 10,100,1000)")
+    parser.add_argument("--reload-runs", type=int, default=7, help="timed add+remove per size (default 7)")
+    parser.add_argument("--pool-workers", type=int, default=8, help="sockets_mgm.processes (default 8)")
+    parser.add_argument("--tcp-workers", type=int, default=8, help="tcp_workers (default 8)")
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    return {}
+    sizes = [int(s) for s in str(args.reload_sizes).split(",") if s.strip()]
+    runs = max(1, min(int(args.reload_runs), 50))
+    print(
+        f"reload_latency: sizes {sizes}, {runs} runs each,"
+        f" {args.pool_workers} pool + {args.tcp_workers} tcp workers"
+    )
+    out: list[dict[str, Any]] = []
+    async with Processes(workdir / "logs") as procs:
+        for present in sizes:
+            if not 0 <= present <= 5000:
+                raise RuntimeError(f"reload size {present} out of range 0..5000")
+            fig = await measure(procs, workdir, present, runs, args.pool_workers, args.tcp_workers)
+            print(
+                f"  {present:5d} present: add one {fig.add_median:.1f} ms,"
+                f" remove one {fig.remove_median:.1f} ms,"
+                f" unchanged {fig.unchanged_median:.1f} ms (medians of {runs});"
+                f" start-up with the table loaded {fig.startup_s:.1f}s",
+                flush=True,
+            )
+            out.append(
+                asdict(fig)
+                | {
+                    "add_median_ms": fig.add_median,
+                    "remove_median_ms": fig.remove_median,
+                    "unchanged_median_ms": fig.unchanged_median,
+                }
+            )
+    return {"sizes": out}
