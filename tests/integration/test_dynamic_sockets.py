@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import (
@@ -173,3 +175,39 @@ def test_list_sockets_shows_static_and_dynamic(
     assert types == ["supervisor", "tcp", "tcp", "udp", "udp_pool", "udp_pool"]
     assert [p["Sockets"] for p in ps if p["Type"] == "udp"] == [[f"udp:{ip}:{static_port}"]]
     assert all(p["Sockets"] == [f"tcp:{ip}:{dyn_port}"] for p in ps if p["Type"] == "tcp")
+
+
+# The DDL of OpenSIPS 3.6's own SQLite scripts (standard-create.sql and sockets-create.sql).
+OPENSIPS_SQLITE = """
+CREATE TABLE version (
+    table_name CHAR(32) NOT NULL,
+    table_version INTEGER DEFAULT 0 NOT NULL,
+    CONSTRAINT version_t_name_idx  UNIQUE (table_name)
+);
+CREATE TABLE sockets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    socket CHAR(128) NOT NULL,
+    advertised CHAR(128) DEFAULT NULL,
+    tag CHAR(128) DEFAULT NULL,
+    flags CHAR(128) DEFAULT NULL,
+    tos CHAR(32) DEFAULT NULL
+);
+INSERT INTO version (table_name, table_version) values ('sockets','1');
+"""
+
+
+def test_a_table_created_by_opensips_scripts_works(proxies: Callable[..., Proxy], tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "opensips.db")
+    db.executescript(OPENSIPS_SQLITE)
+    ip = loopback_ip()
+    port = free_port(ip)
+    row = (f"UDP:{ip}:{port}",)
+    db.execute("INSERT INTO sockets (socket, advertised, tag, flags, tos) VALUES (?, '', '', '', '')", row)
+    db.commit()
+    db.close()
+    table = SocketsTable(f"sqlite:///{tmp_path}/opensips.db")
+    proxy = proxies(mgm_config(table))
+    listed = [(e["socket"], e["state"]) for e in proxy.call("sockets_list")]
+    assert listed == [(f"UDP:{ip}:{port}", "listening")]
+    reply = udp_options(ip, port)
+    assert reply is not None and reply.startswith(b"SIP/2.0 200")

@@ -88,3 +88,16 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("sockets: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_bad_routes_are_reported_under_the_routes_key() -> None:
+    with pytest.raises(ConfigError, match=r"config: routes: .*routes\[0\]"):
+        parse_config({"routes": [{"match": {}, "frobnicate": 1}]})
+
+
+def test_the_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_config(root / "examples" / "proxy.yaml")
+    assert [s.socket_str for s in cfg.sockets] == ["udp:127.0.0.1:5060"]
+    assert cfg.sockets_mgm is not None and cfg.sockets_mgm.db_url == "sqlite:///.dev/proxy.db"
+    assert (cfg.mi.listen_host, cfg.mi.listen_port) == ("127.0.0.1", 8888)
