@@ -133,7 +133,7 @@ def values_args(values: Mapping[str, Any], workdir: Path) -> list[str]:
 
 
 def template_text(
-    values: Mapping[str, Any] | None = None, *extra: str, check: bool = True
+    values: Mapping[str, Any] | None = None, *extra: str, check: bool = True, namespace: str = NAMESPACE
 ) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
         return run_helm(
@@ -141,7 +141,7 @@ def template_text(
             RELEASE,
             str(CHART),
             "--namespace",
-            NAMESPACE,
+            namespace,
             "--kube-version",
             KUBE_VERSION,
             *values_args(values or {}, Path(tmp)),
@@ -150,8 +150,10 @@ def template_text(
         )
 
 
-def render(values: Mapping[str, Any] | None = None, *extra: str) -> list[Manifest]:
-    out = template_text(values, *extra).stdout
+def render(
+    values: Mapping[str, Any] | None = None, *extra: str, namespace: str = NAMESPACE
+) -> list[Manifest]:
+    out = template_text(values, *extra, namespace=namespace).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

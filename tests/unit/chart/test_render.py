@@ -102,7 +102,7 @@ def test_host_network_mode_is_a_daemonset_on_the_chosen_nodes() -> None:
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["nodeSelector"] == {"sipsockets.io/sbc": "true"}
     assert spec["tolerations"] == [{"key": "sbc", "operator": "Exists", "effect": "NoSchedule"}]
-    # A network-namespaced sysctl is refused on a hostNetwork pod.
+    # The kubelet refuses a network-namespaced sysctl on a hostNetwork pod (it would set the node's).
     assert "sysctls" not in spec["securityContext"]
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
     # No LoadBalancer Service, and no PodDisruptionBudget (a DaemonSet has no scale subresource).

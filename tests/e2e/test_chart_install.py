@@ -1,0 +1,135 @@
+"""`helm install` into the real API server: what it creates, what an upgrade keeps (generated token,
+passwords, webhook CA), the webhook enforced with failurePolicy Fail, and the CRD kept by `helm uninstall`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from devenv.controlplane import ControlPlane
+from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall, secret_data
+
+__all__ = ["chart_crds"]  # fixtures
+
+RELEASE = "sipsockets"
+
+
+def sipsocket(name: str, port: int) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "sipsockets.io/v1alpha1",
+            "kind": "SipSocket",
+            "metadata": {"name": name},
+            "spec": {"protocol": "udp", "address": "127.0.0.1", "port": port},
+        }
+    )
+
+
+def test_install_upgrade_uninstall(
+    control_plane: ControlPlane, chart_crds: None, namespace: str, tmp_path: Path
+) -> None:
+    cp = control_plane
+    try:
+        out = helm_install(cp, namespace, {}, tmp_path)
+        # NOTES.txt: how to apply a first SipSocket and watch it.
+        assert "kind: SipSocket" in out
+        assert f"kubectl -n {namespace} get sipsockets -w" in out
+        status = json.loads(cp.helm("status", RELEASE, "-n", namespace, "-o", "json").stdout)
+        assert status["info"]["status"] == "deployed"
+
+        names = cp.kubectl(
+            "get",
+            "deployments,statefulsets,services,secrets,configmaps,serviceaccounts,roles,"
+            "rolebindings,networkpolicies,poddisruptionbudgets",
+            "-n",
+            namespace,
+            "-o",
+            "name",
+        ).stdout.split()
+        for expected in (
+            f"deployment.apps/{RELEASE}-operator",
+            f"deployment.apps/{RELEASE}-proxy",
+            f"statefulset.apps/{RELEASE}-postgresql",
+            f"service/{RELEASE}-proxy",
+            f"service/{RELEASE}-webhook",
+            f"secret/{RELEASE}-mi-token",
+            f"secret/{RELEASE}-db-url",
+            f"secret/{RELEASE}-webhook-tls",
+            f"configmap/{RELEASE}-proxy",
+            f"serviceaccount/{RELEASE}-operator",
+            f"role.rbac.authorization.k8s.io/{RELEASE}-operator",
+            f"networkpolicy.networking.k8s.io/{RELEASE}-proxy-mi",
+            f"poddisruptionbudget.policy/{RELEASE}-proxy",
+        ):
+            assert expected in names
+        vwc_name = f"{namespace}-{RELEASE}-webhook"
+        vwc = get_json(cp, "validatingwebhookconfiguration", vwc_name)
+        crd = get_json(cp, "crd", "sipsockets.sipsockets.io")
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == namespace
+
+        token = secret_data(cp, namespace, f"{RELEASE}-mi-token")["token"]
+        tls = secret_data(cp, namespace, f"{RELEASE}-webhook-tls")
+        password = secret_data(cp, namespace, f"{RELEASE}-postgresql-auth")["password"]
+        checksum = get_json(cp, "deployment", f"{RELEASE}-proxy", "-n", namespace)["spec"]["template"][
+            "metadata"
+        ]["annotations"]["checksum/config"]
+
+        # The webhook is registered with failurePolicy Fail: with no operator serving it, SipSockets in this
+        # namespace are refused, not let through unvalidated.
+        refused = cp.kubectl("apply", "-n", namespace, "-f", "-", input=sipsocket("first", 5070), check=False)
+        assert refused.returncode != 0
+        assert "validate.sipsockets.io" in refused.stderr
+
+        # An upgrade that changes the proxy config keeps every generated secret and rolls the proxies.
+        helm_install(cp, namespace, {"proxy": {"udpWorkers": 2}}, tmp_path, RELEASE, "upgrade")
+        assert secret_data(cp, namespace, f"{RELEASE}-mi-token")["token"] == token
+        assert secret_data(cp, namespace, f"{RELEASE}-webhook-tls") == tls
+        assert secret_data(cp, namespace, f"{RELEASE}-postgresql-auth")["password"] == password
+        assert password in secret_data(cp, namespace, f"{RELEASE}-db-url")["db-url"]
+        vwc_after = get_json(cp, "validatingwebhookconfiguration", vwc_name)
+        ca_bundle = vwc_after["webhooks"][0]["clientConfig"]["caBundle"]
+        assert ca_bundle == vwc["webhooks"][0]["clientConfig"]["caBundle"]
+        proxy = get_json(cp, "deployment", f"{RELEASE}-proxy", "-n", namespace)
+        assert proxy["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != checksum
+        config = get_json(cp, "configmap", f"{RELEASE}-proxy", "-n", namespace)["data"]["proxy.yaml"]
+        assert "udp_workers: 2" in config
+    finally:
+        helm_uninstall(cp, namespace)
+
+    # Uninstalled: the webhook registration is gone, the CRD stays, and SipSockets can be created again.
+    assert (
+        cp.kubectl(
+            "get", "validatingwebhookconfiguration", f"{namespace}-{RELEASE}-webhook", check=False
+        ).returncode
+        != 0
+    )
+    assert get_json(cp, "crd", "sipsockets.sipsockets.io")["metadata"]["name"] == "sipsockets.sipsockets.io"
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=sipsocket("after-uninstall", 5071))
+    cp.kubectl("delete", "sipsocket", "after-uninstall", "-n", namespace, "--wait=false")
+
+
+def test_install_with_peering_creates_the_kopf_peering(
+    control_plane: ControlPlane, chart_crds: None, namespace: str, tmp_path: Path
+) -> None:
+    cp = control_plane
+    try:
+        helm_install(
+            cp,
+            namespace,
+            {"operator": {"replicas": 2}, "database": {"external": {"existingSecret": "db"}}},
+            tmp_path,
+        )
+        sts = get_json(cp, "statefulset", f"{RELEASE}-operator", "-n", namespace)
+        assert sts["spec"]["replicas"] == 2
+        peering = get_json(cp, "kopfpeering", RELEASE, "-n", namespace)
+        assert peering["metadata"]["namespace"] == namespace
+        role = get_json(cp, "role", f"{RELEASE}-operator", "-n", namespace)
+        assert any("kopfpeerings" in rule["resources"] for rule in role["rules"])
+        # No bundled database with an external one.
+        assert (
+            cp.kubectl("get", "statefulset", f"{RELEASE}-postgresql", "-n", namespace, check=False).returncode
+            != 0
+        )
+    finally:
+        helm_uninstall(cp, namespace)
