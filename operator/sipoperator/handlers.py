@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 def _emit(body: kopf.Body, changed: list[Condition]) -> None:
     for c in changed:
+        log.info(
+            "%s/%s: %s=%s %s: %s",
+            body.metadata.namespace,
+            body.metadata.name,
+            c.type,
+            c.status,
+            c.reason,
+            c.message,
+        )
         kopf.event(
             body,
             type="Normal" if c.status == "True" else "Warning",

@@ -55,6 +55,8 @@ class Memo:
     blocked: bool = False  # not accepted: waits for an endpoint or a slot to free up
     failures: int = 0
     last_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # What this process last wrote: the watched body may not show our own latest patch yet.
+    written_conditions: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ class Reconciler:
     def due(self, uid: str) -> bool:
         """Should the periodic check run a full pass for this object now?"""
         memo = self.memo(uid)
+        lock = self._object_locks.get(uid)
+        if lock is not None and lock.locked():
+            return False  # a pass is running right now
         elapsed = time.monotonic() - memo.last_run
         if elapsed >= self.settings.resync_period or memo.fleet_epoch != self.fleet.epoch:
             return True
@@ -132,6 +137,7 @@ class Reconciler:
         async with lock:
             memo = self.memo(known.uid)
             memo.fleet_epoch, memo.table_epoch = self.fleet.epoch, self.table_epoch
+            memo.last_run = time.monotonic()
             try:
                 outcome, socket = await self._outcome(known, body)
             finally:
@@ -139,7 +145,11 @@ class Reconciler:
             status = body.get("status") or {}
             generation = int(body.get("metadata", {}).get("generation") or 0)
             new = cond.conditions(outcome)
-            merged, changed = cond.merge(status.get("conditions"), new, generation, now_rfc3339())
+            previous = memo.written_conditions
+            if previous is None:
+                previous = status.get("conditions")
+            merged, changed = cond.merge(previous, new, generation, now_rfc3339())
+            memo.written_conditions = merged
             ready = next(c for c in new if c.type == cond.READY)
             memo.healthy = ready.status == "True"
             memo.blocked = not outcome.accepted and outcome.accepted_reason != "InvalidSpec"
@@ -166,7 +176,7 @@ class Reconciler:
         await self.fleet.discover_all()
         try:
             async with self._write_lock:
-                rows = await self.store.snapshot()
+                rows = await self._drop_orphans_locked(await self.store.snapshot())
                 verdict = self._verdict(known, desired, rows)
                 if not verdict.accepted:
                     outcome = cond.Outcome(False, "EndpointConflict", verdict.message)
@@ -212,7 +222,6 @@ class Reconciler:
                 desired.socket,
             )
         pods = await self._observe_pods(desired, rows_after, force_reload=written.changed)
-        await self._collect_orphans(rows_after)
         return (
             cond.Outcome(
                 True,
@@ -324,34 +333,38 @@ class Reconciler:
         # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
         return wanted is not None and set(listed.entries) != wanted
 
-    async def _collect_orphans(self, rows: Sequence[TableRow]) -> None:
-        """Rows owned by SipSockets of our namespace that no longer exist (finalizer removed by force).
-
-        Only after a full resync period of uptime, so the watch has listed every existing object."""
+    def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
+        """Rows owned by SipSockets of our namespace that no longer exist (finalizer removed by force, or
+        the database kept while the cluster was rebuilt). Certain at once when the name now belongs to
+        another uid; otherwise only after a resync period of uptime, so the watch has listed every object."""
         now = time.monotonic()
-        if (
-            now - self.started < self.settings.resync_period
-            or now - self._last_gc < self.settings.resync_period
-        ):
-            return
-        self._last_gc = now
-        orphans = [
+        warm = now - self.started >= self.settings.resync_period
+        sweep = warm and now - self._last_gc >= self.settings.resync_period
+        if sweep:
+            self._last_gc = now
+        names = {(k.namespace, k.name) for k in self.known.values()}
+        return [
             r
             for r in rows
             if r.owner_uid is not None
             and r.owner_namespace == self.settings.namespace
             and r.owner_uid not in self.known
+            and (sweep or (r.owner_namespace, r.owner_name) in names)
         ]
+
+    async def _drop_orphans_locked(self, rows: list[TableRow]) -> list[TableRow]:
+        orphans = self._orphans(rows)
         for row in orphans:
             log.warning(
-                "removing orphaned row %s (%s) of deleted SipSocket %s", row.id, row.socket, row.owner_name
+                "removing row %s (%s) of SipSocket %s/%s uid %s, which no longer exists",
+                row.id,
+                row.socket,
+                row.owner_namespace,
+                row.owner_name,
+                row.owner_uid,
             )
-            try:
-                async with self._write_lock:
-                    await self._drop_row_locked(str(row.owner_uid))
-            except DatabaseUnavailable as exc:
-                log.warning("cannot remove orphaned row %s: %s", row.id, exc)
-                return
+            await self._drop_row_locked(str(row.owner_uid))
+        return await self.store.snapshot() if orphans else rows
 
     # -- deletion ------------------------------------------------------------------------------------
 

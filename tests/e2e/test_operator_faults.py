@@ -165,3 +165,27 @@ def test_operator_killed_mid_reconcile_leaves_a_consistent_table(env: Env) -> No
     # And all of them go cleanly.
     cp.kubectl("delete", "sipsockets", "--all", "-n", ns, "--timeout=120s")
     assert rows(db) == []
+
+
+def test_rows_of_objects_gone_behind_its_back_are_collected(env: Env) -> None:
+    """A SipSocket deleted while the operator was down and its finalizer removed by force, then recreated
+    under the same name: its old row is an orphan, removed, and the new object takes the endpoint."""
+    cp, ns = env.cp, env.namespace
+    env.pod("sipproxy-0")
+    op = env.operator()
+    addr = env.addresses.next()
+    db = env.workdir / "sockets.db"
+    apply(cp, ns, sipsocket("s", "udp", addr, 5070))
+    old_uid = wait_condition(cp, ns, "s", "Ready", "True")["metadata"]["uid"]
+    op.stop()
+    cp.kubectl("delete", "sipsocket", "s", "-n", ns, "--wait=false")
+    cp.kubectl("patch", "sipsocket", "s", "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    wait_for(lambda: get(cp, ns, "s") is None, "the object gone")
+    apply(cp, ns, sipsocket("s", "udp", addr, 5070))
+    op.start()
+    obj = wait_condition(cp, ns, "s", "Ready", "True")
+    assert obj["metadata"]["uid"] != old_uid
+    with sqlite3.connect(db) as conn:
+        owners = conn.execute("SELECT uid FROM sipsockets_owners").fetchall()
+    assert owners == [(obj["metadata"]["uid"],)]
+    assert [r[1] for r in rows(db)] == [f"udp:{addr}:5070"]
