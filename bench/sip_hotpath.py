@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.drop_reason is not None or len(out.sends) != 1:
             print(f"setup error: {name} -> {out}", file=sys.stderr)
             return 1
-    print(
-        f"SIP core hot path: SipEngine.handle, msgs per CPU-second of one core, Python {platform.python_version()}"
-    )
+    version = platform.python_version()
+    print(f"SIP core hot path: SipEngine.handle, messages per CPU-second of one core, Python {version}")
     print(f"{'message':<12} {'bytes':>6} {'msg/s':>10} {'us/msg':>8}")
     for name, data, src in messages:
         per_s = rate(lambda d=data, s=src: engine.handle(d, PROXY, s), args.seconds)  # type: ignore[misc]

@@ -33,12 +33,11 @@ from sipproxy.sip.listeners import (
     ListenerIndex,
     ListenerView,
     fits,
-    hostport,
     parse_socket_key,
 )
 from sipproxy.sip.message import ParseError, SipMessage, parse_message
 from sipproxy.sip.replies import OPTIONS_HEADERS, build_reply, header_name
-from sipproxy.sip.routing import NextHop, Route, select_route
+from sipproxy.sip.routing import Route, select_route
 from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
 from sipproxy.sip.validate import RequestFacts, inspect_request
 from sipproxy.sip.via import fix_received, parse_via
@@ -187,8 +186,6 @@ class SipEngine:
             data = data.lstrip(b"\r\n")
             if not data:
                 return _drop("keepalive")
-        if not self._index.knows(listener):
-            self._refresh_if_stale()
         try:
             msg = parse_message(data)
         except ParseError:
@@ -202,6 +199,11 @@ class SipEngine:
     def _request(
         self, msg: SipMessage, listener: Listener, src: tuple[str, int], conn: object | None
     ) -> Outcome:
+        in_wire = self._index.known_wire(listener)
+        if in_wire is None:
+            # A socket this snapshot has not seen: sockets were added since.
+            self._refresh_if_stale()
+            in_wire = self._index.wire(listener)
         facts = inspect_request(msg)
         headers = msg.headers
         src_ip = normalize_host(src[0])
@@ -276,13 +278,14 @@ class SipEngine:
         rule: Route | None = None
         if not (route_pos and facts.to_tag is not None):
             rule = select_route(self.routes, listener.tag, ruri_raw.decode("latin-1"))
-        target: NextHop
+        target: tuple[str, int, str | None]  # host, port, explicit transport
         out_tag: str | None = None
         if rule is not None and rule.reply is not None:
             code = rule.reply
             return reply(code, REASON_PHRASES.get(code, "Reply"), "route_reply")
         if rule is not None and rule.forward is not None:
-            target = rule.forward
+            hop = rule.forward
+            target = (hop.host, hop.port, hop.transport)
             out_tag = rule.socket
         elif routes:
             first = parse_sip_uri(addr_uri(routes[0]))
@@ -294,11 +297,11 @@ class SipEngine:
                 routes = [*routes[1:], b"<" + ruri_raw + b">"]
                 ruri_raw = first_raw
                 routes_changed = True
-            target = NextHop.from_uri(first, "")
+            target = _next_hop(first)
         else:
             if ruri is None:
                 return reply(416, "Unsupported URI Scheme", "unsupported_uri_scheme")
-            target = NextHop.from_uri(ruri, "")
+            target = _next_hop(ruri)
 
         call_id = facts.call_id
         cseq_number = facts.cseq_number
@@ -314,8 +317,9 @@ class SipEngine:
             return reply(482, "Loop Detected", "loop")
 
         # Outbound socket (issue 3: named socket, else the inbound one when it fits, else first fit).
-        family = host_family(target.host)
-        want = target.transport or "udp"
+        t_host, t_port, t_transport = target
+        family = host_family(t_host)
+        want = t_transport or "udp"
         out: Listener | None = None
         if out_tag is not None:
             out = self.listeners.by_tag(out_tag)
@@ -334,7 +338,7 @@ class SipEngine:
                 return reply(503, f"Service Unavailable (no {want} socket for the next hop)", "no_socket")
 
         conn_id = self.register_connection(conn) if conn is not None else 0
-        sk = self._index.key_of(listener)
+        sk = in_wire.sk
         if conn_id:
             sk += b"-%x" % conn_id
         start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
@@ -345,12 +349,12 @@ class SipEngine:
             )
 
         data = build(out)
-        if len(data) > UDP_SIZE_LIMIT and out.proto == "udp" and out_tag is None and target.transport is None:
+        if len(data) > UDP_SIZE_LIMIT and out.proto == "udp" and out_tag is None and t_transport is None:
             tcp = listener if fits(listener, "tcp", family) else self._index.pick("tcp", family)
             if tcp is not None:
                 out = tcp
                 data = build(out)
-        return Outcome([Send(data, out, target.host, target.port, out.proto)])
+        return Outcome([Send(data, out, t_host, t_port, out.proto)])
 
     def _looped(self, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
         """RFC 3261 16.3 step 4: one of our Vias carries the loop hash this request would get again."""
@@ -387,17 +391,16 @@ class SipEngine:
         headers = msg.headers
         hindex = msg.index
         proto = out.proto
-        parts = [
-            start_line,
-            b"Via: SIP/2.0/%s %s;branch=%s;sk=%s" % (proto.upper().encode(), hostport(out), branch, sk),
-        ]
+        index = self._index
+        out_wire = index.wire(out)
+        parts = [start_line, out_wire.via_head + branch + b";sk=" + sk]
         if self.record_route and msg.method != b"REGISTER":
-            if out != inbound:
+            if out is not inbound and out != inbound:
                 # RFC 5658: one entry per side, the top one facing the next hop.
-                parts.append(b"Record-Route: " + _rr_uri(out, True))
-                parts.append(b"Record-Route: " + _rr_uri(inbound, True))
+                parts.append(out_wire.rr_double)
+                parts.append(index.wire(inbound).rr_double)
             else:
-                parts.append(b"Record-Route: " + _rr_uri(out, False))
+                parts.append(out_wire.rr)
         overrides: dict[int, bytes | None] = {}
         if top_line is not None:
             overrides[facts.via_positions[0]] = top_line
@@ -560,6 +563,9 @@ class SipEngine:
         return Outcome([Send(data, inbound, host, port, proto, conn)])
 
 
-def _rr_uri(listener: Listener, double: bool) -> bytes:
-    transport = b"" if listener.proto == "udp" else b";transport=" + listener.proto.encode()
-    return b"<sip:" + hostport(listener) + transport + (b";r2=on;lr>" if double else b";lr>")
+def _next_hop(uri: SipUri) -> tuple[str, int, str | None]:
+    """Destination of a URI per RFC 3263 without DNS: its host, its port or the transport's default."""
+    transport = uri.transport if uri.params else None
+    if transport is None and uri.scheme == "sips":
+        transport = "tls"
+    return uri.host, uri.port or (5061 if transport in ("tls", "wss") else 5060), transport

@@ -120,7 +120,16 @@ def unquote(value: bytes) -> bytes:
 
 def header_tag(value: bytes) -> bytes | None:
     """The `tag` parameter of a From or To value, or None."""
-    return find_param(header_params(value), b"tag")
+    params = header_params(value)
+    low = params.lower()
+    at = low.find(b";tag=")
+    if at >= 0 and low.count(b"tag=") == 1:
+        # Common form: `;tag=value` with no LWS and no other parameter named like it.
+        end = params.find(b";", at + 5)
+        return params[at + 5 : end if end >= 0 else len(params)].strip()
+    if b"tag" not in low:
+        return None
+    return find_param(params, b"tag")
 
 
 def addr_uri(value: bytes) -> bytes:

@@ -72,35 +72,56 @@ def parse_socket_key(value: bytes) -> tuple[bytes, int | None]:
     return value, None
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What the proxy writes about one listener, precomputed once per snapshot."""
+
+    sk: bytes  # socket key (see socket_key)
+    via_head: bytes  # b"Via: SIP/2.0/UDP host:port;branch="
+    rr: bytes  # b"Record-Route: <sip:host:port;lr>"
+    rr_double: bytes  # the same with r2=on, for a double Record-Route (RFC 5658)
+
+    @classmethod
+    def of(cls, listener: Listener) -> Wire:
+        hp = hostport(listener)
+        transport = b"" if listener.proto == "udp" else b";transport=" + listener.proto.encode()
+        return cls(
+            socket_key(listener),
+            b"Via: SIP/2.0/" + listener.proto.upper().encode() + b" " + hp + b";branch=",
+            b"Record-Route: <sip:" + hp + transport + b";lr>",
+            b"Record-Route: <sip:" + hp + transport + b";r2=on;lr>",
+        )
+
+
 class ListenerIndex:
     """A snapshot of the listeners with the lookups the hot path needs, all O(1) or first-fit."""
 
-    __slots__ = ("_by_key", "_by_public", "_keys", "_ours", "listeners")
+    __slots__ = ("_by_key", "_by_public", "_ours", "_wires", "listeners")
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
         self.listeners = list(listeners)
         self._ours: dict[str, set[int]] = {}
-        self._keys: dict[Listener, bytes] = {}
+        self._wires: dict[Listener, Wire] = {}
         self._by_key: dict[bytes, Listener] = {}
         self._by_public: dict[tuple[str, int, str], Listener] = {}
         for lst in self.listeners:
-            key = socket_key(lst)
-            self._keys[lst] = key
-            self._by_key.setdefault(key, lst)
+            wire = Wire.of(lst)
+            self._wires[lst] = wire
+            self._by_key.setdefault(wire.sk, lst)
             for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
                 norm = normalize_host(host)
                 self._ours.setdefault(norm, set()).add(port)
                 self._by_public.setdefault((norm, port, lst.proto), lst)
 
-    def key_of(self, listener: Listener) -> bytes:
-        key = self._keys.get(listener)
-        if key is None:
-            key = socket_key(listener)
-            self._keys[listener] = key
-        return key
+    def known_wire(self, listener: Listener) -> Wire | None:
+        """The precomputed bytes of a listener of this snapshot; None for one it does not know."""
+        return self._wires.get(listener)
 
-    def knows(self, listener: Listener) -> bool:
-        return listener in self._keys
+    def wire(self, listener: Listener) -> Wire:
+        wire = self._wires.get(listener)
+        if wire is None:
+            wire = self._wires[listener] = Wire.of(listener)
+        return wire
 
     def by_key(self, key: bytes) -> Listener | None:
         return self._by_key.get(key)

@@ -89,20 +89,18 @@ def parse_message(data: bytes) -> SipMessage:
     index = msg.index
     compact = COMPACT_NAMES
     names = _NAMES
-    for n in range(1, len(lines)):
-        line = lines[n]
-        first = line[:1]
-        if first in (b" ", b"\t"):
+    folded = b"\n " in head or b"\n\t" in head
+    for line in lines[1:]:
+        if folded and line[:1] in (b" ", b"\t"):
             if not headers:
                 raise ParseError("continuation line before any header")
             name, value, raw = headers[-1]
             more = line.strip()
             headers[-1] = (name, (value + b" " + more) if value else more, raw + b"\r\n" + line)
             continue
-        colon = line.find(b":")
-        if colon <= 0:
+        written, colon, rest = line.partition(b":")
+        if not colon or not written:
             raise ParseError("header line without a colon")
-        written = line[:colon]
         name = names.get(written)  # type: ignore[assignment]
         if name is None:
             name = written.rstrip().lower()
@@ -114,7 +112,7 @@ def parse_message(data: bytes) -> SipMessage:
             index[name] = [len(headers)]
         else:
             positions.append(len(headers))
-        headers.append((name, line[colon + 1 :].strip(), line))
+        headers.append((name, rest.strip(), line))
     return msg
 
 

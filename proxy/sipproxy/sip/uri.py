@@ -14,7 +14,7 @@ _IPV6_CHARS = b"0123456789abcdefABCDEF:."
 _DIGITS = b"0123456789"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per message and frozen init costs ~1 us
 class SipUri:
     scheme: str  # "sip" | "sips"
     user: bytes | None

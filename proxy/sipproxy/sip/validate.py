@@ -33,8 +33,15 @@ KNOWN_METHODS = frozenset(
 )
 ROUTABLE_SCHEMES = ("sip", "sips")
 _MAX_CSEQ = 2**32 - 1
-_REQUIRED = (b"via", b"from", b"to", b"call-id", b"cseq")
-_SINGLETONS = (b"from", b"to", b"call-id", b"cseq", b"max-forwards")
+# (header, required); all but Via may appear only once
+_CHECKED = (
+    (b"via", True),
+    (b"from", True),
+    (b"to", True),
+    (b"call-id", True),
+    (b"cseq", True),
+    (b"max-forwards", False),
+)
 _DISPLAY = {
     b"via": "Via",
     b"from": "From",
@@ -111,24 +118,27 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
         return _reject(facts, 400, "Bad Request (malformed request line)", "parse_error")
     if not msg.terminated:
         return _reject(facts, 400, "Bad Request (header block not terminated)", "parse_error")
-    for name in _REQUIRED:
-        if name not in index:
-            return _reject(facts, 400, f"Bad Request (missing {_DISPLAY[name]})", "parse_error")
-    for name in _SINGLETONS:
+    for name, required in _CHECKED:
         positions = index.get(name)
-        if positions is not None and len(positions) > 1:
+        if positions is None:
+            if required:
+                return _reject(facts, 400, f"Bad Request (missing {_DISPLAY[name]})", "parse_error")
+        elif len(positions) > 1 and name != b"via":
             return _reject(facts, 400, f"Bad Request (multiple {_DISPLAY[name]})", "parse_error")
 
     # Via: every value must parse, not only ours to read (RFC 4475 3.1.2.1).
     if not via_ok or facts.top_via is None:
         return _reject(facts, 400, "Bad Request (malformed Via)", "parse_error")
-    for n, pos in enumerate(via_positions):
+    for value in facts.top_via_values[1:]:
+        if parse_via(value) is None:
+            return _reject(facts, 400, "Bad Request (malformed Via)", "parse_error")
+    for pos in via_positions[1:]:
         try:
-            values = facts.top_via_values if n == 0 else split_values(headers[pos][1])
+            values = split_values(headers[pos][1])
         except ValueSyntaxError:
             return _reject(facts, 400, "Bad Request (malformed Via)", "parse_error")
-        for k, value in enumerate(values):
-            if (n or k) and parse_via(value) is None:
+        for value in values:
+            if parse_via(value) is None:
                 return _reject(facts, 400, "Bad Request (malformed Via)", "parse_error")
 
     number, method = facts.cseq_number, facts.cseq_method
