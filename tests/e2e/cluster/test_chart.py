@@ -1,0 +1,245 @@
+"""The chart installed for real into the local node: the operator, the proxy DaemonSet (hostNetwork) and the
+bundled PostgreSQL run as pods from the images built in this run, and the user-visible promises hold:
+
+- a SipSocket applied with kubectl is answered (SIPp) on the node address;
+- the proxy pod deleted (with the operator scaled to zero) comes back and serves every socket from the
+  database alone;
+- the operator pod deleted right after a SipSocket is applied: its replacement finishes the work;
+- `helm upgrade` changing the proxy config rolls the proxy pod and the sockets come back;
+- `helm uninstall` leaves no pod behind, and the CRD stays.
+
+The tests of this module share one release and run in file order; each uses sockets of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from devenv import binaries, images
+from devenv.localcluster import LocalCluster
+from devenv.processes import free_port
+
+pytestmark = pytest.mark.timeout(1800)
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "helm" / "sipsockets"
+OPTIONS_SCENARIO = REPO / "tests" / "integration" / "scenarios" / "options.xml"
+NS = "voip"
+RELEASE = "sipsockets"
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 180.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+def sipp_answers(address: str, port: int) -> bool:
+    """One OPTIONS from SIPp to address:port over UDP; True when it gets its 200."""
+    result = subprocess.run(
+        ["sipp", "-sf", str(OPTIONS_SCENARIO), "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()),
+         "-timeout", "15s", "-timeout_error", "-nostdin",
+         f"{address}:{port}"],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/tmp",
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+class Release:
+    def __init__(self, cluster: LocalCluster, built: images.Images, workdir: Path) -> None:
+        self.c = cluster
+        self.built = built
+        self.workdir = workdir
+        self.mi_port = free_port()
+
+    def values(self, **proxy_overrides: Any) -> dict[str, Any]:
+        def image(ref: str) -> dict[str, str]:
+            repo, tag = images.Images.split(ref)
+            return {"repository": repo, "tag": tag, "pullPolicy": "Never"}
+
+        return {
+            "mi": {"port": self.mi_port},
+            "operator": {"image": image(self.built.operator), "resyncPeriod": 15},
+            "proxy": {
+                "mode": "hostNetwork",
+                "image": image(self.built.proxy),
+                "udpWorkers": 1,
+                "tcpWorkers": 1,
+                "socketsMgm": {"processes": 1, "maxSockets": 20},
+                **proxy_overrides,
+            },
+            "postgresql": {"image": {**image(self.built.postgresql)}},
+        }
+
+    def helm(self, command: str, values: dict[str, Any]) -> None:
+        path = self.workdir / f"values-{command}.json"
+        path.write_text(json.dumps(values))
+        self.c.helm(
+            command, RELEASE, str(CHART), "--namespace", NS, "--create-namespace", "--values", str(path),
+            "--wait", "--timeout", "10m", timeout=700,
+        )  # fmt: skip
+
+    def pods(self, component: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.c.get_json(
+            "pods", "-l", f"app.kubernetes.io/component={component}", namespace=NS
+        )["items"]
+        return items
+
+    def ready_pod(self, component: str, not_uid: str = "") -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            for pod in self.pods(component):
+                conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+                deleting = pod["metadata"].get("deletionTimestamp")
+                if conds.get("Ready") == "True" and not deleting and pod["metadata"]["uid"] != not_uid:
+                    return pod
+            return None
+
+        return wait_for(check, f"a Ready {component} pod other than {not_uid or '-'}", timeout=300)
+
+    def apply_sipsocket(self, name: str, port: int) -> None:
+        obj = {
+            "apiVersion": "sipsockets.io/v1alpha1",
+            "kind": "SipSocket",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"protocol": "udp", "address": self.c.node_ip, "port": port},
+        }
+        self.c.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+    def sipsocket_ready(self, name: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            obj = self.c.get_json("sipsocket", name, namespace=NS, check=False)
+            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+            return obj if conds.get("Ready") == "True" else None
+
+        return wait_for(check, f"SipSocket {name} Ready", timeout=240)
+
+    def answered(self, port: int) -> bool:
+        return wait_for(lambda: sipp_answers(self.c.node_ip, port), f"SIPp answered on port {port}", 180)
+
+    def sql(self, query: str) -> str:
+        pod = self.ready_pod("database")["metadata"]["name"]
+        return self.c.kubectl(
+            "exec", pod, "-n", NS, "--", "sh", "-c",
+            f'PGPASSWORD="$POSTGRES_PASSWORD" psql -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" '
+            f"-tAc '{query}'",
+        ).stdout.strip()  # fmt: skip
+
+
+def provide_volumes(cluster: LocalCluster, count: int = 2) -> None:
+    """hostPath PersistentVolumes under the node's work dir for the StatefulSet's claim (no provisioner)."""
+    pvs = []
+    for i in range(count):
+        path = cluster.paths.node / "volumes" / f"pv{i}"
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)
+        pvs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"local-pv{i}"},
+                "spec": {
+                    "capacity": {"storage": "2Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                },
+            }
+        )
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": pvs}))
+
+
+@pytest.fixture(scope="module")
+def release(
+    local_cluster: LocalCluster, built_images: images.Images, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    binaries.ensure(["helm"])
+    provide_volumes(local_cluster)
+    rel = Release(local_cluster, built_images, tmp_path_factory.mktemp("chart"))
+    rel.helm("install", rel.values())
+    yield rel
+
+
+def test_sipsocket_applied_with_kubectl_is_answered_on_the_node_address(release: Release) -> None:
+    proxy = release.ready_pod("proxy")
+    assert proxy["spec"]["hostNetwork"] is True
+    assert proxy["status"]["podIP"] == release.c.node_ip
+    operator = release.ready_pod("operator")
+    assert operator["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
+    port = free_port(release.c.node_ip)
+    release.apply_sipsocket("first", port)
+    release.sipsocket_ready("first")
+    assert release.answered(port)
+    assert release.sql("select count(*) from sockets") == "1"
+
+
+def test_proxy_pod_recreated_serves_every_socket_from_the_database(release: Release) -> None:
+    ports = [free_port(release.c.node_ip) for _ in range(2)]
+    for i, port in enumerate(ports):
+        release.apply_sipsocket(f"recreate-{i}", port)
+        release.sipsocket_ready(f"recreate-{i}")
+    c = release.c
+    c.kubectl("scale", "deployment", f"{RELEASE}-operator", "-n", NS, "--replicas=0")
+    try:
+        wait_for(lambda: not release.pods("operator"), "the operator pod gone", timeout=120)
+        old = release.ready_pod("proxy")
+        c.kubectl("delete", "pod", old["metadata"]["name"], "-n", NS, "--wait=true", timeout=180)
+        release.ready_pod("proxy", not_uid=old["metadata"]["uid"])
+        for port in ports:
+            assert release.answered(port)
+    finally:
+        c.kubectl("scale", "deployment", f"{RELEASE}-operator", "-n", NS, "--replicas=1")
+    release.ready_pod("operator")
+
+
+def test_operator_pod_deleted_midway_its_replacement_finishes(release: Release) -> None:
+    old = release.ready_pod("operator")
+    port = free_port(release.c.node_ip)
+    release.apply_sipsocket("midway", port)
+    release.c.kubectl("delete", "pod", old["metadata"]["name"], "-n", NS, "--wait=false")
+    release.ready_pod("operator", not_uid=old["metadata"]["uid"])
+    release.sipsocket_ready("midway")
+    assert release.answered(port)
+
+
+def test_helm_upgrade_of_the_proxy_config_rolls_pods_and_sockets_return(release: Release) -> None:
+    before = release.ready_pod("proxy")
+    release.helm("upgrade", release.values(udpWorkers=2))
+    after = release.ready_pod("proxy", not_uid=before["metadata"]["uid"])
+    assert (
+        after["metadata"]["annotations"]["checksum/config"]
+        != before["metadata"]["annotations"]["checksum/config"]
+    )
+    for name in ("first", "recreate-0", "recreate-1", "midway"):
+        obj = release.sipsocket_ready(name)
+        assert release.answered(int(obj["spec"]["port"]))
+
+
+def test_helm_uninstall_leaves_no_pod_and_keeps_the_crd(release: Release) -> None:
+    c = release.c
+    names = c.kubectl("get", "sipsockets", "-n", NS, "-o", "name").stdout.split()
+    c.kubectl("delete", *names, "-n", NS, "--wait=true", timeout=180)
+    # The operator removed every row when the SipSockets went away.
+    wait_for(lambda: release.sql("select count(*) from sockets") == "0", "no row left", timeout=120)
+    c.helm("uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "5m", timeout=400)
+    wait_for(lambda: not c.get_json("pods", namespace=NS)["items"], "no pod left", timeout=180)
+    left = c.kubectl(
+        "get", "deployments,daemonsets,statefulsets,services,secrets,configmaps,serviceaccounts,roles",
+        "-n", NS, "-o", "name",
+    ).stdout.split()  # fmt: skip
+    assert [n for n in left if not n.startswith(("configmap/kube-root-ca", "serviceaccount/default"))] == []
+    assert c.kubectl("get", "crd", "sipsockets.sipsockets.io", check=False).returncode == 0
+    hooks = c.kubectl("get", "validatingwebhookconfigurations", "-o", "name").stdout.split()
+    assert not [h for h in hooks if RELEASE in h]
