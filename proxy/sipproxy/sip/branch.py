@@ -7,9 +7,9 @@ Our branch is `z9hG4bKsps<transaction hash>.<loop hash>`:
   the same branch from us), else a hash of the top Via, From tag, Call-ID, CSeq number and Request-URI
   (RFC 2543 peers). The To tag is left out on purpose: the ACK of a non-2xx response carries the To tag
   of that response while the INVITE had none, and both must map to one branch;
-- the loop part hashes what a loop leaves unchanged (Request-URI, From tag, Call-ID, CSeq number, the
-  Route set): a request that comes back to us with one of our own Vias carrying the same loop part has
-  looped rather than spiralled.
+- the loop part hashes what a loop leaves unchanged, as received (Request-URI, From tag, Call-ID, CSeq
+  number, Route header values): a request that comes back to us with one of our own Vias carrying the
+  same loop part has looped rather than spiralled.
 
 No secret or per-process state enters the hash: every worker and every proxy instance computes the same
 branch for the same request, so a retransmission may land anywhere.

@@ -305,7 +305,10 @@ class SipEngine:
 
         call_id = facts.call_id
         cseq_number = facts.cseq_number
-        lp = loop_key(ruri_raw, facts.from_tag, call_id, cseq_number, b",".join(routes))
+        # The loop hash covers the request as received (RFC 3261 16.6 step 8): one that comes back through
+        # an application server that added a Route to us differs, one bounced back unchanged does not.
+        received_routes = b",".join([headers[p][1] for p in route_pos]) if route_pos else b""
+        lp = loop_key(msg.ruri, facts.from_tag, call_id, cseq_number, received_routes)
         assert top is not None
         txn = transaction_key(
             top.branch, facts.top_via_values[0], facts.from_tag, call_id, cseq_number, msg.ruri

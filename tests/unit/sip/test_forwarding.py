@@ -290,3 +290,22 @@ def test_tel_request_uri_needs_a_rule() -> None:
     assert one(eng.handle(request(ruri="tel:+15551234"), UDP4, UAC)).host == "127.0.0.50"
     out = eng.handle(request(ruri="tel:+445551234"), UDP4, UAC)
     assert parsed(out.sends[0]).status == 416
+
+
+def test_a_request_sent_back_by_an_application_server_with_a_route_to_us_is_not_a_loop() -> None:
+    eng = engine(
+        routes=[
+            {"match": {"tag": "core"}, "forward": "sip:127.0.0.1:5080"},
+            {"forward": "sip:127.0.0.40:5060"},
+        ]
+    )
+    to_as = one(eng.handle(request(), UDP4, UAC))
+    assert (to_as.host, to_as.port) == ("127.0.0.40", 5060)
+    # the AS pushes its own Via and a Route back to our core socket, Request-URI unchanged
+    msg = to_as.data.split(b"\r\n", 1)
+    back = (
+        msg[0] + b"\r\nVia: SIP/2.0/UDP 127.0.0.40:5060;branch=z9hG4bK-as-1\r\n"
+        b"Route: <sip:127.0.0.2:5070;lr>\r\n" + msg[1]
+    )
+    onward = one(eng.handle(back, CORE, ("127.0.0.40", 5060)))
+    assert (onward.host, onward.port) == ("127.0.0.1", 5080)
