@@ -67,7 +67,10 @@ def test_fifty_reloads_during_call_load_lose_no_call_on_the_unchanged_socket(
         {
             "udp_workers": 1,
             "tcp_workers": 1,
-            "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 2},
+            # One pool worker: with several, two datagrams of one call (SIPp's UAS sends 180 and 200
+            # back to back) may be forwarded in swapped order, which SIPp counts as a failed call.
+            # The pool worker still applies every add/remove of the other socket during the load.
+            "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1},
             "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
         }
     )
