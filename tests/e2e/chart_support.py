@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devenv import binaries
-from devenv.controlplane import ControlPlane
+from devenv.cluster_client import ClusterClient
 from tests.unit.chart.rendering import CHART, CRD_SOURCE
 
 # Stand-ins for CRDs of other projects that optional chart objects use (cert-manager, Prometheus Operator):
@@ -51,12 +51,12 @@ def foreign_crd(group: str, version: str, kind: str, plural: str) -> dict[str, A
     }
 
 
-def apply_objects(cp: ControlPlane, objs: list[dict[str, Any]]) -> None:
+def apply_objects(cp: ClusterClient, objs: list[dict[str, Any]]) -> None:
     cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
 
 
 @pytest.fixture(scope="session")
-def chart_crds(control_plane: ControlPlane) -> None:
+def chart_crds(control_plane: ClusterClient) -> None:
     """The SipSocket CRD (from crds/, as a user applying it by hand would) and the foreign stand-ins."""
     binaries.ensure(["helm"])
     control_plane.kubectl("apply", "-f", str(CRD_SOURCE))
@@ -68,7 +68,7 @@ def chart_crds(control_plane: ControlPlane) -> None:
 
 
 def helm_install(
-    cp: ControlPlane,
+    cp: ClusterClient,
     namespace: str,
     values: dict[str, Any],
     workdir: Path,
@@ -94,15 +94,15 @@ def helm_install(
     return out.stdout
 
 
-def helm_uninstall(cp: ControlPlane, namespace: str, release: str = "sipsockets") -> None:
+def helm_uninstall(cp: ClusterClient, namespace: str, release: str = "sipsockets") -> None:
     cp.helm("uninstall", release, "--namespace", namespace, "--wait=false", check=False)
 
 
-def get_json(cp: ControlPlane, *args: str) -> dict[str, Any]:
+def get_json(cp: ClusterClient, *args: str) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(cp.kubectl("get", *args, "-o", "json").stdout)
     return out
 
 
-def secret_data(cp: ControlPlane, namespace: str, name: str) -> dict[str, str]:
+def secret_data(cp: ClusterClient, namespace: str, name: str) -> dict[str, str]:
     data = get_json(cp, "secret", name, "-n", namespace)["data"]
     return {k: base64.b64decode(v).decode() for k, v in data.items()}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from devenv.controlplane import ControlPlane
+from devenv.cluster_client import ClusterClient
 from tests.e2e.chart_support import apply_objects, chart_crds
 from tests.unit.chart.rendering import OPTION_SETS, render
 
@@ -26,7 +26,7 @@ def kopf_peering_crd(namespace: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
 def test_server_side_dry_run_accepts_every_option_set(
-    control_plane: ControlPlane, chart_crds: None, namespace: str, option_set: str
+    control_plane: ClusterClient, chart_crds: None, namespace: str, option_set: str
 ) -> None:
     manifests = render(OPTION_SETS[option_set], namespace=namespace)
     if option_set == "peering":
@@ -55,7 +55,7 @@ def test_server_side_dry_run_accepts_every_option_set(
 
 
 def test_server_side_dry_run_refuses_what_the_schema_refuses(
-    control_plane: ControlPlane, chart_crds: None, namespace: str
+    control_plane: ClusterClient, chart_crds: None, namespace: str
 ) -> None:
     """The check above can fail: the same path refuses a rendered Deployment broken by hand."""
     manifests = render({}, namespace=namespace)

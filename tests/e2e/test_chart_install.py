@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from devenv.controlplane import ControlPlane
+from devenv.cluster_client import ClusterClient
 from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall, secret_data
 
 __all__ = ["chart_crds"]  # fixtures
@@ -26,7 +26,7 @@ def sipsocket(name: str, port: int) -> str:
 
 
 def test_install_upgrade_uninstall(
-    control_plane: ControlPlane, chart_crds: None, namespace: str, tmp_path: Path
+    control_plane: ClusterClient, chart_crds: None, namespace: str, tmp_path: Path
 ) -> None:
     cp = control_plane
     try:
@@ -110,7 +110,7 @@ def test_install_upgrade_uninstall(
 
 
 def test_install_with_peering_creates_the_kopf_peering(
-    control_plane: ControlPlane, chart_crds: None, namespace: str, tmp_path: Path
+    control_plane: ClusterClient, chart_crds: None, namespace: str, tmp_path: Path
 ) -> None:
     cp = control_plane
     try:

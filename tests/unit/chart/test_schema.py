@@ -97,3 +97,32 @@ def test_bad_values_are_refused(values: dict[str, Any]) -> None:
     result = template_text(values, check=False)
     assert result.returncode != 0, f"accepted {values}"
     assert "values don't meet the specifications of the schema" in result.stderr
+
+
+def table_rows(values: Any, schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, Any]]:
+    """The README's value rows: one per value, objects that are Kubernetes pass-throughs kept whole."""
+    whole = {"resources", "affinity", "issuerRef"}
+    if (
+        isinstance(values, dict)
+        and values
+        and "properties" in schema
+        and path.rsplit(".", 1)[-1] not in whole
+    ):
+        for key, value in values.items():
+            yield from table_rows(value, schema["properties"][key], f"{path}.{key}" if path else key)
+    else:
+        yield path, values
+
+
+def test_readme_values_table_lists_every_value_with_its_default() -> None:
+    readme = (CHART / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells
+    expected = dict(table_rows(VALUES, SCHEMA))
+    assert set(rows) == set(expected)
+    for path, default in expected.items():
+        assert json.loads(rows[path][2].strip("`")) == default, path
+        assert rows[path][3], path
