@@ -67,6 +67,7 @@ class WorkerHandle:
     waiters: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     last_stats: dict[int, SocketCounters] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    started: float = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -231,6 +232,7 @@ class Supervisor:
         child.close()
         w.channel = Channel(parent)
         w.alive = True
+        w.started = time.monotonic()
         w.last_stats = {}
         loop = asyncio.get_running_loop()
         w.tasks = [loop.create_task(self._read(w, w.channel)), loop.create_task(self._watch(w, w.proc))]
@@ -307,6 +309,10 @@ class Supervisor:
         asyncio.get_running_loop().create_task(self._replace(w))
 
     async def _replace(self, w: WorkerHandle) -> None:
+        # A worker that dies right after starting (crash loop) is retried at most about once a second.
+        delay = 1.0 - (time.monotonic() - w.started)
+        if delay > 0:
+            await asyncio.sleep(delay)
         async with self.lock:
             if self.stopping:
                 return

@@ -196,6 +196,7 @@ class Worker:
         sid = self.listeners.sid_of(listener)
         if sid is None:
             return
+        self.log.debug("relayed message from %s:%s on %s", host, port, listener)
         outcome = self.engine.handle(data, listener, (host, int(port)))
         self.engine.relay_to = None  # never bounce a relayed message on
         self.dispatch(outcome, sid)

@@ -211,3 +211,67 @@ def test_a_table_created_by_opensips_scripts_works(proxies: Callable[..., Proxy]
     assert listed == [(f"UDP:{ip}:{port}", "listening")]
     reply = udp_options(ip, port)
     assert reply is not None and reply.startswith(b"SIP/2.0 200")
+
+
+def test_ipv6_sockets(proxies: Callable[..., Proxy], sqlite_table: SocketsTable) -> None:
+    proxy = proxies(mgm_config(sqlite_table))
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::1", 0))
+        port = int(probe.getsockname()[1])
+    sqlite_table.add(f"udp:[::1]:{port}")
+    sqlite_table.add(f"tcp:[::1]:{port}")
+    result = proxy.call("sockets_reload")
+    assert sorted(e["socket"] for e in result["added"]) == [f"tcp:[::1]:{port}", f"udp:[::1]:{port}"]
+    assert {e["address"] for e in result["added"]} == {"::1"}
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        s.settimeout(5)
+        local = s.getsockname()
+        msg = (
+            f"OPTIONS sip:[::1]:{port} SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:{local[1]};branch=z9hG4bKv6probe\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@[::1]>;tag=1\r\nTo: <sip:[::1]:{port}>\r\n"
+            "Call-ID: v6probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        s.sendto(msg, ("::1", port))
+        assert s.recv(65535).startswith(b"SIP/2.0 200")
+    with socket.create_connection(("::1", port), timeout=5) as c:
+        c.sendall(msg.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        assert c.recv(65535).startswith(b"SIP/2.0 200")
+
+
+def test_established_tcp_connections_outlive_their_removed_listener(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    ip = loopback_ip()
+    port, out_port = free_port(ip), free_port(ip)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((loopback_ip(), 0))
+    sink.settimeout(10)
+    sink_ip, sink_port = sink.getsockname()
+    proxy = proxies(
+        mgm_config(
+            sqlite_table,
+            sockets=[f"udp:{ip}:{out_port}"],
+            routes=[{"match": {"ruri": "^sip:sink@"}, "forward": f"sip:{sink_ip}:{sink_port}"}],
+        )
+    )
+    sqlite_table.add(f"tcp:{ip}:{port}")
+    proxy.call("sockets_reload")
+
+    def request(n: int, local: tuple[str, int]) -> bytes:
+        return (
+            "MESSAGE sip:sink@example.invalid SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bKk{n}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:a@{local[0]}>;tag=a{n}\r\nTo: <sip:sink@example.invalid>\r\n"
+            f"Call-ID: keep{n}\r\nCSeq: {n} MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+
+    with socket.create_connection((ip, port), timeout=10) as conn:
+        conn.sendall(request(1, conn.getsockname()))
+        assert b"Call-ID: keep1" in sink.recv(65535)
+        sqlite_table.remove(f"tcp:{ip}:{port}")
+        assert len(proxy.call("sockets_reload")["removed"]) == 1
+        assert tcp_connect_refused(ip, port)  # the listener is gone...
+        conn.sendall(request(2, conn.getsockname()))
+        assert b"Call-ID: keep2" in sink.recv(65535)  # ...the established connection still works
+    sink.close()
