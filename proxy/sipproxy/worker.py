@@ -28,6 +28,7 @@ from sipproxy.worker_tcp import SipStream, open_outbound
 from sipproxy.worker_udp import UdpServer
 
 RESOLVE_TTL = 60.0
+RESOLVE_CACHE_MAX = 50_000
 # Connection ids carry their owner: (worker index + 1) << CONN_ID_BITS, plus a per-worker counter.
 CONN_ID_BITS = 20
 
@@ -291,6 +292,8 @@ class Worker:
             ipaddress.ip_address(host)
         except ValueError:
             return None
+        if len(self._resolved) > RESOLVE_CACHE_MAX:  # many peers over time: start afresh, never grow
+            self._resolved.clear()
         self._resolved[host] = (host, 0.0)
         return host
 
@@ -452,12 +455,23 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    # Development aid: SIPPROXY_PROFILE_DIR=/dir writes a cProfile file per worker when it stops.
+    profile_dir = os.environ.get("SIPPROXY_PROFILE_DIR")
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         import uvloop
 
         uvloop.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
     except ImportError:
         asyncio.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
+    if profiler is not None and profile_dir:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"worker-{args.index}-{os.getpid()}.prof"))
     return 0
 
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 # A peer that has sent part of a message and then nothing for this long is cut off (slowloris).
 PARTIAL_TIMEOUT = 20.0
+# Bytes queued towards a peer that does not read before its connection is dropped.
+MAX_WRITE_BUFFER = 4 << 20
 
 
 class SipStream(asyncio.Protocol):
@@ -76,8 +78,14 @@ class SipStream(asyncio.Protocol):
         if self.closed:
             raise ConnectionError("connection closed")
         if self.transport is None:
+            if sum(len(d) for d in self.pending) > MAX_WRITE_BUFFER:
+                raise ConnectionError("connection not established and its queue is full")
             self.pending.append(data)
         else:
+            if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # The peer does not read: cut it off rather than buffer without bound.
+                self.transport.abort()
+                raise ConnectionError("peer not reading")
             self.transport.write(data)
 
     def abort_after_write(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.conftest import Proxy, SocketsTable, free_port, loopback_ip, udp_options
+from tests.integration.conftest import Proxy, SocketsTable, free_port, loopback_ip, pid_alive, udp_options
 
 
 def test_token_is_enforced(proxies: Callable[..., Proxy]) -> None:
@@ -88,8 +89,6 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_static_socket_bind_failure_stops_start_up(tmp_path: Path) -> None:
-    import socket
-
     ip = loopback_ip()
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     holder.bind((ip, 0))
@@ -130,3 +129,23 @@ def test_db_init_creates_tables_once_and_never_alters(tmp_path: Path) -> None:
     db.close()
     bad = run_cli("db", "init", "--db-url", "oracle://x/y")
     assert bad.returncode != 0 and "unsupported scheme" in bad.stderr
+
+
+def test_sigterm_stops_every_process_and_releases_the_sockets(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    ip = loopback_ip()
+    static_port, dyn_port = free_port(ip), free_port(ip)
+    mgm = {"db_url": sqlite_table.db_url, "processes": 2}
+    sqlite_table.add(f"tcp:{ip}:{dyn_port}")
+    proxy = proxies(
+        {"sockets": [f"udp:{ip}:{static_port}"], "udp_workers": 2, "tcp_workers": 2, "sockets_mgm": mgm}
+    )
+    pids = [p["PID"] for p in proxy.processes()]
+    assert len(pids) == 7 and all(pid_alive(p) for p in pids)
+    assert proxy.stop() == 0
+    assert not any(pid_alive(p) for p in pids)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind((ip, static_port))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind((ip, dyn_port))
