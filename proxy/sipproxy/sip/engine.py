@@ -397,7 +397,8 @@ class SipEngine:
         index = self._index
         out_wire = index.wire(out)
         parts = [start_line, out_wire.via_head + branch + b";sk=" + sk]
-        if self.record_route and msg.method != b"REGISTER":
+        # Record-Route only where it can matter: requests outside a dialog (no To tag) that may create one.
+        if self.record_route and facts.to_tag is None and msg.method != b"REGISTER":
             if out is not inbound and out != inbound:
                 # RFC 5658: one entry per side, the top one facing the next hop.
                 parts.append(out_wire.rr_double)

@@ -58,9 +58,11 @@ def test_received_added_when_sent_by_differs_and_rport_filled() -> None:
     )
 
 
-def test_register_gets_no_record_route() -> None:
+def test_register_and_in_dialog_requests_get_no_record_route() -> None:
     msg = parsed(one(engine().handle(request("REGISTER", "sip:127.0.0.1:5080"), UDP4, UAC)))
     assert b"record-route" not in msg.index
+    bye = parsed(one(engine().handle(request("BYE", to_tag="t1"), UDP4, UAC)))
+    assert b"record-route" not in bye.index
 
 
 def _our_branch(data: bytes, src: tuple[str, int] = UAC) -> bytes:
