@@ -66,7 +66,11 @@ class RateStep:
     failed: int
     retransmissions: int
     achieved_rate: float
-    worker_cpu_share: float  # CPU seconds of the pool worker per wall second (1.0 = one core)
+    worker_cpu_share: float  # CPU seconds of the worker per wall second (1.0 = one core)
+    tree_cpu_share: float  # the same for the whole process tree
+    failures: dict[str, int]  # SIPp's failure counters that are not zero
+    host_rcvbuf_errors: int  # the host-wide UDP RcvbufErrors delta: other processes' drops count too
+    sipp_watchdog: int  # SIPp's watchdog: SIPp itself was not scheduled in time (minor + major)
     loadavg: str
 
 
@@ -115,10 +119,10 @@ def summarize(runs: list[CpuRun]) -> dict[str, Any]:
 
 
 def sustained(steps: list[RateStep]) -> float | None:
-    """The highest rate reached before the first step with a failed call or a rate SIPp could not keep up."""
+    """The highest rate reached before the first step with a failed (or missing) call."""
     best: float | None = None
     for step in steps:
-        if step.failed or step.successful < step.calls or step.achieved_rate < 0.95 * step.target_rate:
+        if step.failed or step.successful < step.calls:
             break
         best = step.target_rate
     return best
@@ -254,7 +258,7 @@ async def cpu_per_call(
     }
 
 
-async def _db_init(workdir: Path, procs: Processes, db_url: str) -> None:
+async def _db_init(procs: Processes, db_url: str) -> None:
     proc = await procs.start(
         "db-init", [sys.executable, "-m", "sipproxy.cli", "db", "init", "--db-url", db_url]
     )
@@ -267,50 +271,58 @@ def insert_sockets(db_path: Path, sockets: list[str]) -> None:
         conn.executemany("INSERT INTO sockets (socket) VALUES (?)", [(s,) for s in sockets])
 
 
-async def max_rate(workdir: Path, rates: list[float], step_seconds: float) -> dict[str, Any]:
-    """Step the call rate up through one dynamic UDP socket served by a pool of one worker."""
-    steps: list[RateStep] = []
-    print(f"pool_max_rate: steps {', '.join(f'{r:g}' for r in rates)} calls/s, {step_seconds:g}s each")
+def udp_rcvbuf_errors() -> int:
+    """The host-wide UDP RcvbufErrors counter (all processes): datagrams dropped on a full buffer."""
+    lines = [
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")
+    ]
+    return int(dict(zip(lines[0], lines[1], strict=False))["RcvbufErrors"])
+
+
+async def _start_peer(
+    procs: Processes, workdir: Path, peer: str, uas_port: int
+) -> tuple[asyncio.subprocess.Process, int, int]:
+    """(process, SIP port, pid whose CPU share is reported): ours is one dynamic socket in a pool of one."""
+    listen_port = free_udp_port(HOST)
+    if peer == "kamailio":
+        proc = await start_kamailio(procs, workdir, (HOST, listen_port), (HOST, uas_port))
+        return proc, listen_port, proc.pid
     db_path = workdir / "pool.sqlite"
-    db_url = f"sqlite:///{db_path}"  # absolute path: sqlite:////abs
+    db_path.unlink(missing_ok=True)
+    db_url = f"sqlite:///{db_path}"  # an absolute path gives sqlite:////abs
+    await _db_init(procs, db_url)
+    insert_sockets(db_path, [f"udp:{HOST}:{listen_port}"])
+    proxy = await start_sipproxy(
+        procs, workdir, "sipproxy-pool", pool_config(db_url, uas_port, free_tcp_port(HOST))
+    )
+    async with aiohttp.ClientSession() as session:
+        pids = await proxy.worker_pids(session)
+    return proxy.proc, listen_port, next(pid for name, pid in pids.items() if name.startswith("udp-pool"))
+
+
+async def max_rate(workdir: Path, peer: str, rates: list[float], step_seconds: float) -> dict[str, Any]:
+    """Step the call rate up until a step has a failed call. For ours: one dynamic UDP socket served by a
+    pool of one worker; for Kamailio (the reference for what SIPp and this machine manage): one UDP worker."""
+    steps: list[RateStep] = []
+    print(f"max_rate {peer}: steps {', '.join(f'{r:g}' for r in rates)} calls/s, {step_seconds:g}s each")
     async with Processes(workdir / "logs") as procs:
-        await _db_init(workdir, procs, db_url)
-        listen_port = free_udp_port(HOST)
-        insert_sockets(db_path, [f"udp:{HOST}:{listen_port}"])
         uas_port = free_udp_port(HOST)
-        await procs.start("uas-pool", uas_argv(HOST, uas_port), stdout_to_log=False)
-        proxy = await start_sipproxy(
-            procs, workdir, "sipproxy-pool", pool_config(db_url, uas_port, free_tcp_port(HOST))
-        )
-        async with aiohttp.ClientSession() as session:
-            pids = await proxy.worker_pids(session)
-        worker = next(pid for name, pid in pids.items() if name.startswith("udp-pool"))
+        await procs.start(f"uas-rate-{peer}", uas_argv(HOST, uas_port), stdout_to_log=False)
+        proc, listen_port, worker = await _start_peer(procs, workdir, peer, uas_port)
+        target = f"{HOST}:{listen_port}"
         warm = await run_uac(
-            procs,
-            "warmup-pool",
-            f"{HOST}:{listen_port}",
-            HOST,
-            100,
-            WARMUP_CALLS,
-            workdir,
-            free_udp_port(HOST),
+            procs, f"warmup-rate-{peer}", target, HOST, 100, WARMUP_CALLS, workdir, free_udp_port(HOST)
         )
         if warm.failed or warm.successful < WARMUP_CALLS:
-            raise RuntimeError(f"warm-up through the pool worker failed: {warm}")
+            raise RuntimeError(f"warm-up through {peer} failed: {warm}")
         for rate in rates:
             calls = int(rate * step_seconds)
-            before, t0 = process_cpu(worker), time.monotonic()
+            before, t0, drops = process_cpu(worker), time.monotonic(), udp_rcvbuf_errors()
+            tree_before = tree_cpu(proc.pid)
             stats = await run_uac(
-                procs,
-                f"uac-pool-{rate:g}",
-                f"{HOST}:{listen_port}",
-                HOST,
-                rate,
-                calls,
-                workdir,
-                free_udp_port(HOST),
+                procs, f"uac-rate-{peer}-{rate:g}", target, HOST, rate, calls, workdir, free_udp_port(HOST)
             )
-            share = (process_cpu(worker) - before).total / (time.monotonic() - t0)
+            wall = time.monotonic() - t0
             step = RateStep(
                 target_rate=rate,
                 calls=calls,
@@ -318,21 +330,29 @@ async def max_rate(workdir: Path, rates: list[float], step_seconds: float) -> di
                 failed=stats.failed,
                 retransmissions=stats.retransmissions,
                 achieved_rate=stats.achieved_rate,
-                worker_cpu_share=share,
+                worker_cpu_share=(process_cpu(worker) - before).total / wall,
+                tree_cpu_share=(tree_cpu(proc.pid) - tree_before).total / wall,
+                failures=stats.failures,
+                host_rcvbuf_errors=udp_rcvbuf_errors() - drops,
+                sipp_watchdog=stats.watchdog,
                 loadavg=load(),
             )
             steps.append(step)
+            reasons = ", ".join(f"{k} {v}" for k, v in step.failures.items())
             print(
-                f"  {rate:6g}/s: {step.successful}/{calls} ok, {step.failed} failed,"
-                f" {step.retransmissions} retrans, achieved {step.achieved_rate:.0f}/s,"
-                f" pool worker CPU {share * 100:.0f}% of a core, load {step.loadavg}",
+                f"  {peer} {rate:6g}/s: {step.successful}/{calls} ok, {step.failed} failed"
+                f"{' (' + reasons + ')' if reasons else ''}, {step.retransmissions} retrans,"
+                f" CPU {step.tree_cpu_share * 100:.0f}% of a core"
+                f"{f' (pool worker {step.worker_cpu_share * 100:.0f}%)' if peer == 'sipproxy' else ''},"
+                f" host UDP buffer drops {step.host_rcvbuf_errors}, SIPp watchdog {step.sipp_watchdog},"
+                f" load {step.loadavg}",
                 flush=True,
             )
             if sustained(steps) != rate:
                 break
             await asyncio.sleep(1.0)  # let the last calls' stray retransmissions drain
     best = sustained(steps)
-    print(f"  highest rate with no failed call: {best:g}/s" if best else "  no step passed")
+    print(f"  {peer}: highest rate with no failed call: {best:g}/s" if best else f"  {peer}: no step passed")
     return {"steps": [asdict(s) for s in steps], "sustained_rate": best}
 
 
@@ -348,15 +368,23 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     )
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--skip-max-rate", action="store_true")
+    parser.add_argument("--max-rate-peers", default="sipproxy,kamailio", help="peers stepped (both)")
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     peers = ("sipproxy",) if args.no_kamailio else ("sipproxy", "kamailio")
     out: dict[str, Any] = {}
-    out["cpu_per_call"] = await cpu_per_call(workdir, args.rate, args.seconds, args.rounds, peers)
+    if args.rounds > 0:
+        out["cpu_per_call"] = await cpu_per_call(
+            workdir, args.rate, args.seconds, min(args.rounds, 10), peers
+        )
     if not args.skip_max_rate:
         rates = [float(r) for r in str(args.max_rate_steps).split(",") if r.strip()]
-        out["pool_max_rate"] = await max_rate(workdir, rates[:12], args.step_seconds)
+        for peer in str(args.max_rate_peers).split(","):
+            if peer.strip() in ("sipproxy", "kamailio"):
+                out[f"max_rate_{peer.strip()}"] = await max_rate(
+                    workdir, peer.strip(), rates[:12], args.step_seconds
+                )
     return out
 
 

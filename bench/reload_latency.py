@@ -31,6 +31,9 @@ class ReloadFigures:
     pool_workers: int
     tcp_workers: int
     startup_s: float  # process start to /readyz 200, the start-up load of `present` rows included
+    startup_sync_timeouts: int  # "did not answer sync" warnings in the proxy's log during start-up
+    first_add_ms: float  # the first add+remove after start-up, untimed in the medians: workers may still
+    first_remove_ms: float  # be taking the start-up sockets
     unchanged_ms: list[float]  # reload with nothing changed
     add_ms: list[float]
     remove_ms: list[float]
@@ -83,7 +86,7 @@ async def measure(
     )
     if await asyncio.wait_for(init.wait(), 60) != 0:
         raise RuntimeError(f"sipproxy db init failed: {procs.log_tail(f'db-init-{present}')}")
-    port = pick_port(present + runs)
+    port = pick_port(present + runs + 1)
     await asyncio.to_thread(
         _db_exec,
         db_path,
@@ -102,6 +105,8 @@ async def measure(
     # Start-up loads the whole table and hands every socket to every worker: allow for a slow, shared machine.
     proxy = await start_sipproxy(procs, workdir, f"sipproxy-{present}", config, limit=600)
     startup = time.monotonic() - t0
+    log = workdir / "logs" / f"sipproxy-{present}.log"
+    sync_timeouts = log.read_text(errors="replace").count("did not answer sync")
     unchanged: list[float] = []
     added: list[float] = []
     removed: list[float] = []
@@ -112,7 +117,8 @@ async def measure(
             listening = sum(1 for s in items if s.get("state") == "listening")
             if listening != present:
                 raise RuntimeError(f"{listening} of {present} sockets listening after start-up")
-            for run in range(runs):
+            # Run 0 is the settling cycle, reported apart; runs 1..runs are the timed ones.
+            for run in range(runs + 1):
                 ms, _ = await _reload(session, proxy)
                 unchanged.append(ms)
                 row = (f"udp:{address(present + run)}:{port}",)
@@ -128,7 +134,19 @@ async def measure(
                 removed.append(ms)
     finally:
         await procs.stop(proxy.proc)
-    return ReloadFigures(present, max_sockets, pool_workers, tcp_workers, startup, unchanged, added, removed)
+    return ReloadFigures(
+        present=present,
+        max_sockets=max_sockets,
+        pool_workers=pool_workers,
+        tcp_workers=tcp_workers,
+        startup_s=startup,
+        startup_sync_timeouts=sync_timeouts,
+        first_add_ms=added[0],
+        first_remove_ms=removed[0],
+        unchanged_ms=unchanged[1:],
+        add_ms=added[1:],
+        remove_ms=removed[1:],
+    )
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -155,7 +173,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"  {present:5d} present: add one {fig.add_median:.1f} ms,"
                 f" remove one {fig.remove_median:.1f} ms,"
                 f" unchanged {fig.unchanged_median:.1f} ms (medians of {runs});"
-                f" start-up with the table loaded {fig.startup_s:.1f}s",
+                f" start-up with the table loaded {fig.startup_s:.1f}s"
+                f" ({fig.startup_sync_timeouts} sync timeouts), first add after it {fig.first_add_ms:.0f} ms",
                 flush=True,
             )
             out.append(

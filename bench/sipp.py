@@ -23,6 +23,8 @@ class SippStats:
     retransmissions: int
     elapsed_s: float
     created: int
+    failures: dict[str, int]  # the non-zero Failed*(C) counters by reason
+    watchdog: int  # SIPp's own scheduling alarms (WatchdogMinor + WatchdogMajor)
 
     @property
     def achieved_rate(self) -> float:
@@ -76,6 +78,16 @@ def parse_stat_csv(text: str) -> SippStats:
         retransmissions=int(col["Retransmissions(C)"]),
         elapsed_s=_epoch(col["CurrentTime"]) - _epoch(col["StartTime"]),
         created=int(col["TotalCallCreated"]),
+        failures={
+            k[len("Failed") : -len("(C)")]: int(v)
+            for k, v in col.items()
+            if k.startswith("Failed")
+            and k.endswith("(C)")
+            and k != "FailedCall(C)"
+            and v.isdigit()
+            and int(v)
+        },
+        watchdog=sum(int(col.get(k, "0") or 0) for k in ("WatchdogMinor(C)", "WatchdogMajor(C)")),
     )
 
 
