@@ -12,6 +12,7 @@ transaction. Connection ids come from `register_connection` and map back through
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ UDP_SIZE_LIMIT = 1300
 # How often a lookup miss may trigger a rebuild of the listener snapshot (a stray packet must not cost
 # a rebuild each time).
 _REFRESH_INTERVAL = 1.0
+_INTERNAL_ERROR_LOG_INTERVAL = 10.0
+log = logging.getLogger(__name__)
 
 REASON_PHRASES = {
     200: "OK",
@@ -113,6 +116,7 @@ class SipEngine:
         self._strong_by_id: dict[int, object] = {}
         self._strong_ids: dict[int, int] = {}
         self._next_conn_id = 1
+        self._last_internal_error_log = -_INTERNAL_ERROR_LOG_INTERVAL
 
     # ----------------------------------------------------------------- runtime hooks
 
@@ -175,6 +179,12 @@ class SipEngine:
         try:
             return self.process(data, listener, src, connection)
         except Exception:
+            # A bug, not bad input: say so, but at most every few seconds so a packet that triggers it
+            # cannot flood the log.
+            now = time.monotonic()
+            if now - self._last_internal_error_log > _INTERNAL_ERROR_LOG_INTERVAL:
+                self._last_internal_error_log = now
+                log.exception("SIP engine failed on a %d-byte message from %s:%s", len(data), *src[:2])
             return _drop("internal_error")
 
     def process(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipproxy.sip.headers import is_token, unquote
+from sipproxy.sip.headers import TOKEN_CHARS, is_token, unquote
 from sipproxy.sip.uri import parse_hostport
 
 BRANCH_COOKIE = b"z9hG4bK"
@@ -35,38 +35,50 @@ class Via:
         return None
 
 
+_TRANSPORTS = {t.encode(): t for t in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "TLS-SCTP")}
+
+
 def parse_via(value: bytes) -> Via | None:
     """Parse one Via value (a single comma-separated element); None when malformed."""
     semi = value.find(b";")
     head = value if semi < 0 else value[:semi]
-    parts = head.split(b"/")
-    if len(parts) != 3:
-        return None
-    if parts[0].strip().upper() != b"SIP" or not is_token(parts[1].strip()):
-        return None
-    tail = parts[2].split(None, 1)
+    if head[:8] == b"SIP/2.0/":
+        tail = head[8:].split(None, 1)
+    else:
+        # LWS is allowed around the slashes (RFC 4475 3.1.1.1)
+        parts = head.split(b"/")
+        if len(parts) != 3:
+            return None
+        if parts[0].strip().upper() != b"SIP" or not is_token(parts[1].strip()):
+            return None
+        tail = parts[2].split(None, 1)
     if len(tail) != 2 or not is_token(tail[0]):
         return None
-    # sent-by allows LWS around the colon (COLON = SWS ":" SWS)
-    hp = parse_hostport(b"".join(tail[1].split()))
+    sent_by = tail[1].rstrip()
+    if b" " in sent_by or b"\t" in sent_by:
+        # sent-by allows LWS around the colon (COLON = SWS ":" SWS)
+        sent_by = b"".join(sent_by.split())
+    hp = parse_hostport(sent_by)
     if hp is None:
         return None
     params: dict[bytes, bytes | None] = {}
     if semi >= 0:
         for piece in value[semi + 1 :].split(b";"):
-            eq = piece.find(b"=")
-            if eq < 0:
-                name = piece.strip()
-                pvalue: bytes | None = None
-            else:
-                name = piece[:eq].strip()
-                pvalue = unquote(piece[eq + 1 :].strip())
+            name, eq, pvalue = piece.partition(b"=")
+            name = name.strip()
+            if not name or name.translate(None, TOKEN_CHARS):
+                return None
+            if eq:
+                pvalue = pvalue.strip()
+                if pvalue[:1] == b'"':
+                    pvalue = unquote(pvalue)
                 if not pvalue:
                     return None
-            if not is_token(name):
-                return None
-            params[name.lower()] = pvalue
-    return Via(value, tail[0].decode("ascii").upper(), hp[0], hp[1], params)
+                params[name.lower()] = pvalue
+            else:
+                params[name.lower()] = None
+    transport = tail[0].upper()
+    return Via(value, _TRANSPORTS.get(transport) or transport.decode("ascii"), hp[0], hp[1], params)
 
 
 def fix_received(value: bytes, via: Via, src_ip: str, src_port: int) -> bytes:

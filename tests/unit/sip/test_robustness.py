@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.sip.engine import Outcome
+from sipproxy.sip.engine import Listener, Outcome, SipEngine
 from sipproxy.sip.framing import FramingError, StreamFramer, error_reply_for_stream
-from tests.unit.sip.support import TCP4, UAC, UDP4, answer, engine, one, request
+from tests.unit.sip.support import TCP4, UAC, UDP4, StaticListeners, answer, engine, one, request
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 SEEDS = ("wsinv", "longreq", "mpart01", "badinv01", "escruri", "transports", "bcast")
@@ -109,3 +109,23 @@ def test_stream_framer_never_raises_anything_but_framing_error() -> None:
                 }, name
                 reply = error_reply_for_stream(framer.pending, exc.reason)
                 assert reply is None or reply.startswith(b"SIP/2.0 400 ")
+
+
+def test_an_internal_error_is_a_drop_not_an_exception(caplog: pytest.LogCaptureFixture) -> None:
+    """The safety net of `handle`: a listener view that fails (a runtime bug) costs one message, logged."""
+
+    class BrokenView:
+        def all(self) -> list[Listener]:
+            raise RuntimeError("listener view broke")
+
+        def by_tag(self, tag: str) -> Listener | None:
+            return None
+
+    eng = SipEngine([], StaticListeners([UDP4]))
+    eng.listeners = BrokenView()
+    eng._index_time -= 10  # let the engine try a refresh for the unknown socket
+    stranger = Listener("udp", "127.0.0.77", 5060)
+    with caplog.at_level("ERROR"):
+        out = eng.handle(request(), stranger, UAC)
+    assert out == Outcome([], "internal_error")
+    assert "SIP engine failed" in caplog.text
