@@ -56,6 +56,7 @@ def configure(settings: kopf.OperatorSettings, peering: str) -> None:
         settings.peering.name = peering
         settings.peering.mandatory = True
         settings.peering.clusterwide = False
+        settings.peering.stealth = True  # keep-alives every few seconds are not worth a log line
 
 
 def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> None:
