@@ -9,7 +9,8 @@ import json
 import socket
 from typing import Any
 
-MAX_MESSAGE = 1 << 20
+# Above the kernel's default socket buffer limit (wmem_max), so any message that could be sent fits.
+MAX_MESSAGE = 256 << 10
 
 
 def make_pair() -> tuple[socket.socket, socket.socket]:

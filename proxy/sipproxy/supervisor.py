@@ -276,17 +276,20 @@ class Supervisor:
         w.last_stats = {}
 
     async def _read(self, w: WorkerHandle, channel: Channel) -> None:
+        parts: dict[str, Any] = {}
         try:
             while True:
                 msg, fd = await channel.recv()
                 if fd is not None:
                     os.close(fd)
                 op = msg.get("op")
-                if op in ("ack", "stats"):
+                if op == "stats_part":
+                    parts.update(msg["counters"])
+                elif op in ("ack", "stats"):
                     if op == "stats":
-                        w.last_stats = {
-                            int(sid): SocketCounters.from_wire(v) for sid, v in msg["counters"].items()
-                        }
+                        parts.update(msg["counters"])
+                        w.last_stats = {int(sid): SocketCounters.from_wire(v) for sid, v in parts.items()}
+                        parts = {}
                     fut = w.waiters.pop(int(msg["seq"]), None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)

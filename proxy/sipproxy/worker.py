@@ -29,6 +29,7 @@ from sipproxy.worker_udp import UdpServer
 
 RESOLVE_TTL = 60.0
 RESOLVE_CACHE_MAX = 50_000
+STATS_PART = 500  # sockets per stats packet
 # Connection ids carry their owner: (worker index + 1) << CONN_ID_BITS, plus a per-worker counter.
 CONN_ID_BITS = 20
 
@@ -78,6 +79,18 @@ class WorkerSocket:
     listener: Listener
     sock: socket.socket | None  # our copy of the bound socket (None: metadata only)
     server: UdpServer | asyncio.AbstractServer | None = None
+    serve_fd: tuple[int, int] | None = None  # (descriptor, inode) handed to the serving transport
+
+
+async def wait_fd_closed(fd: int, inode: int) -> None:
+    for attempt in range(400):
+        try:
+            if os.fstat(fd).st_ino != inode:
+                return  # closed, and the number already reused
+        except OSError:
+            return
+        await asyncio.sleep(0 if attempt < 20 else 0.005)
+    logging.getLogger("sipproxy.worker").warning("descriptor %d still open after removal", fd)
 
 
 class Listeners:
@@ -239,7 +252,9 @@ class Worker:
             waiting = self._resolving.get(host)
             if waiting is None:
                 self._resolving[host] = [(data, sock, port, sid)]
-                asyncio.get_running_loop().create_task(self._resolve_then_send(host))
+                task = asyncio.get_running_loop().create_task(self._resolve_then_send(host))
+                self.connecting.add(task)  # keep a reference until done
+                task.add_done_callback(self.connecting.discard)
             elif len(waiting) < 100:
                 waiting.append((data, sock, port, sid))
             return
@@ -328,12 +343,14 @@ class Worker:
                 # The transport gets its own descriptor of the same open socket, so that closing either
                 # never pulls the other out from under it.
                 serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+                entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
                 _, protocol = await loop.create_datagram_endpoint(
                     lambda: UdpServer(self, listener, sid), sock=serve_sock
                 )
                 entry.server = protocol
         elif sock is not None and msg.get("serve"):
             serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+            entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
             entry.server = await loop.create_server(
                 lambda: SipStream(self, listener, sid), sock=serve_sock, backlog=1024
             )
@@ -353,6 +370,10 @@ class Worker:
         if entry.sock is not None:
             entry.sock.close()
         self.engine.listeners_changed()
+        if entry.serve_fd is not None:
+            # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
+            # address as soon as we acknowledge, so wait until it is really closed.
+            await wait_fd_closed(*entry.serve_fd)
 
     def snapshot(self) -> dict[str, list[Any]]:
         return {str(sid): c.to_wire() for sid, c in self.counters.items()}
@@ -388,7 +409,12 @@ class Worker:
         elif op == "sync":
             await self.channel.send({"op": "ack", "seq": msg["seq"]})
         elif op == "stats":
-            await self.channel.send({"op": "stats", "seq": msg["seq"], "counters": self.snapshot()})
+            # In parts, so that any number of sockets fits the control channel's packet size.
+            items = list(self.snapshot().items())
+            while len(items) > STATS_PART:
+                part, items = items[:STATS_PART], items[STATS_PART:]
+                await self.channel.send({"op": "stats_part", "counters": dict(part)})
+            await self.channel.send({"op": "stats", "seq": msg["seq"], "counters": dict(items)})
         elif op == "stop":
             return False
         elif fd is not None:
