@@ -324,8 +324,12 @@ class SipEngine:
             top.branch, facts.top_via_values[0], facts.from_tag, call_id, cseq_number, msg.ruri
         )
         branch = make_branch(txn, lp)
-        if OUR_BRANCH_PREFIX in b"".join(headers[p][1] for p in facts.via_positions) and self._looped(
-            msg, facts, loop_part(branch)
+        # Something we forwarded has at least two Vias (ours and the sender's): one alone cannot be a loop.
+        via_positions = facts.via_positions
+        if (
+            (len(via_positions) > 1 or len(facts.top_via_values) > 1)
+            and OUR_BRANCH_PREFIX in b"".join([headers[p][1] for p in via_positions])
+            and self._looped(msg, facts, loop_part(branch))
         ):
             return reply(482, "Loop Detected", "loop")
 

@@ -12,6 +12,8 @@ _SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 _HOSTNAME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
 _IPV6_CHARS = b"0123456789abcdefABCDEF:."
 _DIGITS = b"0123456789"
+# Octets a URI may hold literally: printable ASCII except <, > and " (anything else must be %-escaped).
+_URI_CHARS = bytes(c for c in range(0x21, 0x7F) if c not in b'<>"')
 
 
 @dataclass(slots=True)  # not frozen: one is built per message and frozen init costs ~1 us
@@ -59,22 +61,21 @@ def parse_hostport(hostport: bytes) -> tuple[str, int | None] | None:
             return None
         port_raw = rest[1:]
     else:
-        colon = hostport.find(b":")
-        if colon < 0:
-            host, port_raw = hostport, None
-        else:
-            host, port_raw = hostport[:colon], hostport[colon + 1 :]
+        host, colon, port_raw = hostport.partition(b":")
         if not host or host.translate(None, _HOSTNAME_CHARS):
             return None
-        if port_raw is None:
+        if not colon:
             return host.decode("ascii").lower(), None
-    if not port_raw or len(port_raw) > 5 or port_raw.translate(None, _DIGITS):
+        if not port_raw.isdigit() or len(port_raw) > 5:
+            return None
+        port = int(port_raw)
+        return (host.decode("ascii").lower(), port) if port <= 65535 else None
+    if not port_raw.isdigit() or len(port_raw) > 5:
         return None
     port = int(port_raw)
     if port > 65535:
         return None
-    hoststr = host.decode("ascii")
-    return (normalize_host(hoststr) if b":" in host else hoststr.lower()), port
+    return normalize_host(host.decode("ascii")), port
 
 
 def parse_sip_uri(raw: bytes) -> SipUri | None:
@@ -85,8 +86,8 @@ def parse_sip_uri(raw: bytes) -> SipUri | None:
     scheme = raw[:colon].lower()
     if scheme not in (b"sip", b"sips"):
         return None
-    if b" " in raw or b"\t" in raw or b"<" in raw or b">" in raw or b"\r" in raw or b"\n" in raw:
-        return None
+    if raw.translate(None, _URI_CHARS):
+        return None  # LWS, controls, brackets, quotes or raw non-ASCII
     rest = raw[colon + 1 :]
     # '@' may not appear unescaped after the userinfo (params and headers exclude it), so the last one
     # ends the userinfo even when the user part holds ';' or '?' (RFC 4475 3.1.1.2 and 3.1.1.9).

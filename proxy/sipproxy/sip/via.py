@@ -52,8 +52,14 @@ def parse_via(value: bytes) -> Via | None:
         if parts[0].strip().upper() != b"SIP" or not is_token(parts[1].strip()):
             return None
         tail = parts[2].split(None, 1)
-    if len(tail) != 2 or not is_token(tail[0]):
+    if len(tail) != 2:
         return None
+    transport_raw = tail[0].upper()
+    transport = _TRANSPORTS.get(transport_raw)
+    if transport is None:
+        if not is_token(transport_raw):
+            return None
+        transport = transport_raw.decode("ascii")
     sent_by = tail[1].rstrip()
     if b" " in sent_by or b"\t" in sent_by:
         # sent-by allows LWS around the colon (COLON = SWS ":" SWS)
@@ -77,8 +83,7 @@ def parse_via(value: bytes) -> Via | None:
                 params[name.lower()] = pvalue
             else:
                 params[name.lower()] = None
-    transport = tail[0].upper()
-    return Via(value, _TRANSPORTS.get(transport) or transport.decode("ascii"), hp[0], hp[1], params)
+    return Via(value, transport, hp[0], hp[1], params)
 
 
 def fix_received(value: bytes, via: Via, src_ip: str, src_port: int) -> bytes:
