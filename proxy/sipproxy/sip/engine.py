@@ -440,13 +440,13 @@ class SipEngine:
                     overrides[route_pos[0]] = line
                 else:
                     parts.append(line)
-        for i, header in enumerate(headers):
-            if i in overrides:
-                replacement = overrides[i]
-                if replacement is not None:
-                    parts.append(replacement)
-            else:
-                parts.append(header[2])
+        raws: list[bytes | None] = [header[2] for header in headers]
+        for i, replacement in overrides.items():
+            raws[i] = replacement
+        if None in raws:
+            parts.extend(raw for raw in raws if raw is not None)
+        else:
+            parts.extend(raws)  # type: ignore[arg-type]
         body = facts.body
         if facts.content_length is None and proto in STREAM_PROTOS:
             parts.append(b"Content-Length: %d" % len(body))
@@ -567,14 +567,11 @@ class SipEngine:
             if inbound is None:
                 return _drop("no_socket")
 
-        parts = [msg.start_line]
         first_via = via_pos[0]
-        for i, header in enumerate(headers):
-            if i == first_via:
-                if our_line is not None:
-                    parts.append(our_line)
-            else:
-                parts.append(header[2])
+        parts = [msg.start_line, *[header[2] for header in headers[:first_via]]]
+        if our_line is not None:
+            parts.append(our_line)
+        parts.extend([header[2] for header in headers[first_via + 1 :]])
         if not has_cl and proto in STREAM_PROTOS:
             parts.append(b"Content-Length: %d" % len(body))
         data = b"\r\n".join(parts) + b"\r\n\r\n" + body
