@@ -69,11 +69,11 @@ def parse_hostport(hostport: bytes) -> tuple[str, int | None] | None:
         if not port_raw.isdigit() or len(port_raw) > 5:
             return None
         port = int(port_raw)
-        return (host.decode("ascii").lower(), port) if port <= 65535 else None
+        return (host.decode("ascii").lower(), port) if 0 < port <= 65535 else None
     if not port_raw.isdigit() or len(port_raw) > 5:
         return None
     port = int(port_raw)
-    if port > 65535:
+    if not 0 < port <= 65535:
         return None
     return normalize_host(host.decode("ascii")), port
 

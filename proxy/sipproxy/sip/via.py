@@ -30,7 +30,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.params.get(b"rport")
-        if value and value.isdigit() and len(value) <= 5:
+        if value and value.isdigit() and len(value) <= 5 and 0 < int(value) <= 65535:
             return int(value)
         return None
 

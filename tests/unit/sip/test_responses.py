@@ -133,3 +133,13 @@ def test_ipv6_round_trip() -> None:
     assert forwarded.listener == UDP6
     back = one(eng.handle(answer(forwarded.data), UDP6, ("::1", 5080)))
     assert (back.host, back.port, back.listener) == ("::1", 5061, UDP6)
+
+
+def test_out_of_range_rport_or_port_never_reaches_the_runtime() -> None:
+    eng = engine()
+    forwarded = one(eng.handle(request(via="SIP/2.0/UDP 127.0.0.10:5061;rport;branch=z9hG4bK-p"), UDP4, UAC))
+    response = answer(forwarded.data).replace(b"rport=5061", b"rport=99999")
+    back = one(eng.handle(response, UDP4, UAS))
+    assert (back.host, back.port) == ("127.0.0.10", 5061)  # the sent-by port instead
+    zero = answer(forwarded.data).replace(b"127.0.0.10:5061;rport=5061", b"127.0.0.10:0;rport=0")
+    assert eng.handle(zero, UDP4, UAS).drop_reason == "parse_error"

@@ -129,3 +129,32 @@ def test_an_internal_error_is_a_drop_not_an_exception(caplog: pytest.LogCaptureF
         out = eng.handle(request(), stranger, UAC)
     assert out == Outcome([], "internal_error")
     assert "SIP engine failed" in caplog.text
+
+
+def test_numbers_anywhere_replaced_by_extreme_values() -> None:
+    """Ports, rport, CSeq, Max-Forwards, Content-Length and status codes at and beyond their limits."""
+    import re
+
+    eng = engine()
+    forwarded = one(eng.handle(request(via="SIP/2.0/UDP 127.0.0.10:5061;rport;branch=z9hG4bK-n"), UDP4, UAC))
+    samples = [request(body=b"v=0\r\n"), forwarded.data, answer(forwarded.data, body=b"x")]
+    extremes = [
+        b"0",
+        b"00",
+        b"65535",
+        b"65536",
+        b"99999",
+        b"4294967295",
+        b"4294967296",
+        b"9" * 30,
+        b"-1",
+        b"",
+    ]
+    rng = random.Random("numbers")
+    for sample in samples:
+        spans = [m.span() for m in re.finditer(rb"\d+", sample)]
+        for _ in range(300):
+            start, end = rng.choice(spans)
+            mutated = sample[:start] + rng.choice(extremes) + sample[end:]
+            _check(eng.process(mutated, UDP4, UAC))
+            _check(eng.process(mutated, UDP4, ("127.0.0.1", 5080)))
