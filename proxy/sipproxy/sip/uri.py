@@ -127,6 +127,15 @@ def normalize_host(host: str) -> str:
     return host
 
 
+@lru_cache(maxsize=4096)
+def ip_literal(text: str) -> str | None:
+    """The normalized IP address written in `text` (brackets allowed), or None when it is not one."""
+    try:
+        return ipaddress.ip_address(text.strip("[]")).compressed
+    except ValueError:
+        return None
+
+
 def host_family(host: str) -> int:
     """6 for an IPv6 literal, 4 for an IPv4 literal, 0 for a hostname (either family may do)."""
     if ":" in host:

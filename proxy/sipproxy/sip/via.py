@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sipproxy.sip.headers import TOKEN_CHARS, is_token, unquote
-from sipproxy.sip.uri import parse_hostport
+from sipproxy.sip.uri import ip_literal, parse_hostport
 
 BRANCH_COOKIE = b"z9hG4bK"
 
@@ -24,8 +24,9 @@ class Via:
 
     @property
     def received(self) -> str | None:
+        # Only an IP literal: the sender never gets to make us resolve a name of its choice.
         value = self.params.get(b"received")
-        return value.decode("latin-1") if value else None
+        return ip_literal(value.decode("latin-1")) if value else None
 
     @property
     def rport(self) -> int | None:

@@ -143,3 +143,11 @@ def test_out_of_range_rport_or_port_never_reaches_the_runtime() -> None:
     assert (back.host, back.port) == ("127.0.0.10", 5061)  # the sent-by port instead
     zero = answer(forwarded.data).replace(b"127.0.0.10:5061;rport=5061", b"127.0.0.10:0;rport=0")
     assert eng.handle(zero, UDP4, UAS).drop_reason == "parse_error"
+
+
+def test_received_must_be_an_ip_address() -> None:
+    eng = engine()
+    forwarded = one(eng.handle(request(via="SIP/2.0/UDP 127.0.0.10:5061;branch=z9hG4bK-r"), UDP4, UAC))
+    response = answer(forwarded.data).replace(b"branch=z9hG4bK-r", b"branch=z9hG4bK-r;received=evil.example")
+    back = one(eng.handle(response, UDP4, UAS))
+    assert (back.host, back.port) == ("127.0.0.10", 5061)
