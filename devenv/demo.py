@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from devenv import binaries
 from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
 from devenv.processes import ProcessTable, alive, free_port
@@ -174,11 +176,17 @@ def _show_options(cp: ControlPlane) -> None:
 
 def _print_usage(cp: ControlPlane) -> None:
     kubeconfig = os.path.relpath(cp.kubeconfig, Path.cwd())
+    kubectl_dir = binaries.binary("kubectl").parent
+    path_hint = (
+        ""
+        if shutil.which("kubectl") == str(binaries.binary("kubectl"))
+        else (f"    export PATH={kubectl_dir}:$PATH   # kubectl v{binaries.K8S_VERSION}, the API server's\n")
+    )
     print(
         f"""
 The demo keeps running. To use it:
     export KUBECONFIG={kubeconfig}
-    kubectl get sipsockets -n {NAMESPACE}
+{path_hint}    kubectl get sipsockets -n {NAMESPACE}
     kubectl apply -n {NAMESPACE} -f examples/carrier-a.yaml     # or a SipSocket of your own
     kubectl describe sipsocket -n {NAMESPACE} <name>
 Logs are in .dev/ (operator.log, kube-apiserver.log, pods/*/sipproxy.log).
