@@ -36,12 +36,16 @@ class Known:
     created: str
     spec: Mapping[str, Any]
     deleting: bool = False
+    wanted: DesiredSocket | None = None  # validated once per spec: conflict checks consult every object
+
+    def __post_init__(self) -> None:
+        try:
+            self.wanted = validate(self.spec)
+        except SpecError:
+            self.wanted = None
 
     def desired(self) -> DesiredSocket | None:
-        try:
-            return validate(self.spec)
-        except SpecError:
-            return None
+        return self.wanted
 
 
 @dataclass
@@ -88,12 +92,17 @@ class Reconciler:
 
     def observe(self, body: Mapping[str, Any]) -> Known:
         meta = body.get("metadata", {})
+        spec = dict(body.get("spec") or {})
+        prior = self.known.get(str(meta.get("uid")))
+        if prior is not None and prior.spec == spec:
+            prior.deleting = bool(meta.get("deletionTimestamp"))
+            return prior
         known = Known(
             uid=str(meta.get("uid")),
             namespace=str(meta.get("namespace")),
             name=str(meta.get("name")),
             created=str(meta.get("creationTimestamp") or ""),
-            spec=dict(body.get("spec") or {}),
+            spec=spec,
             deleting=bool(meta.get("deletionTimestamp")),
         )
         self.known[known.uid] = known
@@ -121,6 +130,8 @@ class Reconciler:
         if lock is not None and lock.locked():
             return False  # a pass is running right now
         elapsed = time.monotonic() - memo.last_run
+        if memo.last_run == 0.0:
+            return False  # never reconciled here: kopf's resume/create handler is about to run
         if elapsed >= self.settings.resync_period or memo.fleet_epoch != self.fleet.epoch:
             return True
         if memo.blocked and memo.table_epoch != self.table_epoch:
@@ -193,7 +204,7 @@ class Reconciler:
                 if written.changed:
                     # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
                     self.table_epoch += 1
-                rows_after = await self.store.snapshot() if written.changed else rows
+                wanted_sockets = {r.socket for r in rows if r.owner_uid != known.uid} | {desired.socket}
         except DatabaseUnavailable as exc:
             log.warning("database unavailable while reconciling %s/%s: %s", known.namespace, known.name, exc)
             previous = _condition(body, cond.ACCEPTED)
@@ -221,7 +232,7 @@ class Reconciler:
                 ),
                 desired.socket,
             )
-        pods = await self._observe_pods(desired, rows_after, force_reload=written.changed)
+        pods = await self._observe_pods(desired, wanted_sockets, force_reload=written.changed)
         return (
             cond.Outcome(
                 True,
@@ -303,16 +314,17 @@ class Reconciler:
             await self.fleet.reload_all()
 
     async def _observe_pods(
-        self, desired: DesiredSocket, rows: Sequence[TableRow] | None, force_reload: bool
+        self, desired: DesiredSocket, table: set[str | None] | None, force_reload: bool
     ) -> list[cond.PodResult]:
-        wanted = {r.socket for r in rows if row_key(r.socket) is not None} if rows is not None else None
+        """`table`: the socket texts the table has (None when unknown: the database is down)."""
+        wanted = {t for t in table if row_key(t) is not None} if table is not None else None
 
         async def one(pod: ProxyPod) -> cond.PodResult:
             try:
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
-                if rows is not None and self._needs_reload(listed, desired, wanted, force_reload):
+                if wanted is not None and self._needs_reload(listed, desired, wanted, force_reload):
                     await pod.reload()
                     listed = await pod.listing()
             except (Unreachable, MIError) as exc:
@@ -331,7 +343,7 @@ class Reconciler:
         if listed.state_of(desired.socket, desired.key)[0] != cond.LISTENING:
             return True
         # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
-        return wanted is not None and set(listed.entries) != wanted
+        return wanted is not None and {t for t in listed.entries if row_key(t) is not None} != wanted
 
     def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
         """Rows owned by SipSockets of our namespace that no longer exist (finalizer removed by force, or

@@ -6,6 +6,7 @@ reconcile, so an object that slipped past (schema changed, webhook off) still ge
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -193,6 +194,7 @@ def _no_resolve(name: str) -> list[str]:
     raise RowError(f"host {name!r} is not an address literal")
 
 
+@functools.lru_cache(maxsize=65536)
 def row_key(socket_text: str | None) -> EndpointKey | None:
     """The endpoint a table row (or a listed static socket) occupies; None when it does not parse."""
     if not socket_text:
