@@ -156,6 +156,7 @@ class Worker:
         self.listeners = Listeners()
         self.engine = WorkerEngine([], self.listeners, index)
         self.relay_sock: socket.socket | None = None
+        self.listeners_dirty = False
         self.sockets: dict[int, WorkerSocket] = {}
         self.udp_send: dict[Listener, socket.socket] = {}
         self.counters: dict[int, SocketCounters] = {}
@@ -354,7 +355,7 @@ class Worker:
             entry.server = await loop.create_server(
                 lambda: SipStream(self, listener, sid), sock=serve_sock, backlog=1024
             )
-        self.engine.listeners_changed()
+        self.listeners_dirty = True
 
     async def remove_socket(self, sid: int) -> None:
         entry = self.sockets.pop(sid, None)
@@ -369,7 +370,7 @@ class Worker:
             entry.server.close()  # stops accepting; established connections carry on
         if entry.sock is not None:
             entry.sock.close()
-        self.engine.listeners_changed()
+        self.listeners_dirty = True
         if entry.serve_fd is not None:
             # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
             # address as soon as we acknowledge, so wait until it is really closed.
@@ -407,6 +408,10 @@ class Worker:
         elif op == "remove":
             await self.remove_socket(int(msg["sid"]))
         elif op == "sync":
+            # The engine's listener snapshot is rebuilt once per batch of changes, not per socket.
+            if self.listeners_dirty:
+                self.listeners_dirty = False
+                self.engine.listeners_changed()
             await self.channel.send({"op": "ack", "seq": msg["seq"]})
         elif op == "stats":
             # In parts, so that any number of sockets fits the control channel's packet size.
