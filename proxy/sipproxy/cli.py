@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from sipproxy.worker import raise_fd_limit
+
+    raise_fd_limit()
     return _run(serve(config, token))
 
 

@@ -82,6 +82,20 @@ class WorkerSocket:
     serve_fd: tuple[int, int] | None = None  # (descriptor, inode) handed to the serving transport
 
 
+def raise_fd_limit() -> None:
+    """Each worker holds every UDP socket (and the TCP pool every listener): allow as many as permitted."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 async def wait_fd_closed(fd: int, inode: int) -> None:
     for attempt in range(400):
         try:
@@ -486,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    raise_fd_limit()
     # Development aid: SIPPROXY_PROFILE_DIR=/dir writes a cProfile file per worker when it stops.
     profile_dir = os.environ.get("SIPPROXY_PROFILE_DIR")
     profiler = None
