@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,10 +146,8 @@ def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(
         assert not data or data.startswith(b"SIP/2.0")
     with socket.create_connection((ip, port), timeout=30) as idle:
         idle.sendall(b"OPTIONS sip:")
-        idle.settimeout(60)
-        started = time.monotonic()
-        assert idle.recv(100) == b""  # closed by the proxy, not by our timeout
-        assert time.monotonic() - started < 60
+        idle.settimeout(90)  # far above tcp_idle_timeout: a TimeoutError here means the proxy kept it open
+        assert idle.recv(100) == b""
 
     for _ in range(5):
         reply = udp_options(ip, port)
