@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import Proxy, SippUas, free_port, loopback_ip, sipp_uac
+from tests.integration.conftest import Proxy, SippUas, SocketsTable, free_port, loopback_ip, sipp_uac
 
 
 @pytest.mark.parametrize(
@@ -42,3 +43,43 @@ def test_calls_through_the_proxy(
     )
     # INVITE, 100?, 180, 200, ACK, BYE, 200 per call cross the proxy: at least 6 per call.
     assert forwarded >= 20 * 6
+
+
+def test_route_sends_out_of_the_tagged_socket(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    """A request arriving on one socket leaves from the socket the rule names, even one that another pool
+    serves (here a dynamic socket, sent from by the static socket's worker)."""
+    ip = loopback_ip()
+    edge, core = free_port(ip), free_port(ip)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((loopback_ip(), 0))
+    sink.settimeout(10)
+    sink_ip, sink_port = sink.getsockname()
+    proxy = proxies(
+        {
+            "sockets": [f"udp:{ip}:{edge} tag edge"],
+            "udp_workers": 1,
+            "tcp_workers": 1,
+            "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1},
+            "routes": [{"match": {"tag": "edge"}, "forward": f"sip:{sink_ip}:{sink_port}", "socket": "core"}],
+        }
+    )
+    sqlite_table.add(f"udp:{ip}:{core}", tag="core", advertised="198.51.100.7:5099")
+    proxy.call("sockets_reload")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as uac:
+        uac.bind((loopback_ip(), 0))
+        local = uac.getsockname()
+        uac.sendto(
+            (
+                "MESSAGE sip:someone@example.invalid SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bKtagged\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:a@{local[0]}>;tag=x\r\nTo: <sip:someone@example.invalid>\r\n"
+                "Call-ID: tagged-1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            (ip, edge),
+        )
+        data, source = sink.recvfrom(65535)
+    assert source == (ip, core)  # sent out of the "core" socket
+    assert b"Via: SIP/2.0/UDP 198.51.100.7:5099;" in data  # advertising its public address
+    sink.close()
