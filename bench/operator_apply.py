@@ -28,12 +28,13 @@ from devenv.sipclient import options_request, status_code
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "sipsockets.io_sipsockets.yaml"
-# Away from the subnets the e2e tests (127.0.60.x upwards) and the reload benchmark (127.0.10-14.x) use.
-POD_IPS = ("127.0.200.1", "127.0.201.1")
+# Outside 127.0.x.y, which the e2e tests (127.0.60.x upwards, one subnet per test) and the reload
+# benchmark use, so that a run beside them never meets their addresses.
+POD_IPS = ("127.77.0.1", "127.77.1.1")
 
 
 def socket_address(phase: int, i: int) -> str:
-    return f"127.0.{210 + phase * 10 + i // 250}.{1 + i % 250}"
+    return f"127.77.{10 + phase * 10 + i // 250}.{1 + i % 250}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -297,6 +298,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def free_mi_port(ip: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy's MI server does
         try:
             s.bind((ip, MI_PORT))
         except OSError:
