@@ -15,6 +15,7 @@ from tests.integration.conftest import (
     SocketsTable,
     free_port,
     loopback_ip,
+    pid_alive,
     sip_options_bytes,
     sipp_options,
     udp_options,
@@ -158,3 +159,13 @@ def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(
     assert "sipproxy_dropped_packets_total{" in metrics
     assert 'reason="tcp_idle_timeout"' in metrics or 'reason="missing_content_length"' in metrics
     sink.close()
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    ip = loopback_ip()
+    proxy = Proxy(tmp_path, {"sockets": [f"udp:{ip}:{free_port(ip)}"], "udp_workers": 2}).start()
+    workers = [p["PID"] for p in proxy.processes() if p["Type"] != "supervisor"]
+    assert proxy.proc is not None
+    proxy.proc.kill()
+    proxy.proc.wait()
+    wait_for(lambda: not any(pid_alive(p) for p in workers), "orphaned workers to exit", 30)
