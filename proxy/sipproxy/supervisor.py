@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Iterable
@@ -138,6 +139,9 @@ class Supervisor:
         self._sids = itertools.count(1)
         self._seqs = itertools.count(1)
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
+        # Abstract unix socket names are per network namespace, which several proxies may share (host
+        # network, where each may even be pid 1 of its container): make them unique.
+        self.relay_prefix = f"sipproxy-{os.getpid()}-{secrets.token_hex(4)}"
 
     # --- start-up and shutdown ----------------------------------------------------------------------
 
@@ -226,7 +230,7 @@ class Supervisor:
             "--index",
             str(self.workers.index(w)),
             "--relay-prefix",
-            f"sipproxy-{os.getpid()}",
+            self.relay_prefix,
             pass_fds=[child.fileno()],
         )
         child.close()
