@@ -273,6 +273,8 @@ class SipEngine:
                 if removed == 2:
                     # Second of a double Record-Route (RFC 5658): the socket facing the next hop.
                     hint = uri
+                elif uri.param(b"r2") is None:
+                    break  # a single entry: a following one of ours belongs to a later spiral
 
         if (
             msg.method == b"OPTIONS"

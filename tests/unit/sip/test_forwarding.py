@@ -311,3 +311,15 @@ def test_a_request_sent_back_by_an_application_server_with_a_route_to_us_is_not_
     )
     onward = one(eng.handle(back, CORE, ("127.0.0.40", 5060)))
     assert (onward.host, onward.port) == ("127.0.0.1", 5080)
+
+
+def test_only_a_double_record_route_pair_is_removed_at_once() -> None:
+    """Two single entries of ours in a row come from two passes (a spiral): one pass removes one."""
+    data = request(
+        "BYE",
+        to_tag="t1",
+        extra=["Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.2:5070;lr>, <sip:127.0.0.20:5090;lr>"],
+    )
+    send = one(engine().handle(data, UDP4, UAC))
+    assert (send.host, send.port) == ("127.0.0.2", 5070)  # on to our own second entry
+    assert parsed(send).values_of(b"route") == [b"<sip:127.0.0.2:5070;lr>, <sip:127.0.0.20:5090;lr>"]
