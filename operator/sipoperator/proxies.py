@@ -138,6 +138,26 @@ class Listed:
         return found
 
 
+def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
+    """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
+    sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
+    entries: dict[str, tuple[str, str]] = {}
+    saw_state = False
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
+            continue
+        state = item.get("state")
+        if state is None:
+            entries[item["socket"]] = (LISTENING, "")
+            continue
+        saw_state = True
+        if str(state).lower() == "listening":
+            entries[item["socket"]] = (LISTENING, "")
+        else:
+            entries[item["socket"]] = (FAILED, str(item.get("error") or state))
+    return Listed(entries, opensips if opensips is not None else not saw_state)
+
+
 @dataclass
 class ProxyPod:
     name: str
@@ -167,24 +187,7 @@ class ProxyPod:
         return result
 
     async def _do_list(self) -> Listed:
-        result = await self.client.call(self.ip, "sockets_list")
-        entries: dict[str, tuple[str, str]] = {}
-        opensips = True
-        for item in result if isinstance(result, list) else []:
-            if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
-                continue
-            state = item.get("state")
-            if state is None:
-                entries[item["socket"]] = (LISTENING, "")
-                continue
-            opensips = False
-            if str(state).lower() == "listening":
-                entries[item["socket"]] = (LISTENING, "")
-            else:
-                entries[item["socket"]] = (FAILED, str(item.get("error") or state))
-        if self.opensips is not None:
-            opensips = self.opensips
-        return Listed(entries, opensips)
+        return parse_listing(await self.client.call(self.ip, "sockets_list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()
