@@ -93,7 +93,7 @@ def parse_config(data: object) -> Config:
         data = {}
     top = _mapping(data, "", _TOP)
     sockets: list[SocketSpec] = []
-    raw_sockets = top.get("sockets", [])
+    raw_sockets = top.get("sockets") or []
     if not isinstance(raw_sockets, list):
         raise ConfigError("sockets", "must be a list")
     for i, text in enumerate(raw_sockets):

@@ -19,6 +19,11 @@ def test_defaults() -> None:
     )
 
 
+def test_empty_values_mean_none() -> None:
+    cfg = parse_config({"sockets": None, "routes": None, "sockets_mgm": None, "mi": None})
+    assert cfg.sockets == () and cfg.routes == () and cfg.sockets_mgm is None and cfg.mi.listen_port == 8888
+
+
 def test_sockets_mgm_defaults() -> None:
     cfg = parse_config({"sockets_mgm": {"db_url": "sqlite:///x.db"}})
     assert cfg.sockets_mgm is not None
