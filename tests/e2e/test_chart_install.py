@@ -4,7 +4,11 @@ passwords, webhook CA), the webhook enforced with failurePolicy Fail, and the CR
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from devenv.cluster_client import ClusterClient
 from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall, secret_data
@@ -23,6 +27,15 @@ def sipsocket(name: str, port: int) -> str:
             "spec": {"protocol": "udp", "address": "127.0.0.1", "port": port},
         }
     )
+
+
+def notes_sipsocket(helm_output: str) -> dict[str, Any]:
+    """The manifest of the heredoc in the NOTES."""
+    lines = helm_output.split("NOTES:", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith("apply -f -")) + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "YAML")
+    doc: dict[str, Any] = yaml.safe_load(textwrap.dedent("\n".join(lines[start:end])))
+    return doc
 
 
 def test_install_upgrade_uninstall(
@@ -105,8 +118,11 @@ def test_install_upgrade_uninstall(
         != 0
     )
     assert get_json(cp, "crd", "sipsockets.sipsockets.io")["metadata"]["name"] == "sipsockets.sipsockets.io"
-    cp.kubectl("apply", "-n", namespace, "-f", "-", input=sipsocket("after-uninstall", 5071))
-    cp.kubectl("delete", "sipsocket", "after-uninstall", "-n", namespace, "--wait=false")
+    # The first SipSocket of the NOTES is one the API server (schema, CEL) accepts.
+    first = notes_sipsocket(out)
+    assert first["kind"] == "SipSocket"
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(first))
+    cp.kubectl("delete", "sipsocket", first["metadata"]["name"], "-n", namespace, "--wait=false")
 
 
 def test_install_with_peering_creates_the_kopf_peering(

@@ -84,14 +84,14 @@ class ChartWorld:
     addresses: Addresses = field(default_factory=Addresses)
     webhook_port: int = field(default_factory=free_port)
     pods: list[ProxyPod] = field(default_factory=list)
-    operator: Operator | None = None
+    operators: list[Operator] = field(default_factory=list)
     sa_kubeconfig: Path | None = None
 
     @property
     def db_url(self) -> str:
         return f"sqlite:///{self.workdir / 'sockets.db'}"
 
-    def install(self) -> None:
+    def install(self, **override: Any) -> None:
         # The external-database option: the db_url comes from an existing Secret (here a SQLite file that the
         # operator and proxy processes on this machine share).
         self.cp.kubectl(
@@ -103,7 +103,7 @@ class ChartWorld:
             self.namespace,
             f"--from-literal=url={self.db_url}",
         )
-        values = {
+        values: dict[str, Any] = {
             "database": {"external": {"existingSecret": "carrier-db", "secretKey": "url"}},
             "operator": {
                 "resyncPeriod": 10,
@@ -116,11 +116,22 @@ class ChartWorld:
             },
             "proxy": {"udpWorkers": 1, "tcpWorkers": 1, "socketsMgm": {"processes": 1}},
         }
+        for key, value in override.items():
+            values[key] = {**values.get(key, {}), **value}
         helm_install(self.cp, self.namespace, values, self.workdir)
 
+    def operator_template(self) -> dict[str, Any]:
+        """The operator's pod template: a Deployment, or a StatefulSet with peering."""
+        name = f"{RELEASE}-operator"
+        for kind in ("deployment", "statefulset"):
+            found = self.cp.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+            if found.returncode == 0:
+                template: dict[str, Any] = json.loads(found.stdout)["spec"]["template"]
+                return template
+        raise AssertionError(f"the chart installed no operator workload {name}")
+
     def service_account_kubeconfig(self) -> Path:
-        deployment = get_json(self.cp, "deployment", f"{RELEASE}-operator", "-n", self.namespace)
-        sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        sa = self.operator_template()["spec"]["serviceAccountName"]
         token = self.cp.kubectl("create", "token", sa, "-n", self.namespace, "--duration=1h").stdout.strip()
         self.sa_kubeconfig = self.cp.kubeconfig_for_token(token, self.workdir / "operator-sa.kubeconfig")
         return self.sa_kubeconfig
@@ -164,32 +175,41 @@ class ChartWorld:
         self.pods.append(pod)
         return pod
 
-    def start_operator(self) -> Operator:
-        deployment = get_json(self.cp, "deployment", f"{RELEASE}-operator", "-n", self.namespace)
-        spec = deployment["spec"]["template"]["spec"]
-        self.run_schema_init(spec)
+    def start_operator(self, pod_index: int = 0) -> Operator:
+        """Replica `pod_index` of the chart's operator workload, with the chart's settings."""
+        spec = self.operator_template()["spec"]
+        if not self.operators:
+            self.run_schema_init(spec)
         (container,) = spec["containers"]
-        mounts = mount_secrets(self.cp, self.namespace, spec, container, self.workdir / "operator-mounts")
-        op = Operator(self.cp, self.namespace, self.db_url, self.workdir / "operator")
+        root = self.workdir / f"operator-{pod_index}"
+        mounts = mount_secrets(self.cp, self.namespace, spec, container, root / "mounts")
+        op = Operator(self.cp, self.namespace, self.db_url, root)
+        fields = {
+            "metadata.namespace": self.namespace,
+            "metadata.labels['apps.kubernetes.io/pod-index']": str(pod_index),
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIPSOCKETS_")}
         for item in container["env"]:
-            if "value" in item:
-                env[item["name"]] = localise(item["value"], mounts)
-            elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
-                env[item["name"]] = self.namespace
+            if "valueFrom" not in item:  # the API server drops an empty value
+                env[item["name"]] = localise(item.get("value", ""), mounts)
+            elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") in fields:
+                env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
             else:
                 raise AssertionError(f"unexpected env source in the chart's operator: {item}")
         # The pod's 0.0.0.0 listeners, kept on loopback here.
         env["SIPSOCKETS_HEALTH_LISTEN"] = f"127.0.0.1:{op.health_port}"
-        env["SIPSOCKETS_WEBHOOK_LISTEN"] = f"127.0.0.1:{self.webhook_port}"
-        env["KUBECONFIG"] = str(self.service_account_kubeconfig())
+        if env.get("SIPSOCKETS_WEBHOOK_LISTEN"):
+            env["SIPSOCKETS_WEBHOOK_LISTEN"] = (
+                f"127.0.0.1:{self.webhook_port if pod_index == 0 else free_port()}"
+            )
+        env["KUBECONFIG"] = str(self.sa_kubeconfig or self.service_account_kubeconfig())
         op.env = env
-        self.operator = op
+        self.operators.append(op)
         return op.start()
 
     def close(self) -> None:
-        if self.operator is not None:
-            self.operator.stop()
+        for op in self.operators:
+            op.stop()
         for pod in self.pods:
             pod.stop()
         release_finalizers(self.cp, self.namespace)
@@ -272,3 +292,39 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # While what it needs is allowed with the very same token.
     assert cp.kubectl("get", "sipsockets", "-n", ns, kubeconfig=kc, check=False).returncode == 0
     assert cp.kubectl("get", "pods", "-n", ns, kubeconfig=kc, check=False).returncode == 0
+
+
+def peering_peers(cp: ControlPlane, namespace: str) -> dict[str, Any]:
+    peering = get_json(cp, "kopfpeering", RELEASE, "-n", namespace)
+    peers: dict[str, Any] = peering.get("status") or {}
+    return peers
+
+
+def test_peering_replicas_with_the_charts_service_account(world: ChartWorld) -> None:
+    """operator.replicas > 1: kopf peering through the chart's KopfPeering object and Role, one replica active
+    (the highest pod index), the other taking over when it stops."""
+    cp, ns = world.cp, world.namespace
+    world.install(operator={"replicas": 2, "webhook": {"enabled": False}})
+    world.start_proxy(f"{RELEASE}-proxy-0")
+    standby = world.start_operator(pod_index=0)
+    active = world.start_operator(pod_index=1)
+    peers = wait_for(lambda: peering_peers(cp, ns) if len(peering_peers(cp, ns)) == 2 else None, "two peers")
+    assert sorted(p["priority"] for p in peers.values()) == [0, 1]
+    wait_for(lambda: "Pausing operations" in standby.tail(), "the pod-index-0 replica standing by")
+
+    addr = world.addresses.next()
+    apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060))
+    wait_condition(cp, ns, "carrier-a", "Ready", "True")
+    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060")
+    # The lower-priority replica stood by: it did not handle the SipSocket.
+    assert "carrier-a" not in standby.tail(200_000)
+
+    # The active replica goes away (a rolling update, a drained node): the other one takes over.
+    active.stop()
+    apply(cp, ns, sipsocket("carrier-b", "udp", addr, 5062))
+    wait_condition(cp, ns, "carrier-b", "Ready", "True", timeout=180)
+    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062")
+
+    for op in world.operators:
+        log = op.tail(200_000)
+        assert not re.search(r"\b403\b|[Ff]orbidden", log), log[-4000:]

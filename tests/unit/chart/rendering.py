@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -150,10 +151,18 @@ def template_text(
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _template_stdout(values_json: str, extra: tuple[str, ...], namespace: str) -> str:
+    # Rendering is deterministic but for generated secrets, and no test compares those across renders:
+    # one helm run per distinct input keeps the unit tier quick on a busy machine.
+    return template_text(json.loads(values_json), *extra, namespace=namespace).stdout
+
+
 def render(
     values: Mapping[str, Any] | None = None, *extra: str, namespace: str = NAMESPACE
 ) -> list[Manifest]:
-    out = template_text(values, *extra, namespace=namespace).stdout
+    """Fresh objects on every call (callers may change them), from a cached helm run."""
+    out = _template_stdout(json.dumps(values or {}, sort_keys=True), extra, namespace)
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

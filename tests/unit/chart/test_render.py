@@ -21,6 +21,7 @@ from tests.unit.chart.rendering import (
     pod_spec,
     rendered,
     run_helm,
+    template_text,
 )
 
 PROXY_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "proxy"}
@@ -125,7 +126,6 @@ def test_multus_mode_without_networks_is_refused() -> None:
 
 
 def rendered_error(values: dict[str, Any]) -> str:
-    from tests.unit.chart.rendering import template_text
 
     result = template_text(values, check=False)
     assert result.returncode != 0, f"helm template accepted {values}"
@@ -207,7 +207,10 @@ def test_render_config_step_refuses_a_config_the_proxy_would_refuse(tmp_path: Pa
 
 def test_a_config_change_rolls_the_proxy_pods() -> None:
     def checksum(values: dict[str, Any]) -> str:
-        proxy = rendered(values).one("Deployment", "-proxy")
+        # Uncached helm runs: the same values must give the same checksum (secrets are generated anew each
+        # time and must not roll the proxies).
+        docs = yaml.safe_load_all(template_text(values).stdout)
+        proxy = Rendered([d for d in docs if d]).one("Deployment", "-proxy")
         value: str = proxy["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
         return value
 
