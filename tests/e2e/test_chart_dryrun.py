@@ -34,6 +34,11 @@ def test_server_side_dry_run_accepts_every_option_set(
         control_plane.kubectl(
             "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s"
         )
+    # Pod Security Standards: every pod template meets "restricted", except the hostNetwork DaemonSet, which
+    # cannot (the API server warns about workloads whose pods the namespace's level would refuse).
+    control_plane.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted", "--overwrite"
+    )
     doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
     out = control_plane.kubectl(
         "apply",
@@ -48,6 +53,13 @@ def test_server_side_dry_run_accepts_every_option_set(
         check=False,
     )
     assert out.returncode == 0, out.stderr
+    violations = [line for line in out.stderr.splitlines() if "would violate PodSecurity" in line]
+    if option_set == "hostNetwork":
+        assert violations == [
+            'Warning: would violate PodSecurity "restricted:latest": host namespaces (hostNetwork=true)'
+        ], out.stderr
+    else:
+        assert violations == [], out.stderr
     applied = [line for line in out.stdout.splitlines() if "(server dry run)" in line]
     assert len(applied) == len(manifests), out.stdout
     # A dry run persists nothing.

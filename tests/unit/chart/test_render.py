@@ -117,6 +117,7 @@ def test_multus_mode_attaches_the_secondary_networks() -> None:
     annotation = proxy["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
     assert json.loads(annotation) == [{"name": "carrier-vlan", "interface": "net1", "ips": ["10.0.5.20/24"]}]
     assert "hostNetwork" not in pod_spec(proxy)
+    assert proxy["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     assert not [s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-proxy")]
 
 
