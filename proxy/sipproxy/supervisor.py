@@ -66,7 +66,7 @@ class WorkerHandle:
     channel: Channel | None = None
     alive: bool = False
     waiters: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-    last_stats: dict[int, SocketCounters] = field(default_factory=dict)
+    last_stats: dict[str, SocketCounters] = field(default_factory=dict)  # by socket label
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = 0.0
 
@@ -135,7 +135,6 @@ class Supervisor:
         self.reload_seconds = 0.0
         self.worker_restarts = 0
         self.retired: dict[str, SocketCounters] = {}
-        self.labels: dict[int, str] = {}
         self._sids = itertools.count(1)
         self._seqs = itertools.count(1)
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
@@ -151,7 +150,6 @@ class Supervisor:
             sock = bind_socket(spec)
             sid = next(self._sids)
             self.entries[sid] = Entry(sid, "static", spec, sock=sock)
-            self.labels[sid] = spec.socket_str
 
     def plan_workers(self) -> None:
         cfg = self.config
@@ -274,8 +272,7 @@ class Supervisor:
             if not fut.done():
                 fut.set_result({"op": "dead"})
         w.waiters.clear()
-        for sid, counters in w.last_stats.items():
-            label = self.labels.get(sid, str(sid))
+        for label, counters in w.last_stats.items():
             self.retired.setdefault(label, SocketCounters()).add(counters)
         w.last_stats = {}
 
@@ -292,7 +289,7 @@ class Supervisor:
                 elif op in ("ack", "stats"):
                     if op == "stats":
                         parts.update(msg["counters"])
-                        w.last_stats = {int(sid): SocketCounters.from_wire(v) for sid, v in parts.items()}
+                        w.last_stats = {label: SocketCounters.from_wire(v) for label, v in parts.items()}
                         parts = {}
                     fut = w.waiters.pop(int(msg["seq"]), None)
                     if fut is not None and not fut.done():
@@ -425,7 +422,6 @@ class Supervisor:
                 continue
             entry = Entry(next(self._sids), "dynamic", spec, row=spec_row, slot=slot, sock=sock)
             self.entries[entry.sid] = entry
-            self.labels[entry.sid] = spec.socket_str
             added.append(entry)
         if added:
             for w in self.workers:
@@ -452,7 +448,7 @@ class Supervisor:
         await self._request(self.workers, "stats", STATS_TIMEOUT)
         snapshots: list[dict[str, SocketCounters]] = [dict(self.retired)]
         for w in self.workers:
-            snapshots.append({self.labels.get(sid, str(sid)): c for sid, c in w.last_stats.items()})
+            snapshots.append(w.last_stats)
         return sum_counters(snapshots)
 
     def processes(self) -> list[dict[str, Any]]:

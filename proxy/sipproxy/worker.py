@@ -24,6 +24,7 @@ from sipproxy.control import Channel, ChannelClosed
 from sipproxy.metrics import SocketCounters
 from sipproxy.sip.engine import Listener, Outcome, SipEngine
 from sipproxy.sip.routing import parse_routes
+from sipproxy.socketspec import format_socket
 from sipproxy.worker_tcp import SipStream, open_outbound
 from sipproxy.worker_udp import UdpServer
 
@@ -174,6 +175,10 @@ class Worker:
         self.sockets: dict[int, WorkerSocket] = {}
         self.udp_send: dict[Listener, socket.socket] = {}
         self.counters: dict[int, SocketCounters] = {}
+        # Reported by socket label, so that a socket removed and added again continues its series and the
+        # report does not grow with every socket ever added.
+        self.sid_labels: dict[int, str] = {}
+        self.retired: dict[str, SocketCounters] = {}
         self.streams: set[SipStream] = set()
         self.pool: dict[Any, SipStream] = {}
         self.connecting: set[asyncio.Task[None]] = set()
@@ -346,6 +351,7 @@ class Worker:
         if sid in self.sockets:
             await self.remove_socket(sid)
         listener = listener_from_wire(msg["listener"])
+        self.sid_labels[sid] = format_socket(listener.proto, listener.host, listener.port)
         sock = socket.socket(fileno=fd) if fd is not None else None
         entry = WorkerSocket(sid, listener, sock)
         self.sockets[sid] = entry
@@ -375,6 +381,9 @@ class Worker:
         entry = self.sockets.pop(sid, None)
         if entry is None:
             return
+        counters = self.counters.pop(sid, None)
+        if counters is not None:
+            self.retired.setdefault(self.sid_labels[sid], SocketCounters()).add(counters)
         self.listeners.remove(entry.listener)
         if entry.sock is not None and self.udp_send.get(entry.listener) is entry.sock:
             del self.udp_send[entry.listener]
@@ -391,7 +400,12 @@ class Worker:
             await wait_fd_closed(*entry.serve_fd)
 
     def snapshot(self) -> dict[str, list[Any]]:
-        return {str(sid): c.to_wire() for sid, c in self.counters.items()}
+        by_label: dict[str, SocketCounters] = {}
+        for label, c in self.retired.items():
+            by_label.setdefault(label, SocketCounters()).add(c)
+        for sid, c in self.counters.items():
+            by_label.setdefault(self.sid_labels.get(sid, f"socket#{sid}"), SocketCounters()).add(c)
+        return {label: c.to_wire() for label, c in by_label.items()}
 
     async def sweep(self) -> None:
         while True:

@@ -275,3 +275,32 @@ def test_established_tcp_connections_outlive_their_removed_listener(
         conn.sendall(request(2, conn.getsockname()))
         assert b"Call-ID: keep2" in sink.recv(65535)  # ...the established connection still works
     sink.close()
+
+
+def received(proxy: Proxy, label: str) -> int:
+    for line in proxy.get("/metrics")[1].splitlines():
+        if line.startswith(f'sipproxy_received_packets_total{{socket="{label}"}} '):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def test_per_socket_counters_never_go_back(proxies: Callable[..., Proxy], sqlite_table: SocketsTable) -> None:
+    proxy = proxies(mgm_config(sqlite_table))
+    ip = loopback_ip()
+    port = free_port(ip)
+    label = f"udp:{ip}:{port}"
+    sqlite_table.add(label)
+    proxy.call("sockets_reload")
+    for _ in range(3):
+        assert udp_options(ip, port) is not None
+    assert received(proxy, label) == 3
+    sqlite_table.remove(label)
+    proxy.call("sockets_reload")
+    assert received(proxy, label) == 3  # a removed socket keeps its counts
+    sqlite_table.add(label, tag="again")
+    proxy.call("sockets_reload")
+    for _ in range(2):
+        assert udp_options(ip, port) is not None
+    assert received(proxy, label) == 5  # and the series goes on when it comes back
+    stats = proxy.call("get_statistics", {"statistics": [f"socket:{label}:rcv_packets"]})
+    assert stats == {f"socket:{label}:rcv_packets": 5}
