@@ -280,7 +280,11 @@ class Supervisor:
         parts: dict[str, Any] = {}
         try:
             while True:
-                msg, fd = await channel.recv()
+                try:
+                    msg, fd = await channel.recv()
+                except ValueError:
+                    log.error("worker %s sent an unreadable control message", w.name)
+                    continue
                 if fd is not None:
                     os.close(fd)
                 op = msg.get("op")
