@@ -20,10 +20,11 @@ from sipoperator.conflicts import Claim, Foreign, Verdict, decide
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet, Listed, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
-from sipoperator.spec import DesiredSocket, EndpointKey, SpecError, row_key, validate
-from sipoperator.store import DatabaseUnavailable, Store, TableRow
+from sipoperator.spec import DesiredSocket, EndpointKey, Row, SpecError, row_key, same_row, validate
+from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
 
 log = logging.getLogger(__name__)
+TABLE_CACHE_SECONDS = 2.0
 
 
 @dataclass
@@ -84,6 +85,10 @@ class Reconciler:
         self.table_epoch = 0
         self.started = time.monotonic()
         self._write_lock = asyncio.Lock()  # conflict decision + row write are one step across all objects
+        # The table as last read, kept current with our own writes (under the write lock): a thousand passes
+        # at start-up share a few reads; hand edits are seen within TABLE_CACHE_SECONDS.
+        self._table: list[TableRow] | None = None
+        self._table_at = 0.0
         self._object_locks: dict[str, asyncio.Lock] = {}
         self._last_gc = time.monotonic()
         metrics.conditions_source = self.condition_counts
@@ -187,7 +192,7 @@ class Reconciler:
         await self.fleet.discover_all()
         try:
             async with self._write_lock:
-                rows = await self._drop_orphans_locked(await self.store.snapshot())
+                rows = await self._drop_orphans_locked(await self._rows_locked())
                 verdict = self._verdict(known, desired, rows)
                 if not verdict.accepted:
                     outcome = cond.Outcome(False, "EndpointConflict", verdict.message)
@@ -198,14 +203,20 @@ class Reconciler:
                     await self._drop_row_locked(known.uid)
                     return cond.Outcome(False, "CapacityExceeded", full), desired.socket
                 generation = int(body.get("metadata", {}).get("generation") or 0)
-                written = await self.store.write(
-                    known.uid, known.namespace, known.name, generation, desired.row
-                )
+                mine = [r for r in rows if r.owner_uid == known.uid]
+                if len(mine) == 1 and same_row(mine[0].columns(), desired.row):
+                    written = Written(mine[0].id, changed=False)
+                else:
+                    written = await self.store.write(
+                        known.uid, known.namespace, known.name, generation, desired.row
+                    )
+                    self._cache_write(known, written.row_id, desired.row)
                 if written.changed:
                     # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
                     self.table_epoch += 1
                 wanted_sockets = {r.socket for r in rows if r.owner_uid != known.uid} | {desired.socket}
         except DatabaseUnavailable as exc:
+            self._table = None
             log.warning("database unavailable while reconciling %s/%s: %s", known.namespace, known.name, exc)
             previous = _condition(body, cond.ACCEPTED)
             if (
@@ -310,8 +321,28 @@ class Reconciler:
 
     async def _drop_row_locked(self, uid: str) -> None:
         if await self.store.remove(uid):
+            self._cache_remove(uid)
             self.table_epoch += 1
             await self.fleet.reload_all()
+
+    async def _rows_locked(self) -> list[TableRow]:
+        if self._table is None or time.monotonic() - self._table_at > TABLE_CACHE_SECONDS:
+            self._table = None
+            self._table = await self.store.snapshot()
+            self._table_at = time.monotonic()
+        return self._table
+
+    def _cache_remove(self, uid: str) -> None:
+        if self._table is not None:
+            self._table = [r for r in self._table if r.owner_uid != uid]
+
+    def _cache_write(self, known: Known, row_id: int, row: Row) -> None:
+        if self._table is None:
+            return
+        kept = [r for r in self._table if r.owner_uid != known.uid and r.id != row_id]
+        owner = {"owner_uid": known.uid, "owner_namespace": known.namespace, "owner_name": known.name}
+        kept.append(TableRow(row_id, **row.as_dict(), **owner))
+        self._table = kept
 
     async def _observe_pods(
         self, desired: DesiredSocket, table: set[str | None] | None, force_reload: bool
@@ -376,7 +407,10 @@ class Reconciler:
                 row.owner_uid,
             )
             await self._drop_row_locked(str(row.owner_uid))
-        return await self.store.snapshot() if orphans else rows
+        if orphans:
+            self._table = None
+            return await self._rows_locked()
+        return rows
 
     # -- deletion ------------------------------------------------------------------------------------
 
@@ -385,8 +419,13 @@ class Reconciler:
         lock = self._object_locks.setdefault(uid, asyncio.Lock())
         async with lock:
             async with self._write_lock:
-                removed = await self.store.remove(uid)
+                try:
+                    removed = await self.store.remove(uid)
+                except DatabaseUnavailable:
+                    self._table = None
+                    raise
                 if removed:
+                    self._cache_remove(uid)
                     self.table_epoch += 1
             errors = await self.fleet.reload_all() if removed else {}
         self.forget(uid)
