@@ -39,6 +39,8 @@ from tests.e2e.operator_support import (
 __all__ = ["chart_crds"]  # fixtures
 
 RELEASE = "sipsockets"
+# Generous: the machines are shared and busy; a wait ends as soon as its condition holds.
+WAIT = 180.0
 
 
 def answers(address: str, port: int) -> bool:
@@ -240,9 +242,9 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
 
     # Create: accepted by the chart-registered webhook, programmed, listening, answering SIP.
     assert apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060)).returncode == 0
-    obj = wait_condition(cp, ns, "carrier-a", "Ready", "True")
+    obj = wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
     assert obj["status"]["listeners"][0]["pod"] == pod.name
-    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060")
+    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
     reasons = {
         e["reason"] for e in json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
     }
@@ -256,14 +258,14 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
 
     # Update: the port moves.
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5062))
-    wait_condition(cp, ns, "carrier-a", "Ready", "True")
-    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062")
-    assert wait_for(lambda: not answers(addr, 5060), f"udp {addr}:5060 closed")
+    wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
+    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
+    assert wait_for(lambda: not answers(addr, 5060), f"udp {addr}:5060 closed", timeout=WAIT)
 
     # Delete: the finalizer runs (row removed, proxies reloaded) and the object goes.
     cp.kubectl("delete", "sipsocket", "carrier-a", "-n", ns, "--wait=false")
-    wait_for(lambda: get(cp, ns, "carrier-a") is None, "carrier-a deleted")
-    assert wait_for(lambda: not answers(addr, 5062), f"udp {addr}:5062 closed")
+    wait_for(lambda: get(cp, ns, "carrier-a") is None, "carrier-a deleted", timeout=WAIT)
+    assert wait_for(lambda: not answers(addr, 5062), f"udp {addr}:5062 closed", timeout=WAIT)
 
     # Nothing the operator did was refused: the chart's Role is enough.
     log = op.tail(200_000)
@@ -308,22 +310,26 @@ def test_peering_replicas_with_the_charts_service_account(world: ChartWorld) -> 
     world.start_proxy(f"{RELEASE}-proxy-0")
     standby = world.start_operator(pod_index=0)
     active = world.start_operator(pod_index=1)
-    peers = wait_for(lambda: peering_peers(cp, ns) if len(peering_peers(cp, ns)) == 2 else None, "two peers")
+    peers = wait_for(
+        lambda: peering_peers(cp, ns) if len(peering_peers(cp, ns)) == 2 else None, "two peers", timeout=WAIT
+    )
     assert sorted(p["priority"] for p in peers.values()) == [0, 1]
-    wait_for(lambda: "Pausing operations" in standby.tail(), "the pod-index-0 replica standing by")
+    wait_for(
+        lambda: "Pausing operations" in standby.tail(), "the pod-index-0 replica standing by", timeout=WAIT
+    )
 
     addr = world.addresses.next()
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060))
-    wait_condition(cp, ns, "carrier-a", "Ready", "True")
-    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060")
+    wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
+    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
     # The lower-priority replica stood by: it did not handle the SipSocket.
     assert "carrier-a" not in standby.tail(200_000)
 
     # The active replica goes away (a rolling update, a drained node): the other one takes over.
     active.stop()
     apply(cp, ns, sipsocket("carrier-b", "udp", addr, 5062))
-    wait_condition(cp, ns, "carrier-b", "Ready", "True", timeout=180)
-    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062")
+    wait_condition(cp, ns, "carrier-b", "Ready", "True", timeout=WAIT)
+    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
 
     for op in world.operators:
         log = op.tail(200_000)
