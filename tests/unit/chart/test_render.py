@@ -391,3 +391,39 @@ def test_images_are_values() -> None:
     assert {c["imagePullPolicy"] for c in containers(px)} == {"Never"}
     default = rendered().one("Deployment", "-proxy")
     assert pod_spec(default)["containers"][0]["image"] == "sipsockets/proxy:0.1.0"
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_operator_settings_load_with_the_real_settings_parser(option_set: str, tmp_path: Path) -> None:
+    """The chart's operator environment, with its mounted files stood in by local ones, is accepted by the
+    operator's own settings loader, and means what the values say."""
+    from sipoperator import settings as operator_settings
+
+    values = OPTION_SETS[option_set]
+    r = rendered(values)
+    op = next(w for w in r.workloads() if w["metadata"]["name"].endswith("-operator"))
+    (container,) = pod_spec(op)["containers"]
+    mounts = {m["mountPath"]: tmp_path / m["name"] for m in container["volumeMounts"]}
+    for local in mounts.values():
+        local.mkdir()
+    (mounts["/etc/sipsockets/db"] / "db-url").write_text("postgres://u:p@db.voip.svc:5432/sipsockets\n")
+    (mounts["/etc/sipsockets/mi"] / "token").write_text("t0ken\n")
+    fields = {"metadata.namespace": "voip", "metadata.labels['apps.kubernetes.io/pod-index']": "2"}
+    environ: dict[str, str] = {}
+    for item in container["env"]:
+        if "valueFrom" in item:
+            environ[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+            continue
+        value = str(item.get("value", ""))
+        for mount_path, local in mounts.items():
+            value = value.replace(mount_path + "/", f"{local}/")
+        environ[item["name"]] = value
+    loaded = operator_settings.load([], environ)
+    assert loaded.namespace == "voip"
+    assert loaded.db_url == "postgres://u:p@db.voip.svc:5432/sipsockets"
+    assert loaded.mi_token() == "t0ken"
+    assert loaded.mi_port == values.get("mi", {}).get("port", 8888)
+    assert loaded.table_name == values.get("database", {}).get("tableName", "sockets")
+    assert loaded.webhook_listen == ("" if option_set == "everythingOff" else "0.0.0.0:9443")
+    assert loaded.peering == (RELEASE if option_set == "peering" else "")
+    assert loaded.priority == (2 if option_set == "peering" else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,3 +127,13 @@ def test_readme_values_table_lists_every_value_with_its_default() -> None:
     for path, default in expected.items():
         assert json.loads(rows[path][2].strip("`")) == default, path
         assert rows[path][3], path
+
+
+def test_every_values_example_in_the_install_guide_renders() -> None:
+    guide = (CHART.parents[1] / "docs" / "install.md").read_text()
+    examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", guide, flags=re.S)]
+    values_examples = [e for e in examples if isinstance(e, dict) and set(e) <= set(SCHEMA["properties"])]
+    assert len(values_examples) >= 4
+    for example in values_examples:
+        result = template_text(example, check=False)
+        assert result.returncode == 0, f"{example}\n{result.stderr}"
