@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import MetaData, delete, insert, update
+from sqlalchemy import MetaData, delete, insert, text, update
 
 from devenv.databases import MariaDBServer, PostgresServer
 from sipproxy.db.reader import make_engine
@@ -243,6 +243,9 @@ class SocketsTable:
 
     def clear(self) -> None:
         self._run(delete(self.table))
+
+    def execute(self, sql: str) -> None:
+        self._run(text(sql))
 
 
 def db_init(db_url: str) -> None:

@@ -55,8 +55,19 @@ def test_runtime_sockets_on_a_database_server(
     assert result["added"][0]["advertised"] == "sip.example.net:5070"
     assert sipp_options(ip, later, "tcp", count=3).returncode == 0
 
+    server_table.remove(f"udp:{ip}:{port}")
+    result = proxy.call("sockets_reload")
+    assert [e["socket"] for e in result["removed"]] == [f"udp:{ip}:{port}"]
+    assert udp_options(ip, port, wait=2.0) is None
+
+    # The table cannot be read: error 500 and the remaining socket stays.
+    server_table.execute("ALTER TABLE sockets RENAME TO sockets_moved")
+    response = proxy.mi("sockets_reload")
+    assert (response["error"]["code"], response["error"]["message"]) == (500, "Could not reload sockets")
+    assert sipp_options(ip, later, "tcp").returncode == 0
+    server_table.execute("ALTER TABLE sockets_moved RENAME TO sockets")
+
     server_table.clear()
     result = proxy.call("sockets_reload")
-    assert len(result["removed"]) == 2
-    assert udp_options(ip, port, wait=2.0) is None
+    assert [e["socket"] for e in result["removed"]] == [f"tcp:{ip}:{later}"]
     assert tcp_connect_refused(ip, later)
