@@ -83,3 +83,49 @@ def test_route_sends_out_of_the_tagged_socket(
     assert source == (ip, core)  # sent out of the "core" socket
     assert b"Via: SIP/2.0/UDP 198.51.100.7:5099;" in data  # advertising its public address
     sink.close()
+
+
+def test_response_goes_back_on_the_request_connection_from_another_worker(
+    proxies: Callable[..., Proxy],
+) -> None:
+    """Request over TCP (a TCP pool worker), forwarded over UDP; the response arrives on the UDP socket (read
+    by another process) and must still go back on the client's own connection: the client does not listen."""
+    ip = loopback_ip()
+    port = free_port(ip)
+    uas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uas.bind((loopback_ip(), 0))
+    uas.settimeout(10)
+    uas_ip, uas_port = uas.getsockname()
+    proxies(
+        {
+            "sockets": [f"udp:{ip}:{port}", f"tcp:{ip}:{port}"],
+            "udp_workers": 1,
+            "tcp_workers": 2,
+            "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": f"sip:{uas_ip}:{uas_port}"}],
+        }
+    )
+    with socket.create_connection((ip, port), timeout=10) as client:
+        local = client.getsockname()
+        client.sendall(
+            (
+                "MESSAGE sip:uas@example.invalid SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bKconn1\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:a@{local[0]}>;tag=c1\r\nTo: <sip:uas@example.invalid>\r\n"
+                "Call-ID: conn-1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        request, proxy_addr = uas.recvfrom(65535)
+        assert proxy_addr == (ip, port)
+        lines = request.split(b"\r\n")
+        copied = [
+            ln for ln in lines if ln.split(b":", 1)[0].lower() in (b"via", b"from", b"call-id", b"cseq")
+        ]
+        to = next(ln for ln in lines if ln.lower().startswith(b"to:"))
+        response = b"\r\n".join(
+            [b"SIP/2.0 200 OK", *copied, to + b";tag=uas1", b"Content-Length: 0", b"", b""]
+        )
+        uas.sendto(response, proxy_addr)
+        answer = client.recv(65535)
+    assert answer.startswith(b"SIP/2.0 200 OK")
+    assert b"Call-ID: conn-1" in answer
+    uas.close()
