@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,47 +161,67 @@ def test_proxy_config_is_generated_from_values() -> None:
     }
 
 
-@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
-def test_render_config_step_gives_a_config_the_proxy_accepts(option_set: str, tmp_path: Path) -> None:
-    """Run the chart's own render-config script (paths moved under tmp_path) with a db_url file: the result
-    passes the proxy's config parser, and holds the URL."""
-    from sipproxy.config import parse_config
-
-    r = rendered(OPTION_SETS[option_set])
+def run_render_config(
+    values: dict[str, Any], db_url: str, tmp_path: Path, pod_ip: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the chart's own render-config step (its mounts moved under tmp_path, its environment as the
+    kubelet would give it) with the ConfigMap it renders and a db_url file."""
+    r = rendered(values)
     proxy = next(w for w in r.workloads() if w["metadata"]["name"].endswith("-proxy"))
     step = next(c for c in containers(proxy) if c["name"] == "render-config")
     script = step["command"][-1]
     for mount in step["volumeMounts"]:
         local = tmp_path / mount["name"]
-        local.mkdir()
+        local.mkdir(parents=True)
         script = script.replace(mount["mountPath"], str(local))
     (tmp_path / "config-template" / "proxy.yaml").write_text(
         r.one("ConfigMap", "-proxy")["data"]["proxy.yaml"]
     )
-    (tmp_path / "db-url" / "db-url").write_text("postgres://u:secret@db.voip.svc:5432/sipsockets\n")
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    (tmp_path / "db-url" / "db-url").write_text(db_url)
+    env = {k: v for k, v in os.environ.items() if k != "POD_IP"}
+    for item in step.get("env", []):
+        assert item == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        assert pod_ip is not None
+        env["POD_IP"] = pod_ip
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_render_config_step_gives_a_config_the_proxy_accepts(option_set: str, tmp_path: Path) -> None:
+    from sipproxy.config import parse_config
+
+    url = "postgres://u:secret@db.voip.svc:5432/sipsockets"
+    result = run_render_config(OPTION_SETS[option_set], url + "\n", tmp_path, pod_ip="10.244.1.7")
+    assert result.returncode == 0, result.stderr
     out = tmp_path / "run" / "proxy.yaml"
     assert out.stat().st_mode & 0o777 == 0o600
     config = parse_config(yaml.safe_load(out.read_text()))
     assert config.sockets_mgm is not None
-    assert config.sockets_mgm.db_url == "postgres://u:secret@db.voip.svc:5432/sipsockets"
+    assert config.sockets_mgm.db_url == url
+    # The MI listens on the pod's own address only.
+    assert (config.mi.listen_host, config.mi.listen_port) == (
+        "10.244.1.7",
+        OPTION_SETS[option_set].get("mi", {}).get("port", 8888),
+    )
+
+
+def test_mi_listens_on_an_ipv6_pod_address_or_everywhere_when_asked(tmp_path: Path) -> None:
+    result = run_render_config({}, "postgres://u:p@db/s", tmp_path / "v6", pod_ip="fd00:10:244::7")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "v6" / "run" / "proxy.yaml").read_text())["mi"]["listen"] == (
+        "[fd00:10:244::7]:8888"
+    )
+    result = run_render_config({"mi": {"listenOn": "all"}}, "postgres://u:p@db/s", tmp_path / "all")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "all" / "run" / "proxy.yaml").read_text())["mi"]["listen"] == (
+        "0.0.0.0:8888"
+    )
 
 
 def test_render_config_step_refuses_a_config_the_proxy_would_refuse(tmp_path: Path) -> None:
-    r = rendered()
-    proxy = r.one("Deployment", "-proxy")
-    step = next(c for c in containers(proxy) if c["name"] == "render-config")
-    script = step["command"][-1]
-    for mount in step["volumeMounts"]:
-        (tmp_path / mount["name"]).mkdir()
-        script = script.replace(mount["mountPath"], str(tmp_path / mount["name"]))
-    (tmp_path / "config-template" / "proxy.yaml").write_text(
-        r.one("ConfigMap", "-proxy")["data"]["proxy.yaml"]
-    )
-    (tmp_path / "db-url" / "db-url").write_text("redis://nowhere/0")
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_render_config({}, "redis://nowhere/0", tmp_path, pod_ip="10.244.1.7")
     assert result.returncode != 0
     assert "sockets_mgm.db_url" in result.stderr
     assert not (tmp_path / "run" / "proxy.yaml").exists()
