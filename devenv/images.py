@@ -183,7 +183,23 @@ def _export(ref: str) -> Path:
         tmp.unlink(missing_ok=True)
         _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
         tmp.rename(out)
+        # Older builds of the same image are never used again: keep the cache from growing per commit.
+        repo = ref.rpartition(":")[0].replace("/", "_").replace(":", "_")
+        for old in archives.glob(f"{repo}_*.tar"):
+            if old != out:
+                old.unlink(missing_ok=True)
     return out
+
+
+def _prune_older_tags(ref: str) -> None:
+    repo = ref.rpartition(":")[0]
+    listing = _buildah("images", "--format", "{{.Name}}:{{.Tag}}", timeout=120).split()
+    for other in listing:
+        if other.rpartition(":")[0] == repo and other != ref:
+            try:
+                _buildah("rmi", other, timeout=120)
+            except RuntimeError:
+                pass  # still in use by a build running elsewhere: next time
 
 
 # -- root filesystems --------------------------------------------------------------------------------------
@@ -319,6 +335,7 @@ def dockerfile_image(repo: str, dockerfile: Path, base: str) -> str:
         timeout=2400,
     )
     say(f"built {ref} in {int(time.monotonic() - started)}s")
+    _prune_older_tags(ref)
     return ref
 
 
@@ -352,6 +369,7 @@ def postgres_image() -> str:
         ctr,
     )
     _buildah("commit", "--quiet", "--rm", ctr, ref)
+    _prune_older_tags(ref)
     return ref
 
 
