@@ -53,6 +53,9 @@ class SipStream(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
+            # Messages split off before the broken one were well framed: they are served, then the
+            # connection is answered (if possible) and closed.
+            self._handle_all(exc.messages)
             counters.rx_packets += 1
             counters.drop(exc.reason)
             reply = error_reply_for_stream(self.framer.pending, exc.reason)
@@ -65,6 +68,10 @@ class SipStream(asyncio.Protocol):
                 self.partial_since = self.last_activity
         else:
             self.partial_since = None
+        self._handle_all(messages)
+
+    def _handle_all(self, messages: list[bytes]) -> None:
+        counters = self.worker.counters_for(self.sid)
         for message in messages:
             counters.rx_packets += 1
             try:

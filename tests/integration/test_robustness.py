@@ -140,6 +140,17 @@ def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(
         assert answer.startswith(b"SIP/2.0 400")
         c.settimeout(10)
         assert c.recv(100) == b""
+    # A good message followed, in the same segment, by a broken one: the good one is still served.
+    with socket.create_connection((ip, port), timeout=10) as c:
+        good = sip_options_bytes(ip, port, c.getsockname(), "TCP")
+        bad = sip_options_bytes(ip, port, c.getsockname(), "TCP").replace(
+            b"Content-Length: 0", b"Content-Length: x"
+        )
+        c.sendall(good + bad)
+        c.settimeout(10)
+        data = b"".join(iter(lambda: c.recv(65535), b""))
+        assert data.startswith(b"SIP/2.0 200"), data[:200]
+        assert b"SIP/2.0 400" in data
     with socket.create_connection((ip, port), timeout=10) as c:
         c.sendall(b"OPTIONS sip:x SIP/2.0\r\nVia: " + b"x" * 70000)  # headers too large
         c.settimeout(10)
