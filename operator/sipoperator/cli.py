@@ -51,9 +51,9 @@ async def run(settings: Settings) -> None:
     fleet = Fleet(settings, metrics)
     rec = Reconciler(settings, store, fleet, metrics)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, rec, settings.peering)
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings, settings.peering)
+    handlers.register(registry, rec, settings.peering, kopf_settings)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]
     if settings.webhook_listen:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import api as kopf_api  # kopf's own API access, for status patches from daemons
+from kopf._cogs.clients import errors as kopf_errors
 
 from sipoperator.conditions import Condition
 from sipoperator.reconciler import Reconciler
@@ -36,9 +39,11 @@ def _emit(body: kopf.Body, changed: list[Condition]) -> None:
         )
 
 
-def _apply(patch: kopf.Patch, status: Mapping[str, Any]) -> None:
+def _apply(patch: kopf.Patch, body: kopf.Body, status: Mapping[str, Any]) -> None:
+    current = body.get("status") or {}
     for key, value in status.items():
-        patch.status[key] = value
+        if current.get(key) != value:  # a resync that finds nothing new costs no API call
+            patch.status[key] = value
 
 
 def configure(settings: kopf.OperatorSettings, peering: str) -> None:
@@ -59,9 +64,35 @@ def configure(settings: kopf.OperatorSettings, peering: str) -> None:
         settings.peering.stealth = True  # keep-alives every few seconds are not worth a log line
 
 
-def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> None:
+async def _patch_status(
+    settings: kopf.OperatorSettings,
+    resource: kopf.Resource,
+    body: kopf.Body,
+    status: Mapping[str, Any],
+    logger: Any,
+) -> None:
+    """Outside kopf's handler cycle (the keeper daemon), through kopf's own API client and credentials."""
+    current = body.get("status") or {}
+    changed = {k: v for k, v in status.items() if current.get(k) != v}
+    if not changed:
+        return
+    url = resource.get_url(namespace=body.metadata.namespace, name=body.metadata.name, subresource="status")
+    try:
+        await kopf_api.patch(
+            url=url,
+            headers={"Content-Type": "application/merge-patch+json"},
+            payload={"status": changed},
+            settings=settings,
+            logger=logger,
+        )
+    except kopf_errors.APINotFoundError:
+        pass  # deleted meanwhile
+
+
+def register(
+    registry: kopf.OperatorRegistry, rec: Reconciler, peering: str, kopf_settings: kopf.OperatorSettings
+) -> None:
     selector = rec.settings.selector_labels
-    tick = max(0.5, min(2.0, rec.settings.resync_period))
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -87,16 +118,29 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=3, field="spec")
     async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         result = await rec.reconcile(body)
-        _apply(patch, result.status)
+        _apply(patch, body, result.status)
         _emit(body, result.changed)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=tick, backoff=3)
-    async def periodic(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        if body.metadata.get("deletionTimestamp") or not rec.due(str(body.metadata.uid)):
-            return
-        result = await rec.reconcile(body)
-        _apply(patch, result.status)
-        _emit(body, result.changed)
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0, backoff=3)
+    async def keeper(
+        body: kopf.Body, resource: kopf.Resource, stopped: kopf.DaemonStopped, logger: Any, **_: Any
+    ) -> None:
+        """Per SipSocket: sleeps until a resync or retry is due or the fleet or table changed (no polling,
+        so a thousand idle SipSockets cost nothing), then runs a pass and patches the status itself."""
+        uid = str(body.metadata.uid)
+        wake = rec.waker(uid)
+        while not stopped:
+            timeout = 0.5 if rec.busy(uid) else rec.seconds_until_due(uid)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            wake.clear()
+            if stopped or body.metadata.get("deletionTimestamp") or not rec.due(uid):
+                continue
+            result = await rec.reconcile(body)
+            await _patch_status(kopf_settings, resource, body, result.status, logger)
+            _emit(body, result.changed)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
     async def finalize(body: kopf.Body, **_: Any) -> None:

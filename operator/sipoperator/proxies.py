@@ -229,7 +229,7 @@ class Fleet:
         self.client = MIClient(settings)
         self.pods: dict[str, ProxyPod] = {}
         self.epoch = 0
-        self.changed = asyncio.Event()
+        self.on_change: Callable[[], None] | None = None
 
     def observe(self, name: str, uid: str, ip: str | None, ready: bool) -> None:
         current = self.pods.get(name)
@@ -251,7 +251,8 @@ class Fleet:
     def _bump(self, why: str) -> None:
         log.info("proxy fleet changed: %s", why)
         self.epoch += 1
-        self.changed.set()
+        if self.on_change is not None:
+            self.on_change()
 
     def ready(self) -> list[ProxyPod]:
         return sorted(self.pods.values(), key=lambda p: p.name)

@@ -90,6 +90,8 @@ class Reconciler:
         self._table: list[TableRow] | None = None
         self._table_at = 0.0
         self._object_locks: dict[str, asyncio.Lock] = {}
+        self._wakers: dict[str, asyncio.Event] = {}
+        fleet.on_change = self.wake_all
         self._last_gc = time.monotonic()
         metrics.conditions_source = self.condition_counts
 
@@ -117,6 +119,7 @@ class Reconciler:
         self.known.pop(uid, None)
         self.memos.pop(uid, None)
         self._object_locks.pop(uid, None)
+        self._wakers.pop(uid, None)
 
     def memo(self, uid: str) -> Memo:
         return self.memos.setdefault(uid, Memo())
@@ -127,6 +130,30 @@ class Reconciler:
             for ctype, (status, reason) in memo.last_conditions.items():
                 counts[(ctype, status, reason)] = counts.get((ctype, status, reason), 0) + 1
         return counts
+
+    def waker(self, uid: str) -> asyncio.Event:
+        return self._wakers.setdefault(uid, asyncio.Event())
+
+    def wake_all(self) -> None:
+        """Something every SipSocket may care about changed (proxy fleet, table): each checks `due`."""
+        for event in self._wakers.values():
+            event.set()
+
+    def _table_changed(self) -> None:
+        self.table_epoch += 1
+        self.wake_all()
+
+    def busy(self, uid: str) -> bool:
+        lock = self._object_locks.get(uid)
+        return lock is not None and lock.locked()
+
+    def seconds_until_due(self, uid: str) -> float:
+        memo = self.memo(uid)
+        resync = self.settings.resync_period
+        if memo.last_run == 0.0:
+            return resync
+        wait = resync if memo.healthy else min(2.0 ** min(memo.failures, 5), 30.0, resync)
+        return max(0.05, memo.last_run + wait - time.monotonic())
 
     def due(self, uid: str) -> bool:
         """Should the periodic check run a full pass for this object now?"""
@@ -213,7 +240,7 @@ class Reconciler:
                     self._cache_write(known, written.row_id, desired.row)
                 if written.changed:
                     # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
-                    self.table_epoch += 1
+                    self._table_changed()
                 wanted_sockets = {r.socket for r in rows if r.owner_uid != known.uid} | {desired.socket}
         except DatabaseUnavailable as exc:
             self._table = None
@@ -322,7 +349,7 @@ class Reconciler:
     async def _drop_row_locked(self, uid: str) -> None:
         if await self.store.remove(uid):
             self._cache_remove(uid)
-            self.table_epoch += 1
+            self._table_changed()
             await self.fleet.reload_all()
 
     async def _rows_locked(self) -> list[TableRow]:
@@ -426,10 +453,9 @@ class Reconciler:
                     raise
                 if removed:
                     self._cache_remove(uid)
-                    self.table_epoch += 1
             errors = await self.fleet.reload_all() if removed else {}
         self.forget(uid)
-        self.table_epoch += 1
+        self._table_changed()
         return errors
 
 
