@@ -118,3 +118,20 @@ def vm_hwm_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def udp_drops(path: Path = Path("/proc/net/udp")) -> dict[int, int]:
+    """Local port -> datagrams the kernel dropped on that IPv4 UDP socket (full receive buffer)."""
+    out: dict[int, int] = {}
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        try:
+            port = int(f[1].rsplit(":", 1)[1], 16)
+            out[port] = out.get(port, 0) + int(f[-1])
+        except (IndexError, ValueError):
+            continue
+    return out

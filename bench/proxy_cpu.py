@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.cpu import CpuTimes, process_cpu, tree_cpu, tree_exec_seconds
+from bench.cpu import CpuTimes, process_cpu, tree_cpu, tree_exec_seconds, udp_drops
 from bench.machine import load
 from bench.peers import start_kamailio, start_sipproxy
 from bench.procs import Processes, free_tcp_port, free_udp_port
@@ -76,6 +77,7 @@ class RateStep:
     tree_cpu_share: float  # the same for the whole process tree
     failures: dict[str, int]  # SIPp's failure counters that are not zero
     proxy_drops: dict[str, int]  # ours: packets the proxy dropped during the step, by reason
+    socket_drops: dict[str, int]  # kernel drops (full receive buffer) on the uac's, proxy's and uas's sockets
     host_rcvbuf_errors: int  # the host-wide UDP RcvbufErrors delta: other processes' drops count too
     sipp_watchdog: int  # SIPp's watchdog: SIPp itself was not scheduled in time (minor + major)
     loadavg: str
@@ -303,6 +305,7 @@ def udp_rcvbuf_errors() -> int:
 class RatePeer:
     proc: asyncio.subprocess.Process
     port: int
+    uas_port: int
     worker: int  # the pid whose CPU share is reported
     metrics_url: str | None  # ours: Prometheus text with drops by reason
 
@@ -312,7 +315,7 @@ async def _start_peer(procs: Processes, workdir: Path, peer: str, uas_port: int)
     listen_port = free_udp_port(HOST)
     if peer == "kamailio":
         proc = await start_kamailio(procs, workdir, (HOST, listen_port), (HOST, uas_port))
-        return RatePeer(proc, listen_port, proc.pid, None)
+        return RatePeer(proc, listen_port, uas_port, proc.pid, None)
     db_path = workdir / "pool.sqlite"
     db_path.unlink(missing_ok=True)
     db_url = f"sqlite:///{db_path}"  # an absolute path gives sqlite:////abs
@@ -324,7 +327,7 @@ async def _start_peer(procs: Processes, workdir: Path, peer: str, uas_port: int)
     async with aiohttp.ClientSession() as session:
         pids = await proxy.worker_pids(session)
     worker = next(pid for name, pid in pids.items() if name.startswith("udp-pool"))
-    return RatePeer(proxy.proc, listen_port, worker, proxy.base_url + "/metrics")
+    return RatePeer(proxy.proc, listen_port, uas_port, worker, proxy.base_url + "/metrics")
 
 
 async def proxy_drops(url: str | None) -> dict[str, int]:
@@ -342,14 +345,36 @@ async def proxy_drops(url: str | None) -> dict[str, int]:
     return drops
 
 
+async def _watch_drops(ports: dict[str, int], seen: dict[str, int], stop: asyncio.Event) -> None:
+    """The highest drop count of each watched socket while the step runs (the uac's socket goes with it)."""
+    while True:
+        now = udp_drops()
+        for role, port in ports.items():
+            seen[role] = max(seen.get(role, 0), now.get(port, 0))
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
 async def _step(
     procs: Processes, workdir: Path, peer: str, p: RatePeer, rate: float, seconds: float, attempt: int
 ) -> RateStep:
     calls = int(rate * seconds)
+    uac_port = free_udp_port(HOST)
+    ports = {"uac": uac_port, "proxy": p.port, "uas": p.uas_port}
+    base = udp_drops()
+    seen: dict[str, int] = {}
+    stop = asyncio.Event()
+    watcher = asyncio.get_running_loop().create_task(_watch_drops(ports, seen, stop))
     before, t0, host_drops = process_cpu(p.worker), time.monotonic(), udp_rcvbuf_errors()
     tree_before, drops_before = tree_cpu(p.proc.pid), await proxy_drops(p.metrics_url)
     name = f"uac-rate-{peer}-{rate:g}-{attempt}"
-    stats = await run_uac(procs, name, f"{HOST}:{p.port}", HOST, rate, calls, workdir, free_udp_port(HOST))
+    try:
+        stats = await run_uac(procs, name, f"{HOST}:{p.port}", HOST, rate, calls, workdir, uac_port)
+    finally:
+        stop.set()
+        await watcher
     wall = time.monotonic() - t0
     drops_after = await proxy_drops(p.metrics_url)
     return RateStep(
@@ -366,6 +391,9 @@ async def _step(
         proxy_drops={
             k: v - drops_before.get(k, 0) for k, v in drops_after.items() if v - drops_before.get(k, 0)
         },
+        socket_drops={
+            role: n - (base.get(ports[role], 0) if role != "uac" else 0) for role, n in seen.items()
+        },
         host_rcvbuf_errors=udp_rcvbuf_errors() - host_drops,
         sipp_watchdog=stats.watchdog,
         loadavg=load(),
@@ -379,49 +407,65 @@ def _print_step(peer: str, step: RateStep) -> None:
         f" {step.failed} failed{' (' + reasons + ')' if reasons else ''}, {step.retransmissions} retrans,"
         f" CPU {step.tree_cpu_share * 100:.0f}% of a core"
         f"{f' (pool worker {step.worker_cpu_share * 100:.0f}%)' if peer == 'sipproxy' else ''},"
-        f" proxy drops {step.proxy_drops or 0}, host UDP buffer drops {step.host_rcvbuf_errors},"
+        f" proxy drops {step.proxy_drops or 0}, socket drops {step.socket_drops},"
+        f" host UDP buffer drops {step.host_rcvbuf_errors},"
         f" SIPp watchdog {step.sipp_watchdog}, load {step.loadavg}",
         flush=True,
     )
 
 
-async def max_rate(workdir: Path, peer: str, rates: list[float], step_seconds: float) -> dict[str, Any]:
-    """Step the call rate up until a rate fails twice. For ours: one dynamic UDP socket served by a pool of
-    one worker; for Kamailio (the reference for what SIPp and this machine manage): one UDP worker.
+async def max_rate(
+    workdir: Path, peers: list[str], rates: list[float], step_seconds: float
+) -> dict[str, Any]:
+    """Step the call rate up until a rate fails twice, the peers taking turns at each rate so that they meet
+    the same machine. Ours: one dynamic UDP socket served by a pool of one worker; Kamailio (the reference
+    for what SIPp and this machine manage): its one UDP worker. Each peer has its own SIPp uas.
 
     A failed step is tried once more after a pause: on a shared machine one stall of a few hundred
     milliseconds makes SIPp retransmit and the retransmissions snowball; both tries are reported."""
-    steps: list[RateStep] = []
-    print(f"max_rate {peer}: steps {', '.join(f'{r:g}' for r in rates)} calls/s, {step_seconds:g}s each")
+    steps: dict[str, list[RateStep]] = {peer: [] for peer in peers}
+    print(
+        f"max_rate {', '.join(peers)}: {', '.join(f'{r:g}' for r in rates)} calls/s, {step_seconds:g}s each"
+    )
     async with Processes(workdir / "logs") as procs:
-        uas_port = free_udp_port(HOST)
-        await procs.start(f"uas-rate-{peer}", uas_argv(HOST, uas_port), stdout_to_log=False)
-        p = await _start_peer(procs, workdir, peer, uas_port)
-        warm = await run_uac(
-            procs,
-            f"warmup-rate-{peer}",
-            f"{HOST}:{p.port}",
-            HOST,
-            100,
-            WARMUP_CALLS,
-            workdir,
-            free_udp_port(HOST),
-        )
-        if warm.failed or warm.successful < WARMUP_CALLS:
-            raise RuntimeError(f"warm-up through {peer} failed: {warm}")
+        running: dict[str, RatePeer] = {}
+        for peer in peers:
+            uas_port = free_udp_port(HOST)
+            await procs.start(f"uas-rate-{peer}", uas_argv(HOST, uas_port), stdout_to_log=False)
+            running[peer] = p = await _start_peer(procs, workdir, peer, uas_port)
+            warm = await run_uac(
+                procs,
+                f"warmup-rate-{peer}",
+                f"{HOST}:{p.port}",
+                HOST,
+                100,
+                WARMUP_CALLS,
+                workdir,
+                free_udp_port(HOST),
+            )
+            if warm.failed or warm.successful < WARMUP_CALLS:
+                raise RuntimeError(f"warm-up through {peer} failed: {warm}")
         for rate in rates:
-            for attempt in (1, 2):
-                step = await _step(procs, workdir, peer, p, rate, step_seconds, attempt)
-                steps.append(step)
-                _print_step(peer, step)
-                await asyncio.sleep(1.0 if step.passed else 5.0)  # let stray retransmissions drain
-                if step.passed:
-                    break
-            if sustained(steps) != rate:
+            for peer in list(running):
+                for attempt in (1, 2):
+                    step = await _step(procs, workdir, peer, running[peer], rate, step_seconds, attempt)
+                    steps[peer].append(step)
+                    _print_step(peer, step)
+                    await asyncio.sleep(1.0 if step.passed else 5.0)  # let stray retransmissions drain
+                    if step.passed:
+                        break
+                if sustained(steps[peer]) != rate:
+                    del running[peer]
+            if not running:
                 break
-    best = sustained(steps)
-    print(f"  {peer}: highest rate with no failed call: {best:g}/s" if best else f"  {peer}: no step passed")
-    return {"steps": [asdict(s) for s in steps], "sustained_rate": best}
+    out: dict[str, Any] = {}
+    for peer in peers:
+        best = sustained(steps[peer])
+        print(
+            f"  {peer}: highest rate with no failed call: {best:g}/s" if best else f"  {peer}: no step passed"
+        )
+        out[peer] = {"steps": [asdict(s) for s in steps[peer]], "sustained_rate": best}
+    return out
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -448,11 +492,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
     if not args.skip_max_rate:
         rates = [float(r) for r in str(args.max_rate_steps).split(",") if r.strip()]
-        for peer in str(args.max_rate_peers).split(","):
-            if peer.strip() in ("sipproxy", "kamailio"):
-                out[f"max_rate_{peer.strip()}"] = await max_rate(
-                    workdir, peer.strip(), rates[:12], args.step_seconds
-                )
+        rate_peers = [
+            p.strip() for p in str(args.max_rate_peers).split(",") if p.strip() in ("sipproxy", "kamailio")
+        ]
+        out["max_rate"] = await max_rate(workdir, rate_peers, rates[:12], args.step_seconds)
     return out
 
 
