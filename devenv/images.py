@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv import binaries
+from devenv.localcluster import layout
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"
@@ -41,7 +42,7 @@ POSTGRES_PACKAGES = ("postgresql", "ca-certificates")
 POSTGRES_UID = 999
 
 # Image references the chart and the node use (the contract with tests/e2e/cluster).
-PAUSE_REF = "localhost/sipsockets/pause:3.10"
+PAUSE_REF = layout.PAUSE_IMAGE
 PROXY_REPO = "docker.io/sipsockets/proxy"
 OPERATOR_REPO = "docker.io/sipsockets/operator"
 POSTGRES_REPO = "docker.io/sipsockets/postgresql"
@@ -183,23 +184,13 @@ def _export(ref: str) -> Path:
         tmp.unlink(missing_ok=True)
         _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
         tmp.rename(out)
-        # Older builds of the same image are never used again: keep the cache from growing per commit.
+        # Older builds of the same image are rarely used again; the newest two stay (another run may be
+        # importing the previous one right now).
         repo = ref.rpartition(":")[0].replace("/", "_").replace(":", "_")
-        for old in archives.glob(f"{repo}_*.tar"):
-            if old != out:
-                old.unlink(missing_ok=True)
+        older = sorted(archives.glob(f"{repo}_*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in older[2:]:
+            old.unlink(missing_ok=True)
     return out
-
-
-def _prune_older_tags(ref: str) -> None:
-    repo = ref.rpartition(":")[0]
-    listing = _buildah("images", "--format", "{{.Name}}:{{.Tag}}", timeout=120).split()
-    for other in listing:
-        if other.rpartition(":")[0] == repo and other != ref:
-            try:
-                _buildah("rmi", other, timeout=120)
-            except RuntimeError:
-                pass  # still in use by a build running elsewhere: next time
 
 
 # -- root filesystems --------------------------------------------------------------------------------------
@@ -335,7 +326,6 @@ def dockerfile_image(repo: str, dockerfile: Path, base: str) -> str:
         timeout=2400,
     )
     say(f"built {ref} in {int(time.monotonic() - started)}s")
-    _prune_older_tags(ref)
     return ref
 
 
@@ -369,7 +359,6 @@ def postgres_image() -> str:
         ctr,
     )
     _buildah("commit", "--quiet", "--rm", ctr, ref)
-    _prune_older_tags(ref)
     return ref
 
 

@@ -23,7 +23,7 @@ from devenv import binaries, images
 from devenv.controlplane import SERVICE_CIDR, ControlPlane, _make_pki
 from devenv.localcluster import hostnet, layout, render
 from devenv.localcluster.layout import NodePaths
-from devenv.processes import ProcessTable, free_port
+from devenv.processes import ProcessTable, alive, free_port
 
 # The API server reaches the kubelet (logs, exec, port-forward) by the node's InternalIP: the node name
 # resolves nowhere on this machine.
@@ -82,6 +82,7 @@ class LocalCluster(ControlPlane):
         deadline = time.monotonic() + timeout
         bins = binaries.ensure(["kubelet", "kube-controller-manager", "kube-scheduler", "kubectl"])
         pause = images.pause_image()
+        self._claim_node()
         _serving_cert_for_pods(self.pki)
         super().start(timeout=max(30.0, deadline - time.monotonic()))
         try:
@@ -95,6 +96,23 @@ class LocalCluster(ControlPlane):
         except BaseException:
             self.stop()
             raise
+
+    def _claim_node(self) -> None:
+        """One local node per machine (fixed bridge, nftables table and cgroup root). A node left behind by
+        a run that died is cleaned up first; a live one is an error."""
+        owner = layout.OWNER_FILE
+        if owner.exists():
+            other = Path(owner.read_text().strip())
+            if other != self.workdir:
+                previous = LocalCluster(other)
+                if any(alive(pid) for pid in previous.procs.load().values()):
+                    raise RuntimeError(
+                        f"a local cluster from {other} is running; stop it first: "
+                        f"python -m devenv.cluster down --workdir {other}"
+                    )
+                previous.stop()
+        owner.parent.mkdir(parents=True, exist_ok=True)
+        owner.write_text(str(self.workdir))
 
     def _prepare_node(self) -> None:
         p = self.paths
@@ -266,6 +284,11 @@ class LocalCluster(ControlPlane):
             shutil.rmtree(self.paths.node, ignore_errors=True)
         # The cluster's objects die with it: a later `up` in this work dir starts from an empty etcd.
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+        try:
+            if layout.OWNER_FILE.read_text().strip() == str(self.workdir):
+                layout.OWNER_FILE.unlink()
+        except OSError:
+            pass
 
     def _drain_pods(self) -> None:
         """Stop the controllers first so nothing is recreated, then let the kubelet tear pods down (CNI DEL,

@@ -25,6 +25,8 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 # Our own cgroup parent: clean-up removes exactly this subtree and nothing else on the machine.
 CGROUP_ROOT = "/sipsockets"
 PAUSE_IMAGE = "localhost/sipsockets/pause:3.10"
+# Names the work dir of the node running on this machine (there can be only one).
+OWNER_FILE = Path("/run/sipsockets/node-owner")
 
 
 @dataclass(frozen=True)
