@@ -22,17 +22,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from devenv import binaries, images
-from devenv.localcluster import LocalCluster
+from devenv import images
+from devenv.localcluster import LocalCluster, chart
 from devenv.processes import free_port
 
 pytestmark = pytest.mark.timeout(1800)
 
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "helm" / "sipsockets"
 OPTIONS_SCENARIO = REPO / "tests" / "integration" / "scenarios" / "options.xml"
-NS = "voip"
-RELEASE = "sipsockets"
+NS = chart.NAMESPACE
+RELEASE = chart.RELEASE
 T = TypeVar("T")
 
 
@@ -66,31 +65,10 @@ class Release:
         self.mi_port = free_port()
 
     def values(self, **proxy_overrides: Any) -> dict[str, Any]:
-        def image(ref: str) -> dict[str, str]:
-            repo, tag = images.Images.split(ref)
-            return {"repository": repo, "tag": tag, "pullPolicy": "Never"}
-
-        return {
-            "mi": {"port": self.mi_port},
-            "operator": {"image": image(self.built.operator), "resyncPeriod": 15},
-            "proxy": {
-                "mode": "hostNetwork",
-                "image": image(self.built.proxy),
-                "udpWorkers": 1,
-                "tcpWorkers": 1,
-                "socketsMgm": {"processes": 1, "maxSockets": 20},
-                **proxy_overrides,
-            },
-            "postgresql": {"image": {**image(self.built.postgresql)}},
-        }
+        return chart.values(self.built, self.mi_port, **proxy_overrides)
 
     def helm(self, command: str, values: dict[str, Any]) -> None:
-        path = self.workdir / f"values-{command}.json"
-        path.write_text(json.dumps(values))
-        self.c.helm(
-            command, RELEASE, str(CHART), "--namespace", NS, "--create-namespace", "--values", str(path),
-            "--wait", "--timeout", "10m", timeout=700,
-        )  # fmt: skip
+        chart.helm(self.c, command, values, self.workdir / f"values-{command}.json", NS, RELEASE)
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.c.get_json(
@@ -138,35 +116,11 @@ class Release:
         ).stdout.strip()  # fmt: skip
 
 
-def provide_volumes(cluster: LocalCluster, count: int = 2) -> None:
-    """hostPath PersistentVolumes under the node's work dir for the StatefulSet's claim (no provisioner)."""
-    pvs = []
-    for i in range(count):
-        path = cluster.paths.node / "volumes" / f"pv{i}"
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(0o777)
-        pvs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": f"local-pv{i}"},
-                "spec": {
-                    "capacity": {"storage": "2Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": str(path), "type": "Directory"},
-                },
-            }
-        )
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": pvs}))
-
-
 @pytest.fixture(scope="module")
 def release(
     local_cluster: LocalCluster, built_images: images.Images, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
-    binaries.ensure(["helm"])
-    provide_volumes(local_cluster)
+    chart.provide_volumes(local_cluster)
     rel = Release(local_cluster, built_images, tmp_path_factory.mktemp("chart"))
     rel.helm("install", rel.values())
     yield rel
