@@ -140,8 +140,12 @@ class Reconciler:
             event.set()
 
     def _table_changed(self) -> None:
+        """Only SipSockets waiting for an endpoint or a slot care; waking all would cost a thousand wake-ups
+        per write at start-up."""
         self.table_epoch += 1
-        self.wake_all()
+        for uid, memo in self.memos.items():
+            if memo.blocked and uid in self._wakers:
+                self._wakers[uid].set()
 
     def busy(self, uid: str) -> bool:
         lock = self._object_locks.get(uid)
