@@ -93,6 +93,7 @@ class LocalCluster(ControlPlane):
             self._start_services()
             self._start_kubelet(bins["kubelet"])
             self._wait_node_ready(deadline)
+            self._wait_service_account("default", deadline)
         except BaseException:
             self.stop()
             raise
@@ -232,7 +233,21 @@ class LocalCluster(ControlPlane):
             time.sleep(1)
         raise TimeoutError(f"node {layout.NODE_NAME} not Ready ({last}); see {self.workdir}/kubelet.log")
 
+    def _wait_service_account(self, namespace: str, deadline: float) -> None:
+        """Pods are refused until the controller-manager has made the namespace's `default` account."""
+        while not self.get_json("serviceaccount", "default", namespace=namespace, check=False):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ServiceAccount {namespace}/default; see kube-controller-manager.log")
+            time.sleep(0.5)
+
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def ensure_namespace(self, name: str) -> None:
+        """The namespace, and its `default` ServiceAccount made by the controller-manager (creating it here
+        as well would race with it)."""
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        self._wait_service_account(name, time.monotonic() + 60)
 
     def get_json(self, *args: str, namespace: str | None = None, check: bool = True) -> dict[str, Any]:
         ns = [f"--namespace={namespace}"] if namespace else []

@@ -94,7 +94,16 @@ class Release:
             "metadata": {"name": name, "namespace": NS},
             "spec": {"protocol": "udp", "address": self.c.node_ip, "port": port},
         }
-        self.c.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+        # Right after the operator pod (re)starts its webhook Service can be without a ready endpoint for a
+        # moment, as in any cluster: the API server then refuses the object; a user would retry.
+        def applied() -> bool:
+            r = self.c.kubectl("apply", "-f", "-", input=json.dumps(obj), check=False)
+            if r.returncode != 0 and "failed calling webhook" not in r.stderr:
+                raise AssertionError(f"kubectl apply refused {name}: {r.stderr}")
+            return r.returncode == 0
+
+        wait_for(applied, f"SipSocket {name} accepted", timeout=120)
 
     def sipsocket_ready(self, name: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
