@@ -26,6 +26,25 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = REPO / ".dev" / "localcluster"
 
 
+def up(workdir: Path, *, app_images: bool = True, install_chart: bool = False) -> LocalCluster:
+    """Build or reuse the images, start the node, import the images; optionally install the chart. For
+    `make demo` and the like (check `node_environment_problems()` first)."""
+    started = time.monotonic()
+    built = images.build_all(with_app=app_images)
+    cluster = LocalCluster(workdir)
+    cluster.start(images_to_import=[r for r in built.all() if r != built.pause])
+    print(
+        f"[cluster] node {cluster.node_name} Ready at {cluster.node_ip} in {int(time.monotonic() - started)}s"
+    )
+    if install_chart and app_images:
+        chart.provide_volumes(cluster)
+        values = chart.values(built, mi_port=free_port(cluster.node_ip))
+        chart.helm(cluster, "install", values, cluster.workdir / "values-install.json")
+        print(f"[cluster] helm release {chart.RELEASE} ready in namespace {chart.NAMESPACE}")
+    print(json.dumps(built.__dict__, indent=1))
+    return cluster
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m devenv.cluster")
     parser.add_argument("command", choices=["up", "down"])
@@ -33,27 +52,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-app-images", action="store_true", help="only the pause image")
     parser.add_argument("--chart", action="store_true", help="helm install helm/sipsockets too")
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.workdir)
     if args.command == "down":
-        cluster.stop()
+        LocalCluster(args.workdir).stop()
         print(f"[cluster] stopped; {args.workdir} cleaned")
         return 0
     if problems := node_environment_problems():
         print("[cluster] this machine cannot run the local node: " + "; ".join(problems), file=sys.stderr)
         return 1
-    started = time.monotonic()
-    built = images.build_all(with_app=not args.no_app_images)
-    cluster.start(images_to_import=[r for r in built.all() if r != built.pause])
-    print(
-        f"[cluster] node {cluster.node_name} Ready at {cluster.node_ip} in {int(time.monotonic() - started)}s"
-    )
-    if args.chart and not args.no_app_images:
-        chart.provide_volumes(cluster)
-        values = chart.values(built, mi_port=free_port(cluster.node_ip))
-        chart.helm(cluster, "install", values, cluster.workdir / "values-install.json")
-        print(f"[cluster] helm release {chart.RELEASE} ready in namespace {chart.NAMESPACE}")
+    cluster = up(args.workdir, app_images=not args.no_app_images, install_chart=args.chart)
     print(f"[cluster] export KUBECONFIG={cluster.kubeconfig}")
-    print(json.dumps(built.__dict__, indent=1))
     return 0
 
 
