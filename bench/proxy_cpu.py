@@ -22,7 +22,7 @@ import aiohttp
 from bench.cpu import CpuTimes, process_cpu, tree_cpu, tree_exec_seconds, udp_drops
 from bench.machine import load
 from bench.peers import start_kamailio, start_sipproxy
-from bench.procs import Processes, free_tcp_port, free_udp_port
+from bench.procs import Processes, free_tcp_port, free_udp_port, udp_port_free
 from bench.sipp import SippStats, run_uac, uas_argv
 
 HOST = "127.0.0.1"
@@ -144,6 +144,17 @@ def sustained(steps: list[RateStep]) -> float | None:
     return best
 
 
+async def start_floor(procs: Processes, listen_port: int, uas_port: int) -> asyncio.subprocess.Process:
+    argv = [sys.executable, "-m", "bench.relay_floor", "--listen", f"{HOST}:{listen_port}"]
+    proc = await procs.start("floor", [*argv, "--uas", f"{HOST}:{uas_port}"])
+    deadline = time.monotonic() + 30
+    while udp_port_free(HOST, listen_port):
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"relay_floor did not start: {procs.log_tail('floor')}")
+        await asyncio.sleep(0.1)
+    return proc
+
+
 async def _measure(
     procs: Processes,
     workdir: Path,
@@ -179,6 +190,8 @@ async def _cpu_run(
     worker_pid: int | None = None
     if peer == "kamailio":
         proc = await start_kamailio(procs, workdir, (HOST, listen_port), (HOST, uas_port))
+    elif peer == "floor":
+        proc = await start_floor(procs, listen_port, uas_port)
     else:
         proxy = await start_sipproxy(
             procs, workdir, "sipproxy", static_config(listen_port, uas_port, free_tcp_port(HOST))
@@ -474,6 +487,11 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs per peer, order alternated (default 2)")
     parser.add_argument("--no-kamailio", action="store_true", help="measure sipproxy alone")
     parser.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="also measure bench.relay_floor: the same runtime relaying datagrams with no SIP work",
+    )
+    parser.add_argument(
         "--max-rate-steps",
         default="500,1000,1500,2000,2500,3000,3500,4000",
         help="call rates stepped through (ascending, at most 12); a peer stops at a rate failed twice",
@@ -484,7 +502,9 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    peers = ("sipproxy",) if args.no_kamailio else ("sipproxy", "kamailio")
+    peers: tuple[str, ...] = ("sipproxy",) if args.no_kamailio else ("sipproxy", "kamailio")
+    if args.with_floor:
+        peers += ("floor",)
     out: dict[str, Any] = {}
     # Bounded whatever is asked: at most 5,000 calls/s for at most 120 s a run, 10 rounds.
     rate, seconds = min(max(args.rate, 1.0), 5000.0), min(max(args.seconds, 1.0), 120.0)
