@@ -180,6 +180,10 @@ class Supervisor:
                 log.info("start-up load: %d listening, %d failed", len(result.added), len(result.failed))
             except ReloadError as exc:
                 log.error("start-up load of the sockets table failed: %s", exc)
+        # Commands are applied in order on each channel, so a sync answered by every worker means each one
+        # serves every socket: only then is the pod ready (a slow start must not look ready too early).
+        while await self.sync(self.workers):
+            log.warning("start-up: waiting for every worker to take its sockets before reporting ready")
         self.ready = True
 
     async def stop(self) -> None:
@@ -335,7 +339,8 @@ class Supervisor:
                 return
             await self.sync([w])
 
-    async def _request(self, workers: Iterable[WorkerHandle], op: str, limit: float) -> None:
+    async def _request(self, workers: Iterable[WorkerHandle], op: str, limit: float) -> int:
+        """Send `op` to each live worker and wait for their answers; returns how many did not answer."""
         seq = next(self._seqs)
         loop = asyncio.get_running_loop()
         futures = []
@@ -347,13 +352,14 @@ class Supervisor:
             futures.append(fut)
             await self._send(w, {"op": op, "seq": seq})
         if not futures:
-            return
+            return 0
         _done, pending = await asyncio.wait(futures, timeout=limit)
         if pending:
             log.warning("%d worker(s) did not answer %s within %ss", len(pending), op, limit)
+        return len(pending)
 
-    async def sync(self, workers: Iterable[WorkerHandle]) -> None:
-        await self._request(workers, "sync", SYNC_TIMEOUT)
+    async def sync(self, workers: Iterable[WorkerHandle]) -> int:
+        return await self._request(workers, "sync", SYNC_TIMEOUT)
 
     # --- reload ---------------------------------------------------------------------------------------
 
