@@ -253,8 +253,9 @@ class Worker:
     def dispatch(self, outcome: Outcome, inbound_sid: int) -> None:
         if outcome.drop_reason is not None:
             self.counters_for(inbound_sid).drop(outcome.drop_reason)
+        sid_of = self.listeners._all.get
         for send in outcome.sends:
-            sid = self.listeners.sid_of(send.listener)
+            sid = sid_of(send.listener)
             if sid is None:
                 sid = inbound_sid
             if send.proto == "udp":
@@ -267,7 +268,9 @@ class Worker:
                 self._send_stream(send.data, send.listener, send.host, send.port, send.connection, sid)
 
     def _send_udp(self, data: bytes, sock: socket.socket, host: str, port: int, sid: int) -> None:
-        ip = self._resolve_now(host)
+        hit = self._resolved.get(host)
+        # An IP literal (cached with no expiry) is the common case: skip the general lookup.
+        ip = hit[0] if hit is not None and hit[1] == 0.0 else self._resolve_now(host)
         if ip is None:
             waiting = self._resolving.get(host)
             if waiting is None:
@@ -286,7 +289,9 @@ class Worker:
         except OSError:
             self.counters_for(sid).drop("send_error")
             return
-        c = self.counters_for(sid)
+        c = self.counters.get(sid)
+        if c is None:
+            c = self.counters_for(sid)
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sipproxy.metrics import SocketCounters
     from sipproxy.sip.engine import Listener
     from sipproxy.worker import Worker
 
@@ -16,16 +17,23 @@ class UdpServer(asyncio.DatagramProtocol):
         self.listener = listener
         self.sid = sid
         self.transport: asyncio.DatagramTransport | None = None
+        # Bound once: the per-datagram path then does no attribute chains or counter lookups. The counters
+        # are created on the first datagram (a socket without traffic reports nothing) and live as long as
+        # the socket: remove_socket closes this server before it retires them.
+        self.counters: SocketCounters | None = None
+        self.handle = worker.handle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        counters = self.worker.counters_for(self.sid)
+        counters = self.counters
+        if counters is None:
+            counters = self.counters = self.worker.counters_for(self.sid)
         counters.rx_packets += 1
         counters.rx_bytes += len(data)
         try:
-            self.worker.handle(data, self.listener, (addr[0], addr[1]), self.sid)
+            self.handle(data, self.listener, addr if len(addr) == 2 else (addr[0], addr[1]), self.sid)
         except Exception:  # the engine promises never to raise; a worker must survive if it does
             self.worker.log.exception("failed on a datagram from %s", addr)
             counters.drop("internal_error")

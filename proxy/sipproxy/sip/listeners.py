@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sipproxy.sip.uri import format_host, host_family, normalize_host
@@ -24,6 +24,18 @@ class Listener:
     advertised_host: str | None = None  # IP or hostname; None = use host
     advertised_port: int | None = None  # None = use port
     tag: str | None = None
+    # Listeners key the runtime's per-datagram lookups: hash the six fields once, not on every lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "_hash",
+            hash((self.proto, self.host, self.port, self.advertised_host, self.advertised_port, self.tag)),
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def public_host(self) -> str:
