@@ -570,6 +570,17 @@ class SipEngine:
                 return _drop("no_socket")
 
         first_via = via_pos[0]
+        if msg.terminated and body is msg.body and (has_cl or proto not in STREAM_PROTOS):
+            # The message goes on unchanged but for our Via: splice the received bytes rather than joining
+            # every header line again. The raw lines are the CRLF-separated pieces of the header block, so
+            # the first line equal to ours, between CRLFs, is ours (earlier lines are not Via lines).
+            raw = b"\r\n" + headers[first_via][2] + b"\r\n"
+            received = msg.data
+            at = received.find(raw)
+            if at >= 0:
+                keep = b"\r\n" + our_line + b"\r\n" if our_line is not None else b"\r\n"
+                data = received[:at] + keep + received[at + len(raw) :]
+                return Outcome([Send(data, inbound, host, port, proto, conn)])
         parts = [msg.start_line, *[header[2] for header in headers[:first_via]]]
         if our_line is not None:
             parts.append(our_line)
