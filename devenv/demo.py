@@ -1,8 +1,12 @@
 """`make demo` / `make demo-down`: the whole system on this machine, left running for you to use.
 
-A real etcd and kube-apiserver, the SipSocket CRD, the operator, one proxy process (a "pod" registered by the
-harness, see devenv/fakepods.py) with a SQLite database; applies the SipSockets of examples/, waits until they
-are Ready, and sends a SIP OPTIONS to one of them.
+Where the machine can run a node (root, containerd, runc, CNI plugins, buildah, debootstrap: see
+docs/local-cluster.md), the demo is a real single-node cluster with `helm install` of the chart: operator,
+proxy DaemonSet (hostNetwork) and PostgreSQL as pods from images built here. Elsewhere it falls back to the
+API-server-only environment: a real etcd and kube-apiserver, the CRD, the operator as a process, one proxy
+process (a "pod" registered by the harness, see devenv/fakepods.py) with a SQLite database.
+SIPSOCKETS_DEMO_PROVIDER=local|apiserver forces one. Either way it applies the SipSockets of examples/, waits
+until they are Ready, and sends a SIP OPTIONS to one of them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any
 import yaml
 
 from devenv import binaries
+from devenv.cluster_client import ClusterClient
 from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
+from devenv.localcluster import node_environment_problems
 from devenv.processes import ProcessTable, alive, free_port
 from devenv.sipclient import send_options
 
@@ -30,6 +36,7 @@ DEV = REPO / ".dev"
 NAMESPACE = "voip"
 PROXY_IP = "127.0.0.2"
 CRD = REPO / "crds" / "sipsockets.io_sipsockets.yaml"
+LOCAL = DEV / "localcluster"
 
 
 def say(msg: str) -> None:
@@ -66,9 +73,52 @@ def _works(cmd: list[str]) -> bool:
 
 
 def up() -> int:
-    missing: list[str] = []
     down(quiet=True)
     DEV.mkdir(exist_ok=True)
+    provider = os.environ.get("SIPSOCKETS_DEMO_PROVIDER", "auto")
+    if provider not in ("auto", "local", "apiserver"):
+        say(f"SIPSOCKETS_DEMO_PROVIDER={provider!r}: expected local or apiserver")
+        return 2
+    if provider != "apiserver":
+        problems = node_environment_problems()
+        if not problems:
+            return up_local()
+        say("this machine cannot run a local node: " + "; ".join(problems))
+        if provider == "local":
+            return 1
+        say("falling back to the API-server-only demo (no kubelet: the proxy and operator run as processes)")
+    return up_apiserver()
+
+
+def up_local() -> int:
+    from devenv import cluster as local
+
+    say("starting a single-node cluster: images built here (minutes the first time), node, helm install")
+    node = local.up(LOCAL, install_chart=True)
+    shutil.copyfile(node.kubeconfig, DEV / "kubeconfig")
+    (DEV / "kubeconfig").chmod(0o600)
+    examples = _example_sipsockets()
+    for path in examples:
+        # The webhook's Service may have no endpoint for a moment right after the operator pod starts.
+        for attempt in range(30):
+            applied = node.kubectl("apply", "-n", NAMESPACE, "-f", str(path), check=False)
+            if applied.returncode == 0:
+                break
+            if attempt == 29:
+                raise RuntimeError(f"kubectl apply -f {path} failed: {applied.stderr.strip()}")
+            time.sleep(2)
+    say("applied " + ", ".join(str(p.relative_to(REPO)) for p in examples))
+    ready = _wait_ready(node, timeout=180)
+    print(node.kubectl("get", "sipsockets", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
+    print(node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
+    if ready:
+        _show_options(node)
+    _print_usage(node)
+    return 0 if ready else 1
+
+
+def up_apiserver() -> int:
+    missing: list[str] = []
     cp = ControlPlane(DEV)
     say("starting etcd and kube-apiserver (binaries are built on first use; that takes minutes once)")
     cp.start()
@@ -145,7 +195,7 @@ def up() -> int:
     return 0
 
 
-def _wait_ready(cp: ControlPlane, timeout: float = 90.0) -> bool:
+def _wait_ready(cp: ClusterClient, timeout: float = 90.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         items = json.loads(cp.kubectl("get", "sipsockets", "-n", NAMESPACE, "-o", "json").stdout)["items"]
@@ -162,7 +212,7 @@ def _ready(item: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
-def _show_options(cp: ControlPlane) -> None:
+def _show_options(cp: ClusterClient) -> None:
     items = json.loads(cp.kubectl("get", "sipsockets", "-n", NAMESPACE, "-o", "json").stdout)["items"]
     for item in items:
         spec = item["spec"]
@@ -174,8 +224,8 @@ def _show_options(cp: ControlPlane) -> None:
             return
 
 
-def _print_usage(cp: ControlPlane) -> None:
-    kubeconfig = os.path.relpath(cp.kubeconfig, Path.cwd())
+def _print_usage(cp: ClusterClient) -> None:
+    kubeconfig = os.path.relpath(DEV / "kubeconfig", Path.cwd())
     kubectl_dir = binaries.binary("kubectl").parent
     path_hint = (
         ""
@@ -189,7 +239,7 @@ The demo keeps running. To use it:
 {path_hint}    kubectl get sipsockets -n {NAMESPACE}
     kubectl apply -n {NAMESPACE} -f examples/carrier-a.yaml     # or a SipSocket of your own
     kubectl describe sipsocket -n {NAMESPACE} <name>
-Logs are in .dev/ (operator.log, kube-apiserver.log, pods/*/sipproxy.log).
+Logs: `kubectl logs -n {NAMESPACE} ...` on the local node; else .dev/ (operator.log, pods/*/sipproxy.log).
 Stop everything with: make demo-down
 """,
         flush=True,
@@ -197,6 +247,14 @@ Stop everything with: make demo-down
 
 
 def down(quiet: bool = False) -> int:
+    stopped_node = (LOCAL / "processes.json").exists()
+    if stopped_node:
+        from devenv.localcluster import LocalCluster
+
+        LocalCluster(LOCAL).stop()
+        shutil.rmtree(LOCAL, ignore_errors=True)
+        if not quiet:
+            say("stopped the local node")
     procs = ProcessTable(DEV)
     names = list(procs.load())
     procs.stop_all(
@@ -209,7 +267,10 @@ def down(quiet: bool = False) -> int:
         elif path.exists():
             path.unlink()
     if not quiet:
-        say(f"stopped {len(names)} processes" if names else "nothing was running")
+        if names:
+            say(f"stopped {len(names)} processes")
+        elif not stopped_node:
+            say("nothing was running")
     return 0
 
 
