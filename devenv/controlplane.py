@@ -8,6 +8,7 @@ process can stop what an earlier one started (`make demo-down`).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import ssl
 import subprocess
@@ -21,7 +22,9 @@ from devenv.cluster_client import ClusterClient, write_kubeconfig
 from devenv.processes import ProcessTable, free_port
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-SERVICE_CIDR = "10.96.0.0/16"  # only allocated in etcd; nothing routes it
+SERVICE_CIDR = "10.96.0.0/16"  # allocated in etcd; only the local node provider routes it
+# The `kubernetes` Service's address: in-cluster clients verify the serving certificate against it.
+API_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -37,7 +40,7 @@ def _make_pki(pki: Path) -> None:
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
              "-subj", "/CN=sipsockets-dev-ca", cwd=pki)  # fmt: skip
     (pki / "serving.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        f"subjectAltName=IP:127.0.0.1,IP:::1,IP:{API_SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
         "extendedKeyUsage=serverAuth\n"
     )
@@ -58,6 +61,9 @@ def _b64(path: Path) -> str:
 
 
 class ControlPlane(ClusterClient):
+    # Flags a provider adds to kube-apiserver's (the local node provider's kubelet addressing, for one).
+    apiserver_extra_args: tuple[str, ...] = ()
+
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir.resolve(), workdir.resolve() / "kubeconfig")
         self.pki = self.workdir / "pki"
@@ -113,6 +119,7 @@ class ControlPlane(ClusterClient):
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--v=1",
+                *self.apiserver_extra_args,
             ],
             self.workdir / "kube-apiserver.log",
         )

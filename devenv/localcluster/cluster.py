@@ -8,22 +8,21 @@ process can stop it (`python -m devenv.cluster down`).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from devenv import binaries, images
-from devenv.controlplane import SERVICE_CIDR, ControlPlane, _make_pki
+from devenv.controlplane import SERVICE_CIDR, ControlPlane
 from devenv.localcluster import hostnet, layout, render
 from devenv.localcluster.layout import NodePaths
-from devenv.processes import ProcessTable, alive, free_port
+from devenv.processes import alive, free_port
 
 # The API server reaches the kubelet (logs, exec, port-forward) by the node's InternalIP: the node name
 # resolves nowhere on this machine.
@@ -32,49 +31,14 @@ APISERVER_EXTRA_ARGS = ("--kubelet-preferred-address-types=InternalIP,Hostname",
 _ORDER = ("kubelet", "services", "kube-scheduler", "kube-controller-manager", "containerd")
 
 
-def _serving_cert_for_pods(pki: Path) -> None:
-    """Pods reach the API server as https://10.96.0.1 (the `kubernetes` Service): its serving certificate
-    must name that address too. ControlPlane makes the PKI only when it is missing, so making it first and
-    re-issuing the serving certificate with the extra name is enough."""
-    _make_pki(pki)
-    service_ip = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)
-    ext = pki / "serving.ext"
-    if f"IP:{service_ip}," in ext.read_text():
-        return
-    ext.write_text(ext.read_text().replace("subjectAltName=", f"subjectAltName=IP:{service_ip},", 1))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for cmd in (
-        ["req", *ec, "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver"],
-        ["x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-         "-days", "3650", "-extfile", "serving.ext", "-out", "apiserver.crt"],
-    ):  # fmt: skip
-        subprocess.run(["openssl", *cmd], cwd=pki, check=True, capture_output=True)
-
-
-class _NodeProcessTable(ProcessTable):
-    """Adds the node's API server flags; ControlPlane has no hook for extra flags (yet)."""
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        log: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> subprocess.Popen[bytes]:
-        if name == "kube-apiserver":
-            argv = [*argv, *APISERVER_EXTRA_ARGS]
-        return super().start(name, argv, log, env=env, cwd=cwd)
-
-
 class LocalCluster(ControlPlane):
+    apiserver_extra_args = APISERVER_EXTRA_ARGS
     node_name = layout.NODE_NAME
     node_ip = layout.NODE_IP
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.paths = NodePaths(self.workdir)
-        self.procs = _NodeProcessTable(self.workdir)
 
     # -- start -----------------------------------------------------------------------------------------
 
@@ -83,7 +47,6 @@ class LocalCluster(ControlPlane):
         bins = binaries.ensure(["kubelet", "kube-controller-manager", "kube-scheduler", "kubectl"])
         pause = images.pause_image()
         self._claim_node()
-        _serving_cert_for_pods(self.pki)
         super().start(timeout=max(30.0, deadline - time.monotonic()))
         try:
             self._prepare_node()
