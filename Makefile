@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: venv lint binaries test test-unit test-integration test-e2e demo demo-down bench clean
+.PHONY: venv lint binaries test test-unit test-integration test-e2e test-e2e-kind demo demo-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP) binaries
 	$(PYTEST) tests/e2e
+
+# Machines with Docker and kind only (not CI): the provider-independent e2e tests against a kind cluster.
+test-e2e-kind: $(STAMP)
+	SIPSOCKETS_E2E_PROVIDER=kind $(PYTEST) tests/e2e/test_harness.py tests/e2e/test_chart_dryrun.py \
+		-k "not teardown_leaves_no_process"
 
 demo: $(STAMP) binaries
 	$(PY) -m devenv.demo up
