@@ -22,6 +22,7 @@ from sipoperator.proxies import Fleet, Listed, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, SpecError, row_key, same_row, validate
 from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
+from sipproxy.socketspec import parse_row
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
@@ -207,6 +208,7 @@ class Reconciler:
                 self.metrics.errors.inc(reason=ready.reason)
             new_status: dict[str, Any] = {
                 "observedGeneration": generation,
+                "port": parse_row(socket, None, None, None, None).port if socket else None,
                 "socket": socket,
                 "conditions": merged,
                 "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],

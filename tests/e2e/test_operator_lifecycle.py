@@ -57,6 +57,14 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     assert out[0].split() == ["NAME", "PROTOCOL", "ADDRESS", "PORT", "READY", "REASON", "AGE"]
     assert out[1].split()[:6] == ["carrier-a", "udp", addr, "5070", "True", "Listening"]
 
+    # A port left out is the protocol's default, and the Port column says which.
+    apply(cp, ns, sipsocket("carrier-d", "tcp", addr, None))
+    defaulted = wait_condition(cp, ns, "carrier-d", "Ready", "True", "Listening")
+    assert defaulted["status"]["socket"] == f"tcp:{addr}:5060"
+    row = cp.kubectl("get", "sipsock", "carrier-d", "-n", ns, "--no-headers").stdout.split()
+    assert row[:4] == ["carrier-d", "tcp", addr, "5060"]
+    cp.kubectl("delete", "sipsock", "carrier-d", "-n", ns)
+
     # Port change: the row is replaced, the old endpoint stops answering, the new one answers.
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5072, tag="carrier-a"))
     obj = wait_condition(cp, ns, "carrier-a", "Ready", "True")
