@@ -98,13 +98,19 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
             facts.top_via_values = [headers[via_positions[0]][1]]
             via_ok = False
         facts.top_via = parse_via(facts.top_via_values[0])
-    call_id = msg.first(b"call-id")
+    get = index.get
+    from_pos = get(b"from")
+    to_pos = get(b"to")
+    call_id_pos = get(b"call-id")
+    cseq_pos = get(b"cseq")
+    mf_pos = get(b"max-forwards")
+    call_id = headers[call_id_pos[0]][1] if call_id_pos else None
     facts.call_id = call_id or b""
-    from_value = msg.first(b"from")
-    to_value = msg.first(b"to")
+    from_value = headers[from_pos[0]][1] if from_pos else None
+    to_value = headers[to_pos[0]][1] if to_pos else None
     facts.from_tag = header_tag(from_value) if from_value is not None else None
     facts.to_tag = header_tag(to_value) if to_value is not None else None
-    cseq = msg.first(b"cseq")
+    cseq = headers[cseq_pos[0]][1] if cseq_pos else None
     if cseq is not None:
         cseq_parts = cseq.split()
         if len(cseq_parts) == 2:
@@ -118,13 +124,26 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
         return _reject(facts, 400, "Bad Request (malformed request line)", "parse_error")
     if not msg.terminated:
         return _reject(facts, 400, "Bad Request (header block not terminated)", "parse_error")
-    for name, required in _CHECKED:
-        positions = index.get(name)
-        if positions is None:
-            if required:
-                return _reject(facts, 400, f"Bad Request (missing {_DISPLAY[name]})", "parse_error")
-        elif len(positions) > 1 and name != b"via":
-            return _reject(facts, 400, f"Bad Request (multiple {_DISPLAY[name]})", "parse_error")
+    # Every well-formed request passes this one test; the loop below finds which check failed first.
+    if not (
+        via_positions
+        and from_pos is not None
+        and len(from_pos) == 1
+        and to_pos is not None
+        and len(to_pos) == 1
+        and call_id_pos is not None
+        and len(call_id_pos) == 1
+        and cseq_pos is not None
+        and len(cseq_pos) == 1
+        and (mf_pos is None or len(mf_pos) == 1)
+    ):
+        for name, required in _CHECKED:
+            positions = index.get(name)
+            if positions is None:
+                if required:
+                    return _reject(facts, 400, f"Bad Request (missing {_DISPLAY[name]})", "parse_error")
+            elif len(positions) > 1 and name != b"via":
+                return _reject(facts, 400, f"Bad Request (multiple {_DISPLAY[name]})", "parse_error")
 
     # Via: every value must parse, not only ours to read (RFC 4475 3.1.2.1).
     if not via_ok or facts.top_via is None:
@@ -151,7 +170,7 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
             return _reject(facts, 501, "Not Implemented", "method_mismatch")
         return _reject(facts, 400, "Bad Request (CSeq method does not match)", "parse_error")
 
-    mf = msg.first(b"max-forwards")
+    mf = headers[mf_pos[0]][1] if mf_pos else None
     if mf is not None:
         if not mf.isdigit() or len(mf) > 10:
             return _reject(facts, 400, "Bad Request (malformed Max-Forwards)", "parse_error")
