@@ -28,6 +28,8 @@ from devenv.processes import alive, free_port
 # resolves nowhere on this machine.
 APISERVER_EXTRA_ARGS = ("--kubelet-preferred-address-types=InternalIP,Hostname",)
 
+MAX_KUBELET_ROOT = 75
+
 _ORDER = ("kubelet", "services", "kube-scheduler", "kube-controller-manager", "containerd")
 
 
@@ -43,6 +45,13 @@ class LocalCluster(ControlPlane):
     # -- start -----------------------------------------------------------------------------------------
 
     def start(self, timeout: float = 300.0, images_to_import: Iterable[str] = ()) -> None:
+        # The kubelet binds unix sockets up to ~30 bytes below its root dir (pod-resources/<n>,
+        # device-plugins/kubelet.sock), and AF_UNIX paths stop at 107 bytes.
+        if len(str(self.paths.kubelet_root)) > MAX_KUBELET_ROOT:
+            raise ValueError(
+                f"work dir {self.workdir} is too long for the kubelet's unix sockets: its root dir "
+                f"{self.paths.kubelet_root} must stay within {MAX_KUBELET_ROOT} characters"
+            )
         deadline = time.monotonic() + timeout
         bins = binaries.ensure(["kubelet", "kube-controller-manager", "kube-scheduler", "kubectl"])
         pause = images.pause_image()

@@ -48,8 +48,11 @@ def _pod(name: str, image: str, host_network: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_down_from_another_process_leaves_nothing_behind(tmp_path: Path, built_images: images.Images) -> None:
-    cluster = LocalCluster(tmp_path / "cluster")
+def test_down_from_another_process_leaves_nothing_behind(
+    tmp_path_factory: pytest.TempPathFactory, built_images: images.Images
+) -> None:
+    # A short work dir: the kubelet's unix sockets live under it (see LocalCluster.start).
+    cluster = LocalCluster(tmp_path_factory.mktemp("teardown") / "cluster")
     cluster.start(images_to_import=[built_images.proxy])
     try:
         pods = [_pod("bridged", built_images.proxy, False), _pod("host", built_images.proxy, True)]
