@@ -63,3 +63,11 @@ def send_options(address: str, port: int, transport: str = "udp", timeout: float
 def status_code(reply: str) -> int:
     parts = reply.split(" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def answers_ok(address: str, port: int, transport: str = "udp", timeout: float = 2.0) -> bool:
+    """Does a SIP socket at address:port answer an OPTIONS addressed to it with 200?"""
+    try:
+        return status_code(send_options(address, port, transport=transport, timeout=timeout)) == 200
+    except (TimeoutError, OSError):
+        return False

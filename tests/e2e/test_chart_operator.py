@@ -23,7 +23,7 @@ import yaml
 from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
 from devenv.processes import free_port
-from devenv.sipclient import send_options, status_code
+from devenv.sipclient import answers_ok
 from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall
 from tests.e2e.operator_support import (
     Addresses,
@@ -41,13 +41,6 @@ __all__ = ["chart_crds"]  # fixtures
 RELEASE = "sipsockets"
 # Generous: the machines are shared and busy; a wait ends as soon as its condition holds.
 WAIT = 180.0
-
-
-def answers(address: str, port: int) -> bool:
-    try:
-        return status_code(send_options(address, port, transport="udp", timeout=2)) == 200
-    except (TimeoutError, OSError):
-        return False
 
 
 def mount_secrets(
@@ -244,7 +237,7 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     assert apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060)).returncode == 0
     obj = wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
     assert obj["status"]["listeners"][0]["pod"] == pod.name
-    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
+    assert wait_for(lambda: answers_ok(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
     reasons = {
         e["reason"] for e in json.loads(cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
     }
@@ -259,13 +252,13 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # Update: the port moves.
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5062))
     wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
-    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
-    assert wait_for(lambda: not answers(addr, 5060), f"udp {addr}:5060 closed", timeout=WAIT)
+    assert wait_for(lambda: answers_ok(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
+    assert wait_for(lambda: not answers_ok(addr, 5060), f"udp {addr}:5060 closed", timeout=WAIT)
 
     # Delete: the finalizer runs (row removed, proxies reloaded) and the object goes.
     cp.kubectl("delete", "sipsocket", "carrier-a", "-n", ns, "--wait=false")
     wait_for(lambda: get(cp, ns, "carrier-a") is None, "carrier-a deleted", timeout=WAIT)
-    assert wait_for(lambda: not answers(addr, 5062), f"udp {addr}:5062 closed", timeout=WAIT)
+    assert wait_for(lambda: not answers_ok(addr, 5062), f"udp {addr}:5062 closed", timeout=WAIT)
 
     # Nothing the operator did was refused: the chart's Role is enough.
     log = op.tail(200_000)
@@ -321,7 +314,7 @@ def test_peering_replicas_with_the_charts_service_account(world: ChartWorld) -> 
     addr = world.addresses.next()
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060))
     wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
-    assert wait_for(lambda: answers(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
+    assert wait_for(lambda: answers_ok(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
     # The lower-priority replica stood by: it did not handle the SipSocket.
     assert "carrier-a" not in standby.tail(200_000)
 
@@ -329,7 +322,7 @@ def test_peering_replicas_with_the_charts_service_account(world: ChartWorld) -> 
     active.stop()
     apply(cp, ns, sipsocket("carrier-b", "udp", addr, 5062))
     wait_condition(cp, ns, "carrier-b", "Ready", "True", timeout=WAIT)
-    assert wait_for(lambda: answers(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
+    assert wait_for(lambda: answers_ok(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)
 
     for op in world.operators:
         log = op.tail(200_000)

@@ -8,7 +8,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from devenv.sipclient import send_options, status_code
+from devenv.sipclient import answers_ok
 from tests.e2e.operator_support import (
     Env,
     apply,
@@ -22,13 +22,6 @@ from tests.e2e.operator_support import (
 )
 
 __all__ = ["crd", "env"]  # fixtures
-
-
-def answers(proto: str, address: str, port: int) -> bool:
-    try:
-        return status_code(send_options(address, port, transport=proto, timeout=2)) == 200
-    except (TimeoutError, OSError):
-        return False
 
 
 def rows(db: Path) -> list[tuple[int, str, str | None]]:
@@ -49,12 +42,12 @@ def test_proxy_killed_and_restarted_listeners_recover(env: Env) -> None:
     pod.kill()  # the container crashes: process gone, Pod not Ready
     obj = wait_condition(cp, ns, "s", "Ready", "False", "NoProxyPods")
     assert obj["status"]["listeners"] == []
-    assert not answers("udp", addr, 5070)
+    assert not answers_ok(addr, 5070)
 
     pod.start()  # restarted by its kubelet
     obj = wait_condition(cp, ns, "s", "Ready", "True", "Listening")
     assert [entry["state"] for entry in obj["status"]["listeners"]] == ["Listening"]
-    assert wait_for(lambda: answers("udp", addr, 5070), "OPTIONS answered after the restart")
+    assert wait_for(lambda: answers_ok(addr, 5070), "OPTIONS answered after the restart")
 
 
 def test_hung_proxy_is_reported_unreachable_then_recovers(env: Env) -> None:
@@ -112,7 +105,7 @@ def test_rows_edited_or_deleted_by_hand_are_repaired(env: Env) -> None:
         conn.execute("DELETE FROM sockets WHERE tag = 'mine'")
     wait_for(lambda: any(r[1:] == (f"udp:{addr}:5070", "mine") for r in rows(db)), "the row re-created")
     wait_condition(cp, ns, "s", "Ready", "True")
-    assert wait_for(lambda: answers("udp", addr, 5070), "still answering")
+    assert wait_for(lambda: answers_ok(addr, 5070), "still answering")
     # The row it does not own was never touched.
     assert any(r[1:] == ("udp:127.0.0.1:5999", "not-ours") for r in rows(db))
 
@@ -134,7 +127,7 @@ def test_capacity_exceeded_until_a_slot_frees_up(env: Env) -> None:
 
     cp.kubectl("delete", "sipsocket", "one", "-n", ns, "--timeout=60s")
     wait_condition(cp, ns, "two", "Ready", "True")
-    assert wait_for(lambda: answers("udp", addr, 5071), "the second socket answering")
+    assert wait_for(lambda: answers_ok(addr, 5071), "the second socket answering")
 
 
 def test_operator_killed_mid_reconcile_leaves_a_consistent_table(env: Env) -> None:

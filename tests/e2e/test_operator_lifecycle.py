@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from devenv.sipclient import send_options, status_code
+from devenv.sipclient import answers_ok
 from tests.e2e.operator_support import (
     Env,
     apply,
@@ -21,13 +21,6 @@ from tests.e2e.operator_support import (
 )
 
 __all__ = ["crd", "env"]  # fixtures
-
-
-def answers(proto: str, address: str, port: int) -> bool:
-    try:
-        return status_code(send_options(address, port, transport=proto, timeout=2)) == 200
-    except (TimeoutError, OSError):
-        return False
 
 
 def table(db: Path) -> list[tuple[str, str | None]]:
@@ -47,7 +40,7 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     assert obj["status"]["listeners"] == [{"pod": pod.name, "state": "Listening", "message": "listening"}]
     assert condition(obj, "Accepted")["status"] == "True"
     assert condition(obj, "Programmed")["status"] == "True"
-    assert wait_for(lambda: answers("udp", addr, 5070), f"OPTIONS answered on udp {addr}:5070")
+    assert wait_for(lambda: answers_ok(addr, 5070), f"OPTIONS answered on udp {addr}:5070")
     assert table(env.workdir / "sockets.db") == [(f"udp:{addr}:5070", "carrier-a")]
     reasons = {e["reason"] for e in events(cp, ns, "carrier-a")}
     assert {"Accepted", "Programmed", "Listening"} <= reasons
@@ -69,15 +62,15 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5072, tag="carrier-a"))
     obj = wait_condition(cp, ns, "carrier-a", "Ready", "True")
     assert obj["status"]["socket"] == f"udp:{addr}:5072"
-    assert wait_for(lambda: answers("udp", addr, 5072), "OPTIONS answered on the new port")
-    assert wait_for(lambda: not answers("udp", addr, 5070), "the old port silent")
+    assert wait_for(lambda: answers_ok(addr, 5072), "OPTIONS answered on the new port")
+    assert wait_for(lambda: not answers_ok(addr, 5070), "the old port silent")
     assert table(env.workdir / "sockets.db") == [(f"udp:{addr}:5072", "carrier-a")]
 
     # Delete: the finalizer removes the row and reloads the proxy before the object goes.
     cp.kubectl("delete", "sipsocket", "carrier-a", "-n", ns, "--wait=true", "--timeout=60s")
     assert get(cp, ns, "carrier-a") is None
     assert table(env.workdir / "sockets.db") == []
-    assert not answers("udp", addr, 5072)
+    assert not answers_ok(addr, 5072)
 
 
 def test_tcp_socket_with_defaults(env: Env) -> None:
@@ -88,4 +81,4 @@ def test_tcp_socket_with_defaults(env: Env) -> None:
     apply(cp, ns, sipsocket("carrier-b", "tcp", addr, advertised={"address": "sbc.example.com"}))
     obj = wait_condition(cp, ns, "carrier-b", "Ready", "True")
     assert obj["status"]["socket"] == f"tcp:{addr}:5060"
-    assert wait_for(lambda: answers("tcp", addr, 5060), f"OPTIONS answered on tcp {addr}:5060")
+    assert wait_for(lambda: answers_ok(addr, 5060, "tcp"), f"OPTIONS answered on tcp {addr}:5060")
