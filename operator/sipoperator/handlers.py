@@ -12,6 +12,7 @@ from kopf._cogs.clients import api as kopf_api  # kopf's own API access, for sta
 from kopf._cogs.clients import errors as kopf_errors
 
 from sipoperator.conditions import Condition
+from sipoperator.proxies import mi_port_of
 from sipoperator.reconciler import Reconciler
 from sipoperator.store import DatabaseUnavailable
 
@@ -164,4 +165,7 @@ def register(
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
         )
-        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready)
+        mi_port, problem = mi_port_of(body.metadata.annotations)
+        if problem:
+            log.warning("proxy pod %s: %s; using --mi-port %d", name, problem, rec.settings.mi_port)
+        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready, mi_port)

@@ -25,6 +25,10 @@ from sipoperator.spec import EndpointKey, row_key
 
 log = logging.getLogger(__name__)
 METHOD_NOT_FOUND = -32601
+# A pod's own MI port, overriding --mi-port for that pod. Needed wherever pods of one fleet answer on
+# different ports: a `helm upgrade` changing the MI port rolls the pods one by one, and several hostNetwork
+# pods on one node share the node's address.
+MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
 
@@ -54,11 +58,11 @@ class MIClient:
         if self._session is not None:
             await self._session.close()
 
-    def url(self, ip: str) -> str:
+    def url(self, ip: str, port: int | None = None) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{self.settings.mi_port}/{self.settings.mi_root}"
+        return f"http://{host}:{port or self.settings.mi_port}/{self.settings.mi_root}"
 
-    async def call(self, ip: str, method: str, wait: float | None = None) -> Any:
+    async def call(self, ip: str, method: str, wait: float | None = None, *, port: int | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
         try:
             token = self.settings.mi_token()
@@ -69,7 +73,7 @@ class MIClient:
         payload = {"jsonrpc": "2.0", "method": method, "params": {}, "id": next(_ids)}
         try:
             async with self._sess().post(
-                self.url(ip),
+                self.url(ip, port),
                 json=payload,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=wait or self.settings.mi_timeout),
@@ -138,6 +142,18 @@ class Listed:
         return found
 
 
+def mi_port_of(annotations: Mapping[str, str] | None) -> tuple[int | None, str]:
+    """The MI port a pod's annotation names: (port, "") when set and valid, (None, "") when absent, and
+    (None, why) when it cannot be a port, so the caller can say so and fall back to --mi-port."""
+    raw = (annotations or {}).get(MI_PORT_ANNOTATION)
+    if raw is None:
+        return None, ""
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return None, f"annotation {MI_PORT_ANNOTATION}={raw!r} is not a port (1-65535)"
+    return int(text), ""
+
+
 def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
     """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
     sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
@@ -165,6 +181,7 @@ class ProxyPod:
     ip: str
     client: MIClient
     metrics: Metrics
+    mi_port: int | None = None  # None: the operator's --mi-port
     static: list[str] | None = None
     capacity: int | None = None
     opensips: bool | None = None
@@ -175,10 +192,13 @@ class ProxyPod:
         self._reload = Coalesced(self._do_reload)
         self._listing = Coalesced(self._do_list)
 
+    async def _call(self, method: str) -> Any:
+        return await self.client.call(self.ip, method, port=self.mi_port)
+
     async def _do_reload(self) -> Any:
         started = time.monotonic()
         try:
-            result = await self.client.call(self.ip, "sockets_reload")
+            result = await self._call("sockets_reload")
         except (Unreachable, MIError):
             self.metrics.reloads.inc(result="error")
             raise
@@ -187,7 +207,7 @@ class ProxyPod:
         return result
 
     async def _do_list(self) -> Listed:
-        return parse_listing(await self.client.call(self.ip, "sockets_list"), self.opensips)
+        return parse_listing(await self._call("sockets_list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()
@@ -201,7 +221,7 @@ class ProxyPod:
             return
         static: list[str] = []
         try:
-            sockets = await self.client.call(self.ip, "list_sockets")
+            sockets = await self._call("list_sockets")
             self.opensips = False
             for item in sockets if isinstance(sockets, list) else []:
                 if isinstance(item, Mapping) and item.get("kind") == "static" and item.get("socket"):
@@ -211,7 +231,7 @@ class ProxyPod:
                 raise Unreachable(str(exc)) from exc
             self.opensips = True
         try:
-            cap = await self.client.call(self.ip, "sockets_capacity")
+            cap = await self._call("sockets_capacity")
             if isinstance(cap, Mapping) and isinstance(cap.get("max_sockets"), int):
                 self.capacity = int(cap["max_sockets"])
         except MIError as exc:
@@ -231,18 +251,21 @@ class Fleet:
         self.epoch = 0
         self.on_change: Callable[[], None] | None = None
 
-    def observe(self, name: str, uid: str, ip: str | None, ready: bool) -> None:
+    def observe(self, name: str, uid: str, ip: str | None, ready: bool, mi_port: int | None = None) -> None:
         current = self.pods.get(name)
         if not ready or not ip:
             if current is not None:
                 del self.pods[name]
                 self._bump(f"proxy pod {name} is no longer ready")
             return
-        if current is not None and current.uid == uid and current.ip == ip:
+        if current is not None and (current.uid, current.ip, current.mi_port) == (uid, ip, mi_port):
             return
-        # New pod, or the same pod restarted: forget what the old process said.
-        self.pods[name] = ProxyPod(name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics)
-        self._bump(f"proxy pod {name} is ready at {ip}")
+        # New pod, the same pod restarted, or its MI moved: forget what the old process said.
+        self.pods[name] = ProxyPod(
+            name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics, mi_port=mi_port
+        )
+        port = mi_port or self.settings.mi_port
+        self._bump(f"proxy pod {name} is ready at {ip}, MI port {port}")
 
     def forget(self, name: str) -> None:
         if self.pods.pop(name, None) is not None:

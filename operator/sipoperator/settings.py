@@ -53,7 +53,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--db-url-file", "SIPSOCKETS_DB_URL_FILE", "file holding the database URL (e.g. a mounted Secret)"),
     ("--table-name", "SIPSOCKETS_TABLE_NAME", "sockets table name (default: sockets)"),
     ("--proxy-selector", "SIPSOCKETS_PROXY_SELECTOR", "label selector of the proxy pods (k=v,k2=v2)"),
-    ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI HTTP port (default: 8888)"),
+    ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI port (8888); annotation sipsockets.io/mi-port wins"),
     ("--mi-root", "SIPSOCKETS_MI_ROOT", "proxy MI path (default: mi)"),
     ("--mi-token-file", "SIPSOCKETS_MI_TOKEN_FILE", "file holding the MI bearer token"),
     ("--resync-period", "SIPSOCKETS_RESYNC_PERIOD", "seconds between drift checks of each SipSocket (60)"),
