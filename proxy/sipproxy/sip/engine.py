@@ -13,6 +13,7 @@ transaction. Connection ids come from `register_connection` and map back through
 from __future__ import annotations
 
 import logging
+import re
 import time
 import weakref
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from sipproxy.sip.replies import OPTIONS_HEADERS, build_reply, header_name
 from sipproxy.sip.routing import Route, select_route
 from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
 from sipproxy.sip.validate import RequestFacts, inspect_request
-from sipproxy.sip.via import fix_received, parse_via
+from sipproxy.sip.via import Via, fix_received, parse_via
 
 __all__ = ["Listener", "ListenerView", "Outcome", "Send", "SipEngine"]
 
@@ -51,6 +52,11 @@ UDP_SIZE_LIMIT = 1300
 # a rebuild each time).
 _REFRESH_INTERVAL = 1.0
 _INTERNAL_ERROR_LOG_INTERVAL = 10.0
+# The rest of a Via value we wrote, after `;branch=`: our branch and the socket key, nothing added since.
+_OUR_VIA_TAIL = re.compile(rb"z9hG4bKsps[0-9a-f]+\.[0-9a-f]+;sk=([a-z][0-9a-f]+-[0-9a-f]+(?:-[0-9a-f]+)?)")
+# In a lowercased header block: a line with no colon before its end (or before a stray CR), one starting
+# with the colon, or a Via name followed by white space. The response fast path leaves those to the parser.
+_ODD_LINE = re.compile(rb"\r\n(?:[^:\r]*(?:\r|$)|:|v(?:ia)?[ \t])")
 log = logging.getLogger(__name__)
 
 REASON_PHRASES = {
@@ -196,6 +202,10 @@ class SipEngine:
             data = data.lstrip(b"\r\n")
             if not data:
                 return _drop("keepalive")
+        if data[:4] == b"SIP/":
+            fast = self._response_fast(data)
+            if fast is not None:
+                return fast
         try:
             msg = parse_message(data)
         except ParseError:
@@ -442,13 +452,16 @@ class SipEngine:
                     overrides[route_pos[0]] = line
                 else:
                     parts.append(line)
-        raws: list[bytes | None] = [header[2] for header in headers]
-        for i, replacement in overrides.items():
-            raws[i] = replacement
-        if None in raws:
-            parts.extend(raw for raw in raws if raw is not None)
+        if overrides:
+            for i, header in enumerate(headers):
+                if i in overrides:
+                    replacement = overrides[i]
+                    if replacement is not None:
+                        parts.append(replacement)
+                else:
+                    parts.append(header[2])
         else:
-            parts.extend(raws)  # type: ignore[arg-type]
+            parts.extend([header[2] for header in headers])
         body = facts.body
         if facts.content_length is None and proto in STREAM_PROTOS:
             parts.append(b"Content-Length: %d" % len(body))
@@ -546,28 +559,10 @@ class SipEngine:
         if nxt is None:
             return _drop("parse_error")
 
-        inbound: Listener | None = None
-        conn: object | None = None
-        sk = ours.params.get(b"sk")
-        if sk:
-            key, cid = parse_socket_key(sk)
-            inbound = self._index.by_key(key)
-            if inbound is None and self._refresh_if_stale():
-                inbound = self._index.by_key(key)
-            if cid is not None:
-                conn = self.connection(cid)
-        proto = inbound.proto if inbound is not None else nxt.transport.lower()
-        if proto == "udp":
-            host = nxt.received or nxt.host
-            port = nxt.rport or nxt.port or 5060
-            conn = None
-        else:
-            host = nxt.received or nxt.host
-            port = nxt.port or (5061 if proto in ("tls", "wss") else 5060)
-        if inbound is None:
-            inbound = self._index.pick(proto, host_family(host))
-            if inbound is None:
-                return _drop("no_socket")
+        target = self._back_by_via(ours.params.get(b"sk"), nxt)
+        if isinstance(target, str):
+            return _drop(target)
+        inbound, host, port, proto, conn = target
 
         first_via = via_pos[0]
         if msg.terminated and body is msg.body and (has_cl or proto not in STREAM_PROTOS):
@@ -589,6 +584,125 @@ class SipEngine:
             parts.append(b"Content-Length: %d" % len(body))
         data = b"\r\n".join(parts) + b"\r\n\r\n" + body
         return Outcome([Send(data, inbound, host, port, proto, conn)])
+
+    def _back_by_via(self, sk: bytes | None, nxt: Via) -> tuple[Listener, str, int, str, object | None] | str:
+        """Where a response goes (RFC 3261 18.2.2, RFC 3581): the socket our Via's `sk` names (and the
+        connection, for streams), the next Via's received/rport or sent-by. A str is the drop reason."""
+        inbound: Listener | None = None
+        conn: object | None = None
+        if sk:
+            key, cid = parse_socket_key(sk)
+            inbound = self._index.by_key(key)
+            if inbound is None and self._refresh_if_stale():
+                inbound = self._index.by_key(key)
+            if cid is not None:
+                conn = self.connection(cid)
+        proto = inbound.proto if inbound is not None else nxt.transport.lower()
+        host = nxt.received or nxt.host
+        if proto == "udp":
+            port = nxt.rport or nxt.port or 5060
+            conn = None
+        else:
+            port = nxt.port or (5061 if proto in ("tls", "wss") else 5060)
+        if inbound is None:
+            inbound = self._index.pick(proto, host_family(host))
+            if inbound is None:
+                return "no_socket"
+        return inbound, host, port, proto, conn
+
+    def _response_fast(self, data: bytes) -> Outcome | None:
+        """The usual response, forwarded from the received bytes without splitting every header line.
+
+        Taken only when the message has the plain shape our own requests produce answers in: a SIP/2.0
+        status line, a terminated header block without folding, every line `name: value`, our Via alone on
+        the first Via line and written exactly as we write it, one Content-Length matching the body. The
+        parameters of our Via that we read (branch, sk) and the next Via are parsed as on the general path;
+        anything else (None) goes the general way, which gives the same answer for these messages.
+        """
+        code = data[8:11]
+        if data[:8] != b"SIP/2.0 " or not (b"100" <= code <= b"699") or not code.isdigit():
+            return None
+        if data[11:12] != b" " and data[11:13] != b"\r\n":
+            return None
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = data[:end]
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return None
+        low = head.lower()
+        if _ODD_LINE.search(low) is not None:
+            return None
+        at = _via_line(low, 0)
+        if at < 0:
+            return None
+        eol = head.find(b"\r\n", at + 2)
+        if eol < 0:
+            eol = end
+        value = head[head.find(b":", at) + 1 : eol].strip()
+        if not _single_plain(value):
+            return None
+        branch_at = value.find(b";branch=") + 8
+        if branch_at < 8 or not self._index.is_our_via_prefix(value[:branch_at]):
+            return None
+        ours = _OUR_VIA_TAIL.fullmatch(value, branch_at)
+        if ours is not None:
+            sk: bytes | None = ours[1]
+        else:
+            # Parameters added downstream (received, rport...): read them as the general path does.
+            via = parse_via(value)
+            if via is None or not (via.branch or b"").startswith(OUR_BRANCH_PREFIX):
+                return None
+            sk = via.params.get(b"sk")
+
+        cseq_at = low.find(b"\r\ncseq:")
+        if cseq_at >= 0:
+            cseq_end = head.find(b"\r\n", cseq_at + 7)
+            cseq = head[cseq_at + 7 : cseq_end if cseq_end >= 0 else end]
+            number = cseq.split(None, 1)[0] if cseq.strip() else b""
+            if not number.isdigit() or len(number) > 10 or int(number) > 2**32 - 1:
+                return _drop("parse_error")
+        if low.count(b"\r\ncontent-length:") + low.count(b"\r\nl:") != 1:
+            return None
+        cl_at = low.find(b"\r\ncontent-length:")
+        cl_at = cl_at + 17 if cl_at >= 0 else low.find(b"\r\nl:") + 4
+        cl_end = head.find(b"\r\n", cl_at)
+        length = head[cl_at : cl_end if cl_end >= 0 else end].strip()
+        if not length.isdigit() or len(length) > 10 or int(length) != len(data) - end - 4:
+            return None
+
+        nxt_at = _via_line(low, eol)
+        if nxt_at < 0:
+            return None
+        nxt_end = head.find(b"\r\n", nxt_at + 2)
+        next_raw = head[head.find(b":", nxt_at) + 1 : nxt_end if nxt_end >= 0 else end].strip()
+        if not _single_plain(next_raw):
+            try:
+                next_raw = split_values(next_raw)[0]
+            except ValueSyntaxError:
+                return None
+        nxt = parse_via(next_raw)
+        if nxt is None:
+            return None
+        target = self._back_by_via(sk, nxt)
+        if isinstance(target, str):
+            return _drop(target)
+        inbound, host, port, proto, conn = target
+        return Outcome([Send(data[:at] + data[eol:], inbound, host, port, proto, conn)])
+
+
+def _single_plain(value: bytes) -> bool:
+    """One header value with nothing `split_values` would have to look at: no comma, quote or bracket."""
+    return not (b"," in value or b'"' in value or b"<" in value or b">" in value)
+
+
+def _via_line(low: bytes, start: int) -> int:
+    """Where (at its leading CRLF) the first Via line after `start` begins in a lowercased header block."""
+    long_at = low.find(b"\r\nvia:", start)
+    short_at = low.find(b"\r\nv:", start)
+    if long_at < 0 or 0 <= short_at < long_at:
+        return short_at
+    return long_at
 
 
 def _next_hop(uri: SipUri) -> tuple[str, int, str | None]:

@@ -108,7 +108,7 @@ class Wire:
 class ListenerIndex:
     """A snapshot of the listeners with the lookups the hot path needs, all O(1) or first-fit."""
 
-    __slots__ = ("_by_key", "_by_public", "_ours", "_wires", "listeners")
+    __slots__ = ("_by_key", "_by_public", "_ours", "_via_prefixes", "_wires", "listeners")
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
         self.listeners = list(listeners)
@@ -116,9 +116,13 @@ class ListenerIndex:
         self._wires: dict[Listener, Wire] = {}
         self._by_key: dict[bytes, Listener] = {}
         self._by_public: dict[tuple[str, int, str], Listener] = {}
+        # The values of the Vias we write, up to and including `;branch=`: a response whose top Via starts
+        # with one of them is ours without parsing that Via.
+        self._via_prefixes: set[bytes] = set()
         for lst in self.listeners:
             wire = Wire.of(lst)
             self._wires[lst] = wire
+            self._via_prefixes.add(wire.via_head[len(b"Via: ") :])
             self._by_key.setdefault(wire.sk, lst)
             for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
                 norm = normalize_host(host)
@@ -134,6 +138,10 @@ class ListenerIndex:
         if wire is None:
             wire = self._wires[listener] = Wire.of(listener)
         return wire
+
+    def is_our_via_prefix(self, prefix: bytes) -> bool:
+        """True when `prefix` (a Via value up to `;branch=`) is exactly how we write one of our Vias."""
+        return prefix in self._via_prefixes
 
     def by_key(self, key: bytes) -> Listener | None:
         return self._by_key.get(key)

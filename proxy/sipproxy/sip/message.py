@@ -101,12 +101,14 @@ def parse_message(data: bytes) -> SipMessage:
         written, colon, rest = line.partition(b":")
         if not colon or not written:
             raise ParseError("header line without a colon")
-        name = names.get(written)  # type: ignore[assignment]
-        if name is None:
+        known = names.get(written)
+        if known is None:
             name = written.rstrip().lower()
             name = compact.get(name, name)
             if len(names) < _NAME_CACHE_SIZE:
                 names[written] = name
+        else:
+            name = known
         positions = index.get(name)
         if positions is None:
             index[name] = [len(headers)]
