@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -105,6 +106,18 @@ class ProxyPod:
                 pass
             self.procs.stop(self._proc_name, timeout=5)
         self._set_status(ready=False)
+
+    def pause(self) -> None:
+        """The container hangs: every process stops where it is; the Pod stays Ready."""
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"proxy pod {self.name} has no process to pause")
+        os.killpg(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.pid
+        if pid is not None:
+            os.killpg(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """The pod is deleted: graceful stop of the process, then the Pod object goes."""

@@ -1,8 +1,8 @@
-"""Fixtures of the e2e tier: a real etcd and kube-apiserver for the session, a fresh namespace per test."""
+"""Fixtures of the e2e tier: a real etcd and kube-apiserver for the session, a fresh namespace per test, and
+the local node the operator tests' `pods` fleet runs on (started when the first such test runs)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +12,20 @@ import pytest
 from devenv.cluster_client import ClusterClient
 from devenv.controlplane import ControlPlane
 from devenv.kind import KindCluster
+from devenv.podfleet import PodNode
+from tests.e2e.operator_support import CRD, namespace_name
 
-_namespaces = itertools.count(1)
+
+def _on_pod_node(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("env") == "pods"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `pods` fleet's tests run last, together: their node then starts once, after every module of
+    tests/e2e/cluster (which start nodes of their own; a machine runs one node at a time), and no other test
+    runs while it is up. A stable sort: the order is otherwise the collection order."""
+    items.sort(key=_on_pod_node)
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +48,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterC
         cp.stop()
 
 
+@pytest.fixture(scope="session")
+def pod_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodNode]:
+    """The single-node cluster of the operator tests' `pods` fleet; started on first use (building the
+    images if needed), stopped at the end of the session or when tests/e2e/cluster needs the machine."""
+    node = PodNode(tmp_path_factory.mktemp("podnode"), CRD)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture
 def namespace(control_plane: ClusterClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    # Names stay unique within the session: without a controller-manager a deleted namespace never finishes
-    # terminating, so a name is never reused.
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = f"{base}-{next(_namespaces)}"
+    name = namespace_name(request.node.name)
     control_plane.ensure_namespace(name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

@@ -1,8 +1,14 @@
-"""Helpers of the operator's e2e tests: the CRD, the operator as a real subprocess, proxy pods, waiting.
+"""Helpers of the operator's e2e tests: the CRD, the fleet (proxy pods and operator), waiting.
 
-The operator runs as `sipsockets-operator` with the admin kubeconfig, so killing and restarting it is real.
-Proxy pods are `sipproxy` processes on their own 127.0.x.y address (devenv.fakepods); each test takes fresh
-addresses from `Addresses` so that tests never share an address:port.
+Every test that takes `env` runs twice, on two fleets with one API (start, kill, stop, pause, resume; the
+operator's health, metrics and log):
+- `processes`: the API-server-only control plane; the operator is `sipsockets-operator` as a subprocess with
+  the admin kubeconfig, proxy pods are `sipproxy` processes on their own 127.0.x.y address registered as Pods
+  whose status the harness sets (devenv.fakepods);
+- `pods`: a real single-node cluster (devenv.localcluster); the operator and the proxies are Pods run by the
+  kubelet from the images built in this run (devenv.podfleet).
+Killing and restarting is real on both. Each test takes fresh SIP addresses from `Addresses` so that tests
+never share an address:port.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +24,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from devenv import podfleet
+from devenv.cluster_client import ClusterClient
 from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
 from devenv.processes import free_port
@@ -29,6 +38,15 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "sipsockets.io_sipsockets.yaml"
 T = TypeVar("T")
 _subnets = itertools.count(60)
+_namespaces = itertools.count(1)
+BACKENDS = ("processes", "pods")
+
+
+def namespace_name(test_name: str) -> str:
+    """Unique within the session: without a controller-manager a deleted namespace never finishes
+    terminating, so a name is never reused."""
+    base = re.sub(r"[^a-z0-9-]+", "-", test_name.lower().replace("_", "-"))[:40].strip("-")
+    return f"{base}-{next(_namespaces)}"
 
 
 def _bin(name: str) -> str:
@@ -71,13 +89,13 @@ def sipsocket(name: str, protocol: str, address: str, port: int | None = None, *
 
 
 def apply(
-    cp: ControlPlane, namespace: str, *objs: dict[str, Any], check: bool = True
+    cp: ClusterClient, namespace: str, *objs: dict[str, Any], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     doc = {"apiVersion": "v1", "kind": "List", "items": list(objs)}
     return cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc), check=check)
 
 
-def get(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+def get(cp: ClusterClient, namespace: str, name: str) -> dict[str, Any] | None:
     out = cp.kubectl("get", "sipsocket", name, "-n", namespace, "-o", "json", check=False)
     return json.loads(out.stdout) if out.returncode == 0 else None
 
@@ -90,7 +108,7 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 
 
 def wait_condition(
-    cp: ControlPlane,
+    cp: ClusterClient,
     namespace: str,
     name: str,
     ctype: str,
@@ -111,7 +129,7 @@ def wait_condition(
     return wait_for(check, f"{namespace}/{name} {ctype}={status} {reason or ''}", timeout)
 
 
-def events(cp: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+def events(cp: ClusterClient, namespace: str, name: str) -> list[dict[str, Any]]:
     out = cp.kubectl(
         "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
     )
@@ -131,18 +149,24 @@ def init_db(db_url: str) -> None:
     subprocess.run([_bin("sipproxy"), "db", "init", "--db-url", db_url], check=True, capture_output=True)
 
 
-def start_pod(
-    cp: ControlPlane, namespace: str, name: str, ip: str, db_url: str, workdir: Path, **config: Any
-) -> ProxyPod:
-    pod = ProxyPod(cp, namespace, name, ip, proxy_config(db_url, **config), workdir)
-    pod.start()
-    return pod
+def operator_env(namespace: str, db_url: str, settings: dict[str, str]) -> dict[str, str]:
+    """The operator's settings in every fleet: quick resyncs and MI timeouts, then the test's own."""
+    env = {
+        "SIPSOCKETS_NAMESPACE": namespace,
+        "SIPSOCKETS_DB_URL": db_url,
+        "SIPSOCKETS_RESYNC_PERIOD": "10",
+        "SIPSOCKETS_MI_TIMEOUT": "3",
+    }
+    env.update({f"SIPSOCKETS_{k.upper()}": v for k, v in settings.items()})
+    return env
 
 
 class Operator:
     """`sipsockets-operator` as a real process (kill -9 and restart are real)."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, db_url: str, workdir: Path, **settings: str) -> None:
+    def __init__(
+        self, cp: ClusterClient, namespace: str, db_url: str, workdir: Path, **settings: str
+    ) -> None:
         self.cp, self.namespace, self.workdir = cp, namespace, workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.health_port = free_port()
@@ -150,13 +174,9 @@ class Operator:
         self.env = dict(os.environ)
         self.env.update(
             KUBECONFIG=str(cp.kubeconfig),
-            SIPSOCKETS_NAMESPACE=namespace,
-            SIPSOCKETS_DB_URL=db_url,
             SIPSOCKETS_HEALTH_LISTEN=f"127.0.0.1:{self.health_port}",
-            SIPSOCKETS_RESYNC_PERIOD="10",
-            SIPSOCKETS_MI_TIMEOUT="3",
+            **operator_env(namespace, db_url, settings),
         )
-        self.env.update({f"SIPSOCKETS_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
@@ -204,7 +224,7 @@ class Operator:
         self.proc = None
 
 
-def release_finalizers(cp: ControlPlane, namespace: str) -> None:
+def release_finalizers(cp: ClusterClient, namespace: str) -> None:
     """After a test, so the namespace can go although its operator is stopped."""
     out = cp.kubectl("get", "sipsockets", "-n", namespace, "-o", "name", check=False)
     for ref in out.stdout.split():
@@ -221,7 +241,7 @@ def release_finalizers(cp: ControlPlane, namespace: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def crd(control_plane: ControlPlane) -> Path:
+def crd(control_plane: ClusterClient) -> Path:
     control_plane.kubectl("apply", "-f", str(CRD))
     control_plane.kubectl(
         "wait", "--for=condition=Established", "crd/sipsockets.sipsockets.io", "--timeout=60s"
@@ -229,40 +249,104 @@ def crd(control_plane: ControlPlane) -> Path:
     return CRD
 
 
+class FleetPod(Protocol):
+    """A proxy pod, whichever fleet runs it."""
+
+    name: str
+
+    def start(self) -> None: ...
+    def kill(self) -> None: ...  # the container crashes
+    def stop(self) -> None: ...  # the pod is deleted
+    def pause(self) -> None: ...  # the container hangs; the pod stays Ready
+    def resume(self) -> None: ...
+
+
+class FleetOperator(Protocol):
+    def start(self) -> object: ...
+    def healthy(self) -> bool: ...
+    def metrics(self) -> str: ...
+    def tail(self, chars: int = ...) -> str: ...
+    def kill(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ProcessBackend:
+    """Proxies and the operator as host processes against the API-server-only control plane."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def proxy_pod(
+        self, namespace: str, name: str, ip: str, config: dict[str, Any], workdir: Path
+    ) -> FleetPod:
+        return ProxyPod(self.cp, namespace, name, ip, config, workdir)
+
+    def operator(
+        self, namespace: str, db_url: str, workdir: Path, index: int, settings: dict[str, str]
+    ) -> FleetOperator:
+        return Operator(self.cp, namespace, db_url, workdir / f"op{index}", **settings)
+
+
+class PodBackend:
+    """Proxies and the operator as Pods of the session's local node."""
+
+    def __init__(self, node: podfleet.PodNode) -> None:
+        self.node = node
+        self.cp = node.cluster()
+
+    def proxy_pod(
+        self, namespace: str, name: str, ip: str, config: dict[str, Any], workdir: Path
+    ) -> FleetPod:
+        # `ip` is not used: hostNetwork pods have the node's address; the MI gets a port of its own.
+        return podfleet.ProxyPod(self.cp, self.node.images.proxy, namespace, name, config, workdir)
+
+    def operator(
+        self, namespace: str, db_url: str, workdir: Path, index: int, settings: dict[str, str]
+    ) -> FleetOperator:
+        return podfleet.OperatorPod(
+            self.cp,
+            self.node.images.operator,
+            namespace,
+            f"operator-{index}",
+            operator_env(namespace, db_url, settings),
+            workdir,
+            workdir / f"op{index}" / "operator.log",
+        )
+
+
 class Env:
     """One test's world: namespace, SQLite database, proxy pods, operator; everything stopped afterwards."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, workdir: Path) -> None:
-        self.cp, self.namespace, self.workdir = cp, namespace, workdir
+    def __init__(self, backend: ProcessBackend | PodBackend, namespace: str, workdir: Path) -> None:
+        self.backend = backend
+        self.cp: ClusterClient = backend.cp
+        self.namespace, self.workdir = namespace, workdir
         self.addresses = Addresses()
-        self.db_url = f"sqlite:///{workdir / 'sockets.db'}"
+        self.db_path = workdir / "sockets.db"
+        self.db_url = f"sqlite:///{self.db_path}"
         init_db(self.db_url)
-        self.pods: list[ProxyPod] = []
-        self.operators: list[Operator] = []
+        self.pods: list[FleetPod] = []
+        self.operators: list[FleetOperator] = []
 
-    def pod(self, name: str, ip: str | None = None, db_url: str | None = None, **config: Any) -> ProxyPod:
-        pod = start_pod(
-            self.cp,
+    def pod(self, name: str, ip: str | None = None, db_url: str | None = None, **config: Any) -> FleetPod:
+        pod = self.backend.proxy_pod(
             self.namespace,
             name,
             ip or self.addresses.next(),
-            db_url or self.db_url,
+            proxy_config(db_url or self.db_url, **config),
             self.workdir,
-            **config,
         )
         self.pods.append(pod)
+        pod.start()
         return pod
 
-    def operator(self, db_url: str | None = None, **settings: str) -> Operator:
-        op = Operator(
-            self.cp,
-            self.namespace,
-            db_url or self.db_url,
-            self.workdir / f"op{len(self.operators)}",
-            **settings,
+    def operator(self, db_url: str | None = None, **settings: str) -> FleetOperator:
+        op = self.backend.operator(
+            self.namespace, db_url or self.db_url, self.workdir, len(self.operators), settings
         )
         self.operators.append(op)
-        return op.start()
+        op.start()
+        return op
 
     def close(self) -> None:
         for op in self.operators:
@@ -272,10 +356,21 @@ class Env:
         release_finalizers(self.cp, self.namespace)
 
 
-@pytest.fixture
-def env(control_plane: ControlPlane, crd: Path, namespace: str, tmp_path: Path) -> Iterator[Env]:
-    e = Env(control_plane, namespace, tmp_path)
+@pytest.fixture(params=BACKENDS)
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    backend: ProcessBackend | PodBackend
+    if request.param == "processes":
+        request.getfixturevalue("crd")
+        backend = ProcessBackend(request.getfixturevalue("control_plane"))
+    else:
+        backend = PodBackend(request.getfixturevalue("pod_node"))
+    namespace = namespace_name(request.node.name)
+    backend.cp.ensure_namespace(namespace)
+    e = Env(backend, namespace, tmp_path)
     try:
         yield e
     finally:
-        e.close()
+        try:
+            e.close()
+        finally:
+            e.cp.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from devenv.controlplane import ControlPlane
 from devenv.processes import free_port
 from tests.e2e.operator_support import (
     Env,
@@ -50,8 +49,9 @@ __all__ = ["crd", "env"]  # fixtures
     ],
 )
 def test_api_server_refuses_invalid_specs_naming_the_field(
-    control_plane: ControlPlane, crd: Path, namespace: str, spec: dict[str, object], needle: str
+    env: Env, spec: dict[str, object], needle: str
 ) -> None:
+    control_plane, namespace = env.cp, env.namespace
     obj = {
         "apiVersion": "sipsockets.io/v1alpha1",
         "kind": "SipSocket",
@@ -66,7 +66,8 @@ def test_api_server_refuses_invalid_specs_naming_the_field(
     assert get(control_plane, namespace, "bad") is None
 
 
-def test_api_server_accepts_valid_specs(control_plane: ControlPlane, crd: Path, namespace: str) -> None:
+def test_api_server_accepts_valid_specs(env: Env) -> None:
+    control_plane, namespace = env.cp, env.namespace
     good = [
         sipsocket("v4", "udp", "10.0.5.20"),
         sipsocket("v6", "tls", "2001:db8::5", 5061, advertised={"address": "sbc.example.com", "port": 5061}),
@@ -152,7 +153,7 @@ def test_webhook_refuses_conflicts_with_an_actionable_message(env: Env, webhook:
     assert apply(cp, ns, sipsocket("third", "udp", addr, 5061), check=False).returncode == 0
 
     # A row written by hand (not owned by the operator) holds its endpoint too.
-    with sqlite3.connect(env.workdir / "sockets.db") as conn:
+    with sqlite3.connect(env.db_path) as conn:
         conn.execute("INSERT INTO sockets (socket, tag) VALUES (?, 'by-hand')", (f"udp:{addr}:5090",))
     out = apply(cp, ns, sipsocket("fourth", "udp", addr, 5090), check=False)
     assert out.returncode != 0
@@ -188,7 +189,7 @@ def test_race_without_webhook_has_exactly_one_winner(env: Env) -> None:
         c = condition(loser, "Accepted")
         assert c["reason"] == "EndpointConflict"
         assert f"SipSocket {ns}/{winner}" in c["message"]
-    with sqlite3.connect(env.workdir / "sockets.db") as conn:
+    with sqlite3.connect(env.db_path) as conn:
         assert conn.execute("SELECT socket FROM sockets").fetchall() == [(f"udp:{addr}:5080",)]
 
     # The holder goes: one of the losers takes the endpoint by itself.

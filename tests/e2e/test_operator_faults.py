@@ -3,8 +3,6 @@ capacity; the operator itself killed in the middle of its work."""
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 from pathlib import Path
 
@@ -57,8 +55,7 @@ def test_hung_proxy_is_reported_unreachable_then_recovers(env: Env) -> None:
     addr = env.addresses.next()
     apply(cp, ns, sipsocket("s", "udp", addr, 5070))
     wait_condition(cp, ns, "s", "Ready", "True")
-    assert pod.pid is not None
-    os.killpg(pod.pid, signal.SIGSTOP)  # still "Ready" for Kubernetes, but its MI answers nothing
+    pod.pause()  # still "Ready" for Kubernetes, but its MI answers nothing
     try:
         obj = wait_condition(cp, ns, "s", "Ready", "False", "ProxyUnreachable")
         assert "sipproxy-0" in condition(obj, "Ready")["message"]
@@ -66,13 +63,14 @@ def test_hung_proxy_is_reported_unreachable_then_recovers(env: Env) -> None:
         assert listener["pod"] == "sipproxy-0"
         assert "unreachable" in listener["message"]
     finally:
-        os.killpg(pod.pid, signal.SIGCONT)
+        pod.resume()
     wait_condition(cp, ns, "s", "Ready", "True")
 
 
 def test_two_pods_one_cannot_bind_is_partially_listening(env: Env) -> None:
-    """Both proxy processes share this host's addresses: the second pod to bind the socket gets EADDRINUSE,
-    as a pod on a node without that address would get EADDRNOTAVAIL."""
+    """Both proxies share this host's addresses (as processes, or as hostNetwork pods of one node): the
+    second pod to bind the socket gets EADDRINUSE, as a pod on a node without that address would get
+    EADDRNOTAVAIL."""
     cp, ns = env.cp, env.namespace
     env.pod("proxy-a")
     env.operator()
@@ -93,7 +91,7 @@ def test_rows_edited_or_deleted_by_hand_are_repaired(env: Env) -> None:
     env.pod("sipproxy-0")
     env.operator()
     addr = env.addresses.next()
-    db = env.workdir / "sockets.db"
+    db = env.db_path
     apply(cp, ns, sipsocket("s", "udp", addr, 5070, tag="mine"))
     wait_condition(cp, ns, "s", "Ready", "True")
     with sqlite3.connect(db) as conn:
@@ -123,7 +121,7 @@ def test_capacity_exceeded_until_a_slot_frees_up(env: Env) -> None:
     apply(cp, ns, sipsocket("two", "udp", addr, 5071))
     obj = wait_condition(cp, ns, "two", "Accepted", "False", "CapacityExceeded")
     assert "max_sockets=1" in condition(obj, "Accepted")["message"]
-    assert [r[1] for r in rows(env.workdir / "sockets.db")] == [f"udp:{addr}:5070"]
+    assert [r[1] for r in rows(env.db_path)] == [f"udp:{addr}:5070"]
 
     cp.kubectl("delete", "sipsocket", "one", "-n", ns, "--timeout=60s")
     wait_condition(cp, ns, "two", "Ready", "True")
@@ -135,7 +133,7 @@ def test_operator_killed_mid_reconcile_leaves_a_consistent_table(env: Env) -> No
     env.pod("sipproxy-0")
     op = env.operator()
     addr = env.addresses.next()
-    db = env.workdir / "sockets.db"
+    db = env.db_path
     names = [f"s{i:02d}" for i in range(15)]
     apply(cp, ns, *(sipsocket(n, "udp", addr, 6000 + i) for i, n in enumerate(names)))
     wait_for(lambda: len(rows(db)) >= 1, "the operator writing its first rows", interval=0.05)
@@ -167,7 +165,7 @@ def test_rows_of_objects_gone_behind_its_back_are_collected(env: Env) -> None:
     env.pod("sipproxy-0")
     op = env.operator()
     addr = env.addresses.next()
-    db = env.workdir / "sockets.db"
+    db = env.db_path
     apply(cp, ns, sipsocket("s", "udp", addr, 5070))
     old_uid = wait_condition(cp, ns, "s", "Ready", "True")["metadata"]["uid"]
     op.stop()

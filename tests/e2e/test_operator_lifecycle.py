@@ -41,7 +41,7 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     assert condition(obj, "Accepted")["status"] == "True"
     assert condition(obj, "Programmed")["status"] == "True"
     assert wait_for(lambda: answers_ok(addr, 5070), f"OPTIONS answered on udp {addr}:5070")
-    assert table(env.workdir / "sockets.db") == [(f"udp:{addr}:5070", "carrier-a")]
+    assert table(env.db_path) == [(f"udp:{addr}:5070", "carrier-a")]
     reasons = {e["reason"] for e in events(cp, ns, "carrier-a")}
     assert {"Accepted", "Programmed", "Listening"} <= reasons
 
@@ -64,12 +64,12 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     assert obj["status"]["socket"] == f"udp:{addr}:5072"
     assert wait_for(lambda: answers_ok(addr, 5072), "OPTIONS answered on the new port")
     assert wait_for(lambda: not answers_ok(addr, 5070), "the old port silent")
-    assert table(env.workdir / "sockets.db") == [(f"udp:{addr}:5072", "carrier-a")]
+    assert table(env.db_path) == [(f"udp:{addr}:5072", "carrier-a")]
 
     # Delete: the finalizer removes the row and reloads the proxy before the object goes.
     cp.kubectl("delete", "sipsocket", "carrier-a", "-n", ns, "--wait=true", "--timeout=60s")
     assert get(cp, ns, "carrier-a") is None
-    assert table(env.workdir / "sockets.db") == []
+    assert table(env.db_path) == []
     assert not answers_ok(addr, 5072)
 
 

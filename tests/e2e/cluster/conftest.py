@@ -9,6 +9,14 @@ import pytest
 
 from devenv import images
 from devenv.localcluster import LocalCluster, node_environment_problems
+from devenv.podfleet import PodNode
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_node_per_machine(pod_node: PodNode) -> None:
+    """The modules here start nodes of their own: the operator tests' node, if up, makes way first (it
+    starts again when a `pods` test needs it; tests/e2e/conftest.py runs those last anyway)."""
+    pod_node.stop()
 
 
 @pytest.fixture(scope="session")
