@@ -37,12 +37,12 @@ import yaml
 
 from devenv import images
 from devenv.fakepods import PROXY_LABELS
-from devenv.localcluster import LocalCluster, layout
+from devenv.localcluster import LocalCluster, layout, node_environment_problems
 from devenv.processes import free_port
+from sipoperator.proxies import MI_PORT_ANNOTATION
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "sipsockets"
-MI_PORT_ANNOTATION = "sipsockets.io/mi-port"  # read by sipoperator.proxies
 RELEASE = "sipsockets"  # the release name the operator's RBAC is rendered with
 OPERATOR_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "operator"}
 IMAGE_UID = 10001  # USER of proxy/Dockerfile and operator/Dockerfile
@@ -84,7 +84,6 @@ class PodNode:
         self.workdir, self.crd = workdir, crd
         self._cluster: LocalCluster | None = None
         self._images: images.Images | None = None
-        self.started_in = 0.0
 
     @property
     def images(self) -> images.Images:
@@ -94,7 +93,9 @@ class PodNode:
 
     def cluster(self) -> LocalCluster:
         if self._cluster is None:
-            started = time.monotonic()
+            problems = node_environment_problems()
+            if problems:
+                raise RuntimeError(f"this machine cannot run the local node: {problems}")
             built = self.images
             cluster = LocalCluster(self.workdir)
             cluster.start(images_to_import=[built.proxy, built.operator])
@@ -107,7 +108,6 @@ class PodNode:
                 cluster.stop()
                 raise
             self._cluster = cluster
-            self.started_in = time.monotonic() - started
         return self._cluster
 
     @property
