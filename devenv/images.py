@@ -36,7 +36,10 @@ MIRROR = "http://deb.debian.org/debian"
 RECIPE_VERSION = "1"
 
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+DOWNLOAD_ATTEMPTS = 3
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# The proxy's build stage (BUILD_IMAGE) compiles the SIP core: the base, a C compiler and Python's headers.
+BUILD_PACKAGES = (*BASE_PACKAGES, "python3-dev", "gcc", "libc6-dev")
 POSTGRES_PACKAGES = ("postgresql", "ca-certificates")
 # The chart runs PostgreSQL as uid/gid 999 (the official image's user); initdb needs a passwd entry for it.
 POSTGRES_UID = 999
@@ -145,7 +148,8 @@ def tree_digest(paths: Iterable[Path], root: Path = REPO) -> str:
             files += [f for f in p.rglob("*") if f.is_file()]
     for f in sorted(files):
         rel = f.relative_to(root).as_posix()
-        if "__pycache__" in rel or rel.endswith(".pyc") or "/.mypy_cache/" in rel:
+        # Build output of this checkout (bytecode, the in-place compiled SIP core) is not an input.
+        if "__pycache__" in rel or rel.endswith((".pyc", ".so")) or "/.mypy_cache/" in rel:
             continue
         h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -196,8 +200,12 @@ def _export(ref: str) -> Path:
 # -- root filesystems --------------------------------------------------------------------------------------
 
 
-def _rootfs(name: str, packages: Sequence[str], prepare: str = "") -> tuple[Path, str]:
-    """A debootstrap'ed Debian tree, cached by its package list; `prepare` runs in the chroot first."""
+def _rootfs(name: str, packages: Sequence[str], prepare: str = "", apt: bool = False) -> tuple[Path, str]:
+    """A debootstrap'ed Debian tree, cached by its package list; `prepare` runs in the chroot first.
+
+    With `prepare` or `apt` the packages are installed by apt in the chroot after a minimal debootstrap:
+    debootstrap's own --include trips over packages that bring alternatives (gcc: "file already exists").
+    """
     key = _digest(RECIPE_VERSION, SUITE, MIRROR, *sorted(packages), prepare)
     target = cache_dir() / "rootfs" / f"{name}-{key}"
     if (target / ".complete").exists():
@@ -208,14 +216,25 @@ def _rootfs(name: str, packages: Sequence[str], prepare: str = "") -> tuple[Path
     tmp.mkdir(parents=True)
     started = time.monotonic()
     say(f"debootstrap {name} rootfs ({', '.join(packages)}) ...")
-    include = ["passwd", *([] if prepare else packages)]
-    _run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(include)}", SUITE, str(tmp), MIRROR],
-        timeout=1800,
-    )
+    apt = apt or bool(prepare)
+    include = ["passwd", *([] if apt else packages)]
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(include)}", SUITE, str(tmp), MIRROR]
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        # The mirror sometimes drops a download ("Couldn't download packages"): start over, a few times.
+        try:
+            _run(argv, timeout=1800)
+            break
+        except RuntimeError as exc:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise
+            say(f"debootstrap {name} failed (attempt {attempt}), retrying: {str(exc).splitlines()[-1][:200]}")
+            shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            time.sleep(10 * attempt)
     if prepare:
         # Users that must exist before a package's maintainer scripts create their own.
         _run(["chroot", str(tmp), "sh", "-ec", prepare], timeout=300)
+    if apt:
         _chroot_apt(tmp, packages)
     _run(["chroot", str(tmp), "apt-get", "clean"], timeout=300)
     for sub in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man", "usr/share/locale"):
@@ -237,12 +256,14 @@ def _chroot_apt(root: Path, packages: Sequence[str]) -> None:
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
     try:
-        _run(["chroot", str(root), "apt-get", "update", "-qq"], env=env, timeout=600)
+        retries = f"-oAcquire::Retries={DOWNLOAD_ATTEMPTS}"
+        _run(["chroot", str(root), "apt-get", retries, "update", "-qq"], env=env, timeout=600)
         _run(
-            ["chroot", str(root), "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            ["chroot", str(root), "apt-get", retries, "install", "-y", "-qq", "--no-install-recommends",
+             *packages],
             env=env,
             timeout=1200,
-        )
+        )  # fmt: skip
     finally:
         policy.unlink(missing_ok=True)
 
@@ -261,9 +282,9 @@ def _image_from_rootfs(ref: str, rootfs: Path, config: Sequence[str]) -> None:
 # -- the images --------------------------------------------------------------------------------------------
 
 
-def base_image() -> str:
-    rootfs, key = _rootfs("base", BASE_PACKAGES)
-    ref = f"localhost/sipsockets/base:{key}"
+def base_image(name: str = "base", packages: Sequence[str] = BASE_PACKAGES, apt: bool = False) -> str:
+    rootfs, key = _rootfs(name, packages, apt=apt)
+    ref = f"localhost/sipsockets/{name}:{key}"
     if not _image_exists(ref):
         say(f"committing {ref}")
         _image_from_rootfs(ref, rootfs, ["--env", "LANG=C.UTF-8", "--cmd", "/bin/sh"])
@@ -291,6 +312,7 @@ def _context_digest(dockerfile: Path) -> str:
     inputs = [
         dockerfile,
         REPO / "pyproject.toml",
+        REPO / "setup.py",
         REPO / "README.md",
         REPO / ".dockerignore",
         REPO / "proxy" / "sipproxy",
@@ -299,8 +321,8 @@ def _context_digest(dockerfile: Path) -> str:
     return tree_digest([p for p in inputs if p.exists()])
 
 
-def dockerfile_image(repo: str, dockerfile: Path, base: str) -> str:
-    ref = f"{repo}:dev-{_digest(RECIPE_VERSION, base, _context_digest(dockerfile))}"
+def dockerfile_image(repo: str, dockerfile: Path, base: str, build: str | None = None) -> str:
+    ref = f"{repo}:dev-{_digest(RECIPE_VERSION, base, build or '', _context_digest(dockerfile))}"
     if _image_exists(ref):
         return ref
     say(f"buildah bud {dockerfile.relative_to(REPO)} -> {ref}")
@@ -316,6 +338,7 @@ def dockerfile_image(repo: str, dockerfile: Path, base: str) -> str:
         "--pull=false",
         "--layers=false",
         f"--build-arg=BASE_IMAGE={base}",
+        *([f"--build-arg=BUILD_IMAGE={build}"] if build else []),
         f"--volume={HOST_CA_BUNDLE}:/etc/ssl/build-host-ca.crt:ro",
         f"--volume={pip_conf}:/etc/pip.conf:ro",
         "-f",
@@ -385,7 +408,8 @@ def build_all(*, with_app: bool = True) -> Images:
     proxy = operator = postgresql = ""
     if with_app:
         base = base_image()
-        proxy = dockerfile_image(PROXY_REPO, REPO / "proxy" / "Dockerfile", base)
+        build = base_image("build", BUILD_PACKAGES, apt=True)
+        proxy = dockerfile_image(PROXY_REPO, REPO / "proxy" / "Dockerfile", base, build)
         operator = dockerfile_image(OPERATOR_REPO, REPO / "operator" / "Dockerfile", base)
         postgresql = postgres_image()
     say(f"images ready in {int(time.monotonic() - started)}s")

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from sipproxy.sip.branch import (
     OUR_BRANCH_PREFIX,
     loop_key,
@@ -109,6 +111,8 @@ def _drop(reason: str) -> Outcome:
     return Outcome([], reason)
 
 
+# Compiled with mypyc (setup.py); the runtime's WorkerEngine, plain Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SipEngine:
     def __init__(self, routes: Sequence[Route], listeners: ListenerView, record_route: bool = True) -> None:
         self.routes = list(routes)

@@ -40,8 +40,13 @@ def structure_problems(text: str) -> list[str]:
     ]
     if base_args != ["BASE_IMAGE=python:3.11-slim"]:
         problems.append(f"base image is not the build argument BASE_IMAGE=python:3.11-slim: {base_args}")
-    if any(not f["value"].split()[0].startswith("${BASE_IMAGE}") for f in froms):
-        problems.append("a stage does not build on ${BASE_IMAGE}")
+    # A build stage may use BUILD_IMAGE (the same Python plus a compiler); what ships builds on BASE_IMAGE.
+    declared = {i["value"].split("=")[0] for i in instructions[:first_from] if i["instruction"] == "ARG"}
+    allowed = ("${BASE_IMAGE}", "${BUILD_IMAGE}") if "BUILD_IMAGE" in declared else ("${BASE_IMAGE}",)
+    if any(not f["value"].split()[0].startswith(allowed) for f in froms):
+        problems.append(f"a stage builds on neither of {', '.join(allowed)}")
+    if froms and not froms[-1]["value"].split()[0].startswith("${BASE_IMAGE}"):
+        problems.append("the final stage does not build on ${BASE_IMAGE}")
     runs = " ".join(i["value"] for i in instructions if i["instruction"] == "RUN")
     if "pip install --no-cache-dir ." not in runs:
         problems.append("the package is not installed from the repository with pip install .")
@@ -92,6 +97,11 @@ def test_the_checks_catch_a_root_single_stage_image(tmp_path: Path) -> None:
     assert any("non-root" in p for p in problems)
     assert any("BASE_IMAGE" in p for p in problems)
     assert "ADD fetches from the network" in problems
+    compiled_then_shipped = (
+        "ARG BASE_IMAGE=python:3.11-slim\nARG BUILD_IMAGE=python:3.11\nFROM ${BASE_IMAGE} AS build\n"
+        "RUN pip install --no-cache-dir .\nFROM ${BUILD_IMAGE}\nCOPY --from=build /a /a\nUSER 10001\n"
+    )
+    assert structure_problems(compiled_then_shipped) == ["the final stage does not build on ${BASE_IMAGE}"]
     (tmp_path / "Dockerfile").write_text(bad)
     linted = subprocess.run(
         [hadolint(), "--no-color", str(tmp_path / "Dockerfile")],

@@ -1,0 +1,27 @@
+"""Build hook: the SIP core (proxy/sipproxy/sip) is compiled to C extension modules with mypyc.
+
+Everything else about the distribution is in pyproject.toml. The compiled modules are the same source as
+the pure-Python ones, so a build without a C compiler can set SIPSOCKETS_PURE_PYTHON=1 and get an identical
+proxy, only slower per message (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+SIP_CORE = sorted(p.as_posix() for p in Path("proxy/sipproxy/sip").glob("*.py") if p.name != "__init__.py")
+
+
+def ext_modules() -> list[Any]:
+    if os.environ.get("SIPSOCKETS_PURE_PYTHON") == "1":
+        return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(SIP_CORE, opt_level="3", group_name="sipproxy_sip_core"))
+
+
+setup(ext_modules=ext_modules())
