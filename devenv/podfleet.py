@@ -110,10 +110,6 @@ class PodNode:
             self._cluster = cluster
         return self._cluster
 
-    @property
-    def running(self) -> bool:
-        return self._cluster is not None
-
     def stop(self) -> None:
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None
