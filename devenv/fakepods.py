@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -72,6 +73,7 @@ class ProxyPod:
         cfg = self.workdir / "proxy.yaml"
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.procs.stop(self._proc_name)
+        self._refuse_taken_mi_address()
         proc = self.procs.start(
             self._proc_name,
             [sipproxy_command(), "--config", str(cfg)],
@@ -80,6 +82,20 @@ class ProxyPod:
         )
         self._wait_ready(proc.pid, timeout)
         self._register(ready=True)
+
+    def _refuse_taken_mi_address(self) -> None:
+        """Readiness is read from the MI address: a process already answering there (a proxy left behind by
+        an interrupted run, say) would pass for this one, so that is an error of its own."""
+        host, _, port = self.mi_listen.rpartition(":")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            taken = probe.connect_ex((host.strip("[]"), int(port))) == 0
+        if taken:
+            raise RuntimeError(
+                f"cannot start proxy pod {self.name}: something already listens on its MI address "
+                f"{self.mi_listen} (a sipproxy left over from an interrupted run?)"
+            )
 
     def _wait_ready(self, pid: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

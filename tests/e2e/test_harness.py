@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from devenv.controlplane import ControlPlane
+from devenv.fakepods import ProxyPod
 from devenv.processes import alive
 
 WIDGET_CRD = {
@@ -111,3 +115,16 @@ def test_teardown_leaves_no_process_behind(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in pids.values())
     assert cp.procs.load() == {}
     assert not cp.running()
+
+
+def test_a_proxy_pod_refuses_an_mi_address_already_taken(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """A process left on the address (an interrupted run) must not pass for the new pod's proxy."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.59", 8888))
+        squatter.listen()
+        pod = ProxyPod(control_plane, namespace, "p", "127.0.0.59", {"sockets": []}, tmp_path)
+        with pytest.raises(RuntimeError, match=r"already listens on its MI address 127\.0\.0\.59:8888"):
+            pod.start()
+    assert pod.pid is None
