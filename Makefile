@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py
 # The SIP core runs compiled (mypyc, see setup.py). The extension modules sit beside their sources in this
 # editable checkout, so they are rebuilt whenever a source changes: a stale one would shadow the edit.
 $(CORE_STAMP): $(STAMP) $(SIP_CORE)
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace --force
 	touch $@
 
 venv: $(CORE_STAMP)

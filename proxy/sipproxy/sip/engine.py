@@ -30,7 +30,7 @@ from sipproxy.sip.branch import (
     reply_to_tag,
     transaction_key,
 )
-from sipproxy.sip.headers import ValueSyntaxError, addr_uri, split_values
+from sipproxy.sip.headers import ValueSyntaxError, addr_uri, is_cseq_number, split_values
 from sipproxy.sip.listeners import (
     STREAM_PROTOS,
     Listener,
@@ -533,7 +533,7 @@ class SipEngine:
         cseq = msg.first(b"cseq")
         if cseq is not None:
             number = cseq.split(None, 1)[0] if cseq.strip() else b""
-            if not number.isdigit() or len(number) > 10 or int(number) > 2**32 - 1:
+            if not is_cseq_number(number):
                 return _drop("parse_error")
         body = msg.body
         cl_values = msg.values_of(b"content-length")
@@ -664,7 +664,7 @@ class SipEngine:
             cseq_end = head.find(b"\r\n", cseq_at + 7)
             cseq = head[cseq_at + 7 : cseq_end if cseq_end >= 0 else end]
             number = cseq.split(None, 1)[0] if cseq.strip() else b""
-            if not number.isdigit() or len(number) > 10 or int(number) > 2**32 - 1:
+            if not is_cseq_number(number):
                 return _drop("parse_error")
         if low.count(b"\r\ncontent-length:") + low.count(b"\r\nl:") != 1:
             return None

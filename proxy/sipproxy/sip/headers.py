@@ -35,6 +35,11 @@ def is_token(value: bytes) -> bool:
     return bool(value) and not value.translate(None, TOKEN_CHARS)
 
 
+def is_cseq_number(value: bytes) -> bool:
+    """A CSeq sequence number: digits, below 2**31 by RFC 3261 8.1.1.5, accepted up to 2**32 - 1."""
+    return value.isdigit() and len(value) <= 10 and int(value) <= 2**32 - 1
+
+
 class ValueSyntaxError(ValueError):
     """A header value whose quotes or angle brackets do not balance."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipproxy.sip.headers import ValueSyntaxError, header_tag, is_token, split_values
+from sipproxy.sip.headers import ValueSyntaxError, header_tag, is_cseq_number, is_token, split_values
 from sipproxy.sip.message import SipMessage
 from sipproxy.sip.uri import SipUri, parse_sip_uri, uri_scheme
 from sipproxy.sip.via import Via, parse_via
@@ -32,7 +32,6 @@ KNOWN_METHODS = frozenset(
     )
 )
 ROUTABLE_SCHEMES = ("sip", "sips")
-_MAX_CSEQ = 2**32 - 1
 # (header, required); all but Via may appear only once
 _CHECKED = (
     (b"via", True),
@@ -161,7 +160,7 @@ def inspect_request(msg: SipMessage) -> RequestFacts:
                 return _reject(facts, 400, "Bad Request (malformed Via)", "parse_error")
 
     number, method = facts.cseq_number, facts.cseq_method
-    if not number or not number.isdigit() or len(number) > 10 or int(number) > _MAX_CSEQ:
+    if not is_cseq_number(number):
         return _reject(facts, 400, "Bad Request (malformed CSeq)", "parse_error")
     if not is_token(method):
         return _reject(facts, 400, "Bad Request (malformed CSeq)", "parse_error")

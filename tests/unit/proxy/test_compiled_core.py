@@ -22,11 +22,18 @@ def test_every_module_of_the_sip_core_is_the_compiled_one() -> None:
 
 
 def test_a_source_edited_after_the_build_is_reported(tmp_path: Path) -> None:
+    core = tmp_path / "sip"
+    core.mkdir()
     for name in ("engine", "via"):
-        (tmp_path / f"{name}.py").write_text("x = 1\n")
-        (tmp_path / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
-    assert stale_extensions(tmp_path) == []
-    source = tmp_path / "via.py"
-    built = (tmp_path / "via.cpython-311-x86_64-linux-gnu.so").stat().st_mtime
-    os.utime(source, (built + 10, built + 10))
-    assert stale_extensions(tmp_path) == ["via.py"]
+        (core / f"{name}.py").write_text("x = 1\n")
+        (core / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    library = tmp_path / "sipproxy_sip_core__mypyc.cpython-311-x86_64-linux-gnu.so"
+    library.write_bytes(b"")
+    built = library.stat().st_mtime
+    for stub in core.glob("*.so"):
+        os.utime(stub, (built - 100, built - 100))  # stubs a rebuild left untouched
+    assert stale_extensions(core, tmp_path) == []
+    os.utime(core / "via.py", (built + 10, built + 10))
+    assert stale_extensions(core, tmp_path) == ["via.py"]
+    library.unlink()  # stubs without their library: nothing compiled can be trusted
+    assert stale_extensions(core, tmp_path) == ["engine.py", "via.py"]
