@@ -22,11 +22,17 @@ def stale_extensions(core: Path = SIP_CORE, root: Path = ROOT) -> list[str]:
         return []  # not compiled: the sources run as they are
     libraries = list(root.glob("*__mypyc*.so"))
     built = min((lib.stat().st_mtime for lib in libraries), default=0.0)
-    return sorted(
+    stale = [
         source.name
         for source in core.glob("*.py")
         if any(core.glob(f"{source.stem}.*.so")) and source.stat().st_mtime > built
-    )
+    ]
+    # Extensions written in C (the scanner) are built each into their own library.
+    for source in core.glob("*.c"):
+        own = [lib.stat().st_mtime for lib in core.glob(f"{source.stem}.*.so")]
+        if source.stat().st_mtime > min(own, default=0.0):
+            stale.append(source.name)
+    return sorted(stale)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

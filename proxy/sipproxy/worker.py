@@ -35,15 +35,14 @@ STATS_PART = 500  # sockets per stats packet
 CONN_ID_BITS = 20
 
 
-class WorkerEngine(SipEngine):
-    """The SIP engine with connection ids unique across workers.
+class WorkerConnectionIds:
+    """Connection ids unique across workers (the engine's `connections`).
 
     A response to a request that came over TCP may arrive at another process (on a shared UDP socket).
     Its Via names the connection id; the id tells which worker owns the connection, so the message is
     relayed there instead of being answered over a new connection."""
 
-    def __init__(self, routes: Any, listeners: Listeners, index: int, record_route: bool = True) -> None:
-        super().__init__(routes, listeners, record_route=record_route)
+    def __init__(self, index: int) -> None:
         self.index = index
         self._conn_base = (index + 1) << CONN_ID_BITS
         self._conn_count = 0
@@ -51,7 +50,7 @@ class WorkerEngine(SipEngine):
         self._conn_ids: dict[int, int] = {}
         self.relay_to: int | None = None
 
-    def register_connection(self, conn: object) -> int:
+    def register(self, conn: object) -> int:
         cid = self._conn_ids.get(id(conn))
         if cid is None:
             self._conn_count = self._conn_count % ((1 << CONN_ID_BITS) - 1) + 1
@@ -60,12 +59,12 @@ class WorkerEngine(SipEngine):
             self._conns[cid] = conn
         return cid
 
-    def forget_connection(self, conn: object) -> None:
+    def forget(self, conn: object) -> None:
         cid = self._conn_ids.pop(id(conn), None)
         if cid is not None:
             self._conns.pop(cid, None)
 
-    def connection(self, cid: int) -> object | None:
+    def lookup(self, cid: int) -> object | None:
         conn = self._conns.get(cid)
         if conn is None:
             owner = (cid >> CONN_ID_BITS) - 1
@@ -169,7 +168,8 @@ class Worker:
         self.relay_prefix = relay_prefix
         self.log = logging.getLogger(f"sipproxy.worker.{name}")
         self.listeners = Listeners()
-        self.engine = WorkerEngine([], self.listeners, index)
+        self.connection_ids = WorkerConnectionIds(index)
+        self.engine = SipEngine([], self.listeners, connections=self.connection_ids)
         self.relay_sock: socket.socket | None = None
         self.listeners_dirty = False
         self.sockets: dict[int, WorkerSocket] = {}
@@ -199,10 +199,10 @@ class Worker:
         self, data: bytes, listener: Listener, src: tuple[str, int], sid: int, conn: Any = None
     ) -> None:
         """Run the engine on one message and send what it says (or relay it to the connection's owner)."""
-        engine = self.engine
-        outcome = engine.handle(data, listener, src, conn)
-        if engine.relay_to is not None:
-            owner, engine.relay_to = engine.relay_to, None
+        outcome = self.engine.handle(data, listener, src, conn)
+        ids = self.connection_ids
+        if ids.relay_to is not None:
+            owner, ids.relay_to = ids.relay_to, None
             if self.relay(owner, data, listener, src):
                 return
         self.dispatch(outcome, sid)
@@ -232,7 +232,7 @@ class Worker:
             return
         self.log.debug("relayed message from %s:%s on %s", host, port, listener)
         outcome = self.engine.handle(data, listener, (host, int(port)))
-        self.engine.relay_to = None  # never bounce a relayed message on
+        self.connection_ids.relay_to = None  # never bounce a relayed message on
         self.dispatch(outcome, sid)
 
     async def open_relay(self) -> None:
@@ -425,11 +425,11 @@ class Worker:
         """Apply one control command; False when told to stop."""
         op = msg.get("op")
         if op == "init":
-            self.engine = WorkerEngine(
+            self.engine = SipEngine(
                 parse_routes(msg.get("routes") or []),
                 self.listeners,
-                self.index,
                 record_route=bool(msg.get("record_route", True)),
+                connections=self.connection_ids,
             )
             self.idle_timeout = float(msg.get("tcp_idle_timeout", 120.0))
         elif op == "add":

@@ -15,12 +15,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from mypy_extensions import mypyc_attr
 
 from sipproxy.sip.branch import (
     OUR_BRANCH_PREFIX,
@@ -30,6 +26,7 @@ from sipproxy.sip.branch import (
     reply_to_tag,
     transaction_key,
 )
+from sipproxy.sip.connections import ConnectionIds, LocalConnectionIds
 from sipproxy.sip.headers import ValueSyntaxError, addr_uri, is_cseq_number, split_values
 from sipproxy.sip.listeners import (
     STREAM_PROTOS,
@@ -42,7 +39,8 @@ from sipproxy.sip.listeners import (
 from sipproxy.sip.message import ParseError, SipMessage, parse_message
 from sipproxy.sip.replies import OPTIONS_HEADERS, build_reply, header_name
 from sipproxy.sip.routing import Route, select_route
-from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
+from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE, ScannedRequest, ScannedResponse
+from sipproxy.sip.uri import SipUri, host_family, ip_literal, normalize_host, parse_sip_uri, transport_param
 from sipproxy.sip.validate import RequestFacts, inspect_request
 from sipproxy.sip.via import Via, fix_received, parse_via
 
@@ -111,22 +109,30 @@ def _drop(reason: str) -> Outcome:
     return Outcome([], reason)
 
 
-# Compiled with mypyc (setup.py); the runtime's WorkerEngine, plain Python, extends it.
-@mypyc_attr(allow_interpreted_subclasses=True)
+# Compiled with mypyc (setup.py). Not meant to be subclassed: calls on an interpreted subclass would leave
+# mypyc's direct calls for Python lookups; the runtime adapts it through `connections` instead.
 class SipEngine:
-    def __init__(self, routes: Sequence[Route], listeners: ListenerView, record_route: bool = True) -> None:
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        listeners: ListenerView,
+        record_route: bool = True,
+        scan: bool = True,
+        connections: ConnectionIds | None = None,
+    ) -> None:
+        """`scan=False` leaves every message to the Python paths (tests compare the two)."""
         self.routes = list(routes)
         self.listeners = listeners
         self.record_route = record_route
         self._index = ListenerIndex(listeners.all())
         self._index_time = time.monotonic()
-        self._conn_by_id: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-        self._id_by_conn: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        # Connections that cannot be weakly referenced are held strongly until forget_connection.
-        self._strong_by_id: dict[int, object] = {}
-        self._strong_ids: dict[int, int] = {}
-        self._next_conn_id = 1
+        self.connections: ConnectionIds = connections if connections is not None else LocalConnectionIds()
         self._last_internal_error_log = -_INTERNAL_ERROR_LOG_INTERVAL
+        self._scan_request: Callable[[bytes], ScannedRequest | None] | None = None
+        self._scan_response: Callable[[bytes], ScannedResponse | None] | None = None
+        if scan:
+            self._scan_request = SCAN_REQUEST
+            self._scan_response = SCAN_RESPONSE
 
     # ----------------------------------------------------------------- runtime hooks
 
@@ -145,40 +151,14 @@ class SipEngine:
 
     def register_connection(self, conn: object) -> int:
         """Give a stream connection an id that our Via can carry; idempotent."""
-        try:
-            cid = self._id_by_conn.get(conn)
-            if cid is not None:
-                return cid
-            cid = self._next_conn_id
-            self._next_conn_id += 1
-            self._conn_by_id[cid] = conn
-            self._id_by_conn[conn] = cid
-            return cid
-        except TypeError:
-            cid = self._strong_ids.get(id(conn))
-            if cid is not None:
-                return cid
-            cid = self._next_conn_id
-            self._next_conn_id += 1
-            self._strong_by_id[cid] = conn
-            self._strong_ids[id(conn)] = cid
-            return cid
+        return self.connections.register(conn)
 
     def forget_connection(self, conn: object) -> None:
         """The connection closed: responses for it will go over a new connection instead."""
-        try:
-            cid = self._id_by_conn.pop(conn, None)
-        except TypeError:
-            cid = self._strong_ids.pop(id(conn), None)
-            if cid is not None:
-                self._strong_by_id.pop(cid, None)
-            return
-        if cid is not None:
-            self._conn_by_id.pop(cid, None)
+        self.connections.forget(conn)
 
     def connection(self, cid: int) -> object | None:
-        conn = self._conn_by_id.get(cid)
-        return conn if conn is not None else self._strong_by_id.get(cid)
+        return self.connections.lookup(cid)
 
     # ----------------------------------------------------------------- entry point
 
@@ -207,9 +187,24 @@ class SipEngine:
             if not data:
                 return _drop("keepalive")
         if data[:4] == b"SIP/":
+            scan_response = self._scan_response
+            if scan_response is not None:
+                scanned = scan_response(data)
+                if scanned is not None:
+                    done = self._response_scanned(data, scanned)
+                    if done is not None:
+                        return done
             fast = self._response_fast(data)
             if fast is not None:
                 return fast
+        else:
+            scan_request = self._scan_request
+            if scan_request is not None:
+                found = scan_request(data)
+                if found is not None:
+                    done = self._request_scanned(data, found, listener, src, connection)
+                    if done is not None:
+                        return done
         try:
             msg = parse_message(data)
         except ParseError:
@@ -323,11 +318,11 @@ class SipEngine:
                 routes = [*routes[1:], b"<" + ruri_raw + b">"]
                 ruri_raw = first_raw
                 routes_changed = True
-            target = _next_hop(first)
+            target = _next_hop_of(first)
         else:
             if ruri is None:
                 return reply(416, "Unsupported URI Scheme", "unsupported_uri_scheme")
-            target = _next_hop(ruri)
+            target = _next_hop_of(ruri)
 
         call_id = facts.call_id
         cseq_number = facts.cseq_number
@@ -349,31 +344,12 @@ class SipEngine:
         ):
             return reply(482, "Loop Detected", "loop")
 
-        # Outbound socket (issue 3: named socket, else the inbound one when it fits, else first fit).
-        t_host, t_port, t_transport = target
-        family = host_family(t_host)
-        want = t_transport or "udp"
-        out: Listener | None = None
-        if out_tag is not None:
-            out = self.listeners.by_tag(out_tag)
-            if out is None:
-                return reply(503, f"Service Unavailable (no socket tagged {out_tag})", "no_socket")
-        else:
-            if hint is not None:
-                out = index.by_address(hint.host, hint.port, hint.transport or "udp")
-                if out is not None and not fits(out, want, family):
-                    out = None
-            if out is None:
-                out = listener if fits(listener, want, family) else index.pick(want, family)
-            if out is None and self._refresh_if_stale():
-                out = self._index.pick(want, family)
-            if out is None:
-                return reply(503, f"Service Unavailable (no {want} socket for the next hop)", "no_socket")
-
-        conn_id = self.register_connection(conn) if conn is not None else 0
-        sk = in_wire.sk
-        if conn_id:
-            sk += b"-%x" % conn_id
+        family = host_family(target[0])
+        want = target[2] or "udp"
+        out = self._outbound(listener, out_tag, hint, want, family)
+        if isinstance(out, str):
+            return reply(503, out, "no_socket")
+        sk = self._sk(in_wire.sk, conn)
         start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
 
         def build(sender: Listener) -> bytes:
@@ -381,13 +357,127 @@ class SipEngine:
                 msg, facts, start_line, sender, listener, branch, sk, top_line, routes_changed, routes
             )
 
+        return self._send_request(build, out, listener, target, out_tag)
+
+    def _outbound(
+        self, inbound: Listener, out_tag: str | None, hint: SipUri | None, want: str, family: int
+    ) -> Listener | str:
+        """The socket a request leaves from (issue 3: the named one, else the inbound one when it fits,
+        else the first that fits); a str is the phrase of the 503 that says why there is none."""
+        if out_tag is not None:
+            tagged = self.listeners.by_tag(out_tag)
+            return tagged if tagged is not None else f"Service Unavailable (no socket tagged {out_tag})"
+        index = self._index
+        out: Listener | None = None
+        if hint is not None:
+            out = index.by_address(hint.host, hint.port, hint.transport or "udp")
+            if out is not None and not fits(out, want, family):
+                out = None
+        if out is None:
+            out = inbound if fits(inbound, want, family) else index.pick(want, family)
+        if out is None and self._refresh_if_stale():
+            out = self._index.pick(want, family)
+        if out is None:
+            return f"Service Unavailable (no {want} socket for the next hop)"
+        return out
+
+    def _sk(self, inbound_key: bytes, conn: object | None) -> bytes:
+        """The `sk` of our Via: the inbound socket, and for streams the connection to answer on."""
+        if conn is None:
+            return inbound_key
+        return inbound_key + b"-%x" % self.register_connection(conn)
+
+    def _send_request(
+        self,
+        build: Callable[[Listener], bytes],
+        out: Listener,
+        inbound: Listener,
+        target: tuple[str, int, str | None],
+        out_tag: str | None,
+    ) -> Outcome:
+        t_host, t_port, t_transport = target
         data = build(out)
         if len(data) > UDP_SIZE_LIMIT and out.proto == "udp" and out_tag is None and t_transport is None:
-            tcp = listener if fits(listener, "tcp", family) else self._index.pick("tcp", family)
+            family = host_family(t_host)
+            tcp = inbound if fits(inbound, "tcp", family) else self._index.pick("tcp", family)
             if tcp is not None:
                 out = tcp
                 data = build(out)
         return Outcome([Send(data, out, t_host, t_port, out.proto)])
+
+    def _request_scanned(
+        self,
+        data: bytes,
+        scanned: ScannedRequest,
+        listener: Listener,
+        src: tuple[str, int],
+        conn: object | None,
+    ) -> Outcome | None:
+        """A request the C scanner read (scan.py): forwarded as `_request` would, without parsing it
+        into header objects. None when it needs anything `_request` alone does (a reply, a Via to fix,
+        an unknown socket): the general path then takes it."""
+        (
+            method,
+            ruri_raw,
+            ruri_host,
+            ruri_port,
+            ruri_params,
+            via_host,
+            via_rport,
+            has_to_tag,
+            branch,
+            max_forwards,
+            mf_start,
+            mf_name_end,
+            mf_end,
+            content_length,
+            start_end,
+            head_end,
+        ) = scanned
+        index = self._index
+        in_wire = index.known_wire(listener)
+        if in_wire is None or via_rport or via_host != normalize_host(src[0]):
+            return None
+        if method == b"OPTIONS" and index.is_ours(ruri_host, ruri_port):
+            return None
+        rule = select_route(self.routes, listener.tag, ruri_raw.decode("latin-1"))
+        out_tag: str | None = None
+        if rule is None:
+            target = _next_hop(ruri_host, ruri_port, transport_param(ruri_params) if ruri_params else None)
+        elif rule.forward is not None:
+            hop = rule.forward
+            target = (hop.host, hop.port, hop.transport)
+            out_tag = rule.socket
+        else:
+            return None
+        out = self._outbound(listener, out_tag, None, target[2] or "udp", host_family(target[0]))
+        if isinstance(out, str):
+            return None
+        sk = self._sk(in_wire.sk, conn)
+        body_at = head_end + 4
+        body = data[body_at : body_at + content_length] if content_length >= 0 else data[body_at:]
+        record = self.record_route and not has_to_tag and method != b"REGISTER"
+        if max_forwards < 0:
+            headers = [b"Max-Forwards: 70", data[start_end + 2 : head_end]]
+        else:
+            decremented = data[mf_start:mf_name_end] + b": %d" % (max_forwards - 1)
+            headers = [data[start_end + 2 : mf_start] + decremented + data[mf_end:head_end]]
+
+        def build(sender: Listener) -> bytes:
+            out_wire = index.wire(sender)
+            parts = [data[:start_end], out_wire.via_head + branch + b";sk=" + sk]
+            if record:
+                if sender is not listener and sender != listener:
+                    parts.append(out_wire.rr_double)
+                    parts.append(index.wire(listener).rr_double)
+                else:
+                    parts.append(out_wire.rr)
+            parts.extend(headers)
+            if content_length < 0 and sender.proto in STREAM_PROTOS:
+                parts.append(b"Content-Length: %d" % len(body))
+            return b"\r\n".join(parts) + b"\r\n\r\n" + body
+
+        return self._send_request(build, out, listener, target, out_tag)
 
     def _looped(self, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
         """RFC 3261 16.3 step 4: one of our Vias carries the loop hash this request would get again."""
@@ -589,7 +679,30 @@ class SipEngine:
         data = b"\r\n".join(parts) + b"\r\n\r\n" + body
         return Outcome([Send(data, inbound, host, port, proto, conn)])
 
+    def _response_scanned(self, data: bytes, scanned: ScannedResponse) -> Outcome | None:
+        """A response the C scanner read (scan.py): our Via cut out of the received bytes, as
+        `_response_fast` does; None when the Via is not one we write (the other paths decide)."""
+        prefix, sk, cut_start, cut_end, transport, host, port, received, rport = scanned
+        if not self._index.is_our_via_prefix(prefix):
+            return None
+        target = self._back_to(sk, transport, host, port, ip_literal(received) if received else None, rport)
+        if isinstance(target, str):
+            return _drop(target)
+        inbound, to_host, to_port, proto, conn = target
+        return Outcome([Send(data[:cut_start] + data[cut_end:], inbound, to_host, to_port, proto, conn)])
+
     def _back_by_via(self, sk: bytes | None, nxt: Via) -> tuple[Listener, str, int, str, object | None] | str:
+        return self._back_to(sk, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)
+
+    def _back_to(
+        self,
+        sk: bytes | None,
+        transport: str,
+        via_host: str,
+        via_port: int | None,
+        received: str | None,
+        rport: int | None,
+    ) -> tuple[Listener, str, int, str, object | None] | str:
         """Where a response goes (RFC 3261 18.2.2, RFC 3581): the socket our Via's `sk` names (and the
         connection, for streams), the next Via's received/rport or sent-by. A str is the drop reason."""
         inbound: Listener | None = None
@@ -601,13 +714,13 @@ class SipEngine:
                 inbound = self._index.by_key(key)
             if cid is not None:
                 conn = self.connection(cid)
-        proto = inbound.proto if inbound is not None else nxt.transport.lower()
-        host = nxt.received or nxt.host
+        proto = inbound.proto if inbound is not None else transport.lower()
+        host = received or via_host
         if proto == "udp":
-            port = nxt.rport or nxt.port or 5060
+            port = rport or via_port or 5060
             conn = None
         else:
-            port = nxt.port or (5061 if proto in ("tls", "wss") else 5060)
+            port = via_port or (5061 if proto in ("tls", "wss") else 5060)
         if inbound is None:
             inbound = self._index.pick(proto, host_family(host))
             if inbound is None:
@@ -709,9 +822,13 @@ def _via_line(low: bytes, start: int) -> int:
     return long_at
 
 
-def _next_hop(uri: SipUri) -> tuple[str, int, str | None]:
-    """Destination of a URI per RFC 3263 without DNS: its host, its port or the transport's default."""
+def _next_hop_of(uri: SipUri) -> tuple[str, int, str | None]:
     transport = uri.transport if uri.params else None
     if transport is None and uri.scheme == "sips":
         transport = "tls"
-    return uri.host, uri.port or (5061 if transport in ("tls", "wss") else 5060), transport
+    return _next_hop(uri.host, uri.port, transport)
+
+
+def _next_hop(host: str, port: int | None, transport: str | None) -> tuple[str, int, str | None]:
+    """Destination of a URI per RFC 3263 without DNS: its host, its port or the transport's default."""
+    return host, port or (5061 if transport in ("tls", "wss") else 5060), transport

@@ -30,8 +30,13 @@ class SipUri:
 
     @property
     def transport(self) -> str | None:
-        value = self.param(b"transport")
-        return value.decode("latin-1").lower() if value else None
+        return transport_param(self.params) if self.params else None
+
+
+def transport_param(params: bytes) -> str | None:
+    """The lowercased `transport` of a URI's raw `;params`, None when absent or empty."""
+    value = find_param(params, b"transport")
+    return value.decode("latin-1").lower() if value else None
 
 
 def uri_scheme(raw: bytes) -> str | None:

@@ -1,5 +1,5 @@
-"""The SIP core runs compiled (mypyc, setup.py) unless the install asked for pure Python, and a compiled
-module older than its source is caught before it can shadow an edit."""
+"""The SIP core runs compiled (mypyc, setup.py) with its C scanner unless the install asked for pure
+Python, and a compiled module older than its source is caught before it can shadow an edit."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def test_every_module_of_the_sip_core_is_the_compiled_one() -> None:
     for name in MODULES:
         module = importlib.import_module(f"sipproxy.sip.{name}")
         assert str(module.__file__).endswith(".so"), f"sipproxy.sip.{name} runs uncompiled: {module.__file__}"
+    scan = importlib.import_module("sipproxy.sip.scan")
+    assert scan.SCAN_REQUEST is not None and scan.SCAN_RESPONSE is not None, "built without the C scanner"
 
 
 def test_a_source_edited_after_the_build_is_reported(tmp_path: Path) -> None:
@@ -35,5 +37,12 @@ def test_a_source_edited_after_the_build_is_reported(tmp_path: Path) -> None:
     assert stale_extensions(core, tmp_path) == []
     os.utime(core / "via.py", (built + 10, built + 10))
     assert stale_extensions(core, tmp_path) == ["via.py"]
+    scanner = core / "_scan.c"
+    scanner.write_text("/* C */\n")
+    (core / "_scan.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    os.utime(scanner, (built - 50, built - 50))
+    assert stale_extensions(core, tmp_path) == ["via.py"]
+    os.utime(scanner, (built + 10, built + 10))  # the C source edited after its own library was built
+    assert stale_extensions(core, tmp_path) == ["_scan.c", "via.py"]
     library.unlink()  # stubs without their library: nothing compiled can be trusted
-    assert stale_extensions(core, tmp_path) == ["engine.py", "via.py"]
+    assert stale_extensions(core, tmp_path) == ["_scan.c", "engine.py", "via.py"]

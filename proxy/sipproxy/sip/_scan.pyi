@@ -1,0 +1,10 @@
+# The C scanner (_scan.c); sipproxy.sip.scan describes the tuples.
+def scan_request(
+    data: bytes, /
+) -> (
+    tuple[bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int, int]
+    | None
+): ...
+def scan_response(
+    data: bytes, /
+) -> tuple[bytes, bytes, int, int, str, str, int | None, str | None, int | None] | None: ...

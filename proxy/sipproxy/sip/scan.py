@@ -1,0 +1,35 @@
+"""The C scanner of usual messages (`_scan.c`), when this install has it (not with SIPSOCKETS_PURE_PYTHON).
+
+A scan reads a received message once and hands the engine the few values it forwards by, or None when
+the message is not of the usual plain shape; the engine then takes its general path, which answers every
+message. The tuples, field by field:
+
+ScannedRequest: method, Request-URI, its host (lowercase) and port, its `;params` (raw), the top Via's
+host, whether it asks for rport, whether To has a tag, the branch our Via gets (branch.make_branch of
+the request's keys), Max-Forwards (-1: none), the Max-Forwards line's start, end of its name and end,
+Content-Length (-1: none), the end of the start line, the start of the blank line ending the header
+block.
+
+ScannedResponse: our Via value up to `;branch=`, its `sk`, the span of our Via line (CRLF before it
+included) to cut out, then the next Via's transport (uppercase), host (lowercase), port, received (as
+written) and rport (a port number, else None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+ScannedRequest = tuple[
+    bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int, int
+]
+ScannedResponse = tuple[bytes, bytes, int, int, str, str, int | None, str | None, int | None]
+
+try:
+    from sipproxy.sip._scan import scan_request as _scan_request
+    from sipproxy.sip._scan import scan_response as _scan_response
+
+    SCAN_REQUEST: Callable[[bytes], ScannedRequest | None] | None = _scan_request
+    SCAN_RESPONSE: Callable[[bytes], ScannedResponse | None] | None = _scan_response
+except ImportError:  # installed without a C compiler: the general path does everything
+    SCAN_REQUEST = None
+    SCAN_RESPONSE = None

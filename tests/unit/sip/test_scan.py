@@ -1,0 +1,272 @@
+"""The C scanner (`_scan.c`, sipproxy.sip.scan) is an optimisation only: with it the engine gives, for
+every message, exactly the outcome it gives without it, the usual messages do take the scanned paths, and
+no input makes the scanner fail."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from sipproxy.sip.engine import Listener, Outcome, SipEngine
+from sipproxy.sip.routing import parse_routes
+from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE
+from tests.unit.sip.support import (
+    CORE,
+    PUBLIC,
+    TCP4,
+    TCP6,
+    UAC,
+    UDP4,
+    UDP6,
+    StaticListeners,
+    answer,
+    one,
+    request,
+)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SIPSOCKETS_PURE_PYTHON") == "1", reason="installed without the C scanner on purpose"
+)
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
+LISTENERS = (UDP4, TCP4, UDP6, TCP6, CORE, PUBLIC)
+UAS = ("127.0.0.1", 5080)
+ROUTE_SETS: list[object] = [
+    None,
+    [{"match": {}, "forward": "sip:127.0.0.1:5070"}],
+    [
+        {"match": {"ruri": "^sip:\\+44"}, "forward": "sip:127.0.0.1:5090;transport=tcp"},
+        {"match": {"tag": "pub"}, "forward": "sip:127.0.0.2:5071", "socket": "core"},
+        {"match": {"ruri": "reply"}, "reply": 404},
+    ],
+]
+
+
+def pair(routes: object = None, record_route: bool = True) -> tuple[SipEngine, SipEngine]:
+    """The same engine with and without the scanner."""
+    listeners = StaticListeners(LISTENERS)
+    rules = parse_routes(routes)
+    return (
+        SipEngine(rules, listeners, record_route=record_route),
+        SipEngine(rules, listeners, record_route=record_route, scan=False),
+    )
+
+
+def agree(
+    scanned: SipEngine,
+    general: SipEngine,
+    data: bytes,
+    listener: Listener,
+    src: tuple[str, int],
+    conn: object | None = None,
+) -> Outcome:
+    if conn is None and listener.proto == "tcp":
+        conn = object()
+    outcome = scanned.process(data, listener, src, conn)
+    assert outcome == general.process(data, listener, src, conn), data
+    return outcome
+
+
+def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tuple[str, int]) -> bool:
+    if data.startswith(b"SIP/"):
+        response = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
+        return response is not None and eng._response_scanned(data, response) is not None
+    found = SCAN_REQUEST(data) if SCAN_REQUEST is not None else None
+    return found is not None and eng._request_scanned(data, found, listener, src, None) is not None
+
+
+SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.10\r\ns=-\r\nc=IN IP4 127.0.0.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+
+def usual_requests() -> list[bytes]:
+
+    return [
+        request(body=SDP),
+        request("ACK", to_tag="uas-1"),
+        request("BYE", to_tag="uas-1", cseq=2),
+        request("OPTIONS", "sip:carrier.example.com:5099"),
+        request("REGISTER", "sip:registrar.example.com"),
+        request("INVITE", "sip:+442071234567@127.0.0.1:5080"),
+        request("INVITE", "sip:bob@127.0.0.1:5080;transport=tcp;user=phone"),
+        request("MESSAGE", "SIP:bob@127.0.0.1", max_forwards=None, body=b"hello"),
+        request(extra=["Subject: a call", 'P-Asserted-Identity: "Alice A." <sip:alice@example.com>']),
+        request(via="SIP/2.0/UDP 127.0.0.10:5061;branch=z9hG4bK-2;received=127.0.0.10"),
+        request(extra=["Via: SIP/2.0/UDP 127.0.0.99:5070;branch=z9hG4bK-earlier"]),
+        request(content_length=False, body=b""),
+        request(body=b"x" * 1400),  # too big for UDP: leaves over TCP
+        request("reply", "sip:reply@127.0.0.1"),
+    ]
+
+
+@pytest.mark.parametrize("routes", ROUTE_SETS)
+@pytest.mark.parametrize("record_route", [True, False])
+def test_usual_requests_take_the_scanned_path_and_agree(routes: object, record_route: bool) -> None:
+    scanned, general = pair(routes, record_route)
+    taken = 0
+    for data in usual_requests():
+        for listener in (UDP4, TCP4, PUBLIC):
+            outcome = agree(scanned, general, data, listener, UAC)
+            if outcome.drop_reason is None and listener.proto == "udp":
+                assert scanned_path_takes(scanned, data, listener, UAC), data
+                taken += 1
+    assert taken >= 20
+
+
+def test_usual_responses_take_the_scanned_path_and_agree() -> None:
+    scanned, general = pair()
+    for listener in (UDP4, TCP4):
+        conn = object() if listener.proto == "tcp" else None
+        for data in usual_requests():
+            forwarded = agree(scanned, general, data, listener, UAC, conn)
+            if forwarded.drop_reason is not None:
+                continue
+            for status, phrase, body in ((180, "Ringing", b""), (200, "OK", b"v=0\r\n"), (486, "Busy", b"")):
+                reply = answer(one(forwarded).data, status, phrase, body)
+                agree(scanned, general, reply, one(forwarded).listener, UAS)
+                assert scanned_path_takes(scanned, reply, UDP4, UAS), reply
+
+
+# Edits that each change what a scan may accept: the scanned path must either decline (the general path
+# answers) or give the same outcome.
+REQUEST_EDITS = [
+    (b"\r\nVia: ", b"\r\nv: "),
+    (b"\r\nVia: ", b"\r\nVia : "),
+    (b"\r\nVia: ", b"\r\nVia:\t"),
+    (b"\r\nFrom: ", b"\r\nf: "),
+    (b"\r\nTo: ", b"\r\nt: "),
+    (b"\r\nCall-ID: ", b"\r\ni: "),
+    (b"\r\nCall-ID: call-1@127.0.0.10", b"\r\nCall-ID: "),
+    (b"\r\nContent-Length: ", b"\r\nl: "),
+    (b"Content-Length: 0", b"Content-Length: 0\r\nContent-Length: 0"),
+    (b"Content-Length: 0", b"Content-Length: 0\r\nContent-Length: 1"),
+    (b"Content-Length: 0", b"Content-Length: 4"),
+    (b"Content-Length: 0", b"Content-Length: 00000000000"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 0"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 1"),
+    (b"Max-Forwards: 70", b"Max-Forwards: x"),
+    (b"Max-Forwards: 70", b"max-forwards:70"),
+    (b"Max-Forwards: 70", b"Max-Forwards: 70\r\nMax-Forwards: 70"),
+    (b"CSeq: 1 INVITE", b"CSeq: 1 BYE"),
+    (b"CSeq: 1 INVITE", b"CSeq: 1  INVITE"),
+    (b"CSeq: 1 INVITE", b"CSeq: 4294967296 INVITE"),
+    (b"CSeq: 1 INVITE", b"CSeq: 1 INVITE x"),
+    (b"CSeq: 1 INVITE", b"CSeq: INVITE"),
+    (b"INVITE sip:", b"INVITE  sip:"),
+    (b"INVITE sip:", b"INVITE sips:"),
+    (b"INVITE sip:", b"INVITE tel:"),
+    (b"INVITE sip:", b"FOO sip:"),
+    (b"sip:bob@127.0.0.1:5080", b"sip:bob@127.0.0.1:5080?Subject=x"),
+    (b"sip:bob@127.0.0.1:5080", b"sip:bob@[::1]:5080"),
+    (b"sip:bob@127.0.0.1:5080", b"sip:bob@127.0.0.1:0"),
+    (b"sip:bob@127.0.0.1:5080", b"sip:bob@127.0.0.1:5060"),  # ourselves
+    (b"sip:bob@127.0.0.1:5080", b"sip:b@b@127.0.0.1:5080;lr"),
+    (b" SIP/2.0\r\n", b" SIP/2.1\r\n"),
+    (b" SIP/2.0\r\n", b" sip/2.0\r\n"),
+    (b";tag=from-1", b";TAG=from-1"),
+    (b";tag=from-1", b"; tag=from-1"),
+    (b";tag=from-1", b";xtag=1;tag=from-1"),
+    (b";tag=from-1", b";tag=from-1;tag=2"),
+    (b";tag=from-1", b""),
+    (b"From: Alice <", b'From: "Alice, A." <'),
+    (b"From: Alice <", b'From: "Al\\"ice" <'),
+    (b"From: Alice <", b"From: Alice, B <"),
+    (b"From: Alice <", b'From: "Alice <'),
+    (b"From: Alice <sip:alice@127.0.0.10>", b"From: sip:alice@127.0.0.10"),
+    (b"127.0.0.10:5061;branch", b"127.0.0.10:5061;rport;branch"),
+    (b"127.0.0.10:5061;branch", b"127.0.0.11:5061;branch"),
+    (b"127.0.0.10:5061;branch", b"[::1]:5061;branch"),
+    (b"127.0.0.10:5061;branch", b"127.0.0.10:5061 ;branch"),
+    (b";branch=z9hG4bK-uac-1", b";branch=z9hG4bK"),
+    (b";branch=z9hG4bK-uac-1", b";branch="),
+    (b";branch=z9hG4bK-uac-1", b';branch="z9hG4bK-q"'),
+    (b";branch=z9hG4bK-uac-1", b";branch=a;branch=b"),
+    (b";branch=z9hG4bK-uac-1", b";branch=z9hG4bKsps1.2, SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsps3.4"),
+    (b";branch=z9hG4bK-uac-1", b";branch=z9hG4bK-3, SIP/2.0/TCP 127.0.0.99;branch=z9hG4bK-0"),
+    (b"SIP/2.0/UDP 127.0.0.10", b"SIP/2.0/udp 127.0.0.10"),
+    (b"SIP/2.0/UDP 127.0.0.10", b"SIP / 2.0 / UDP 127.0.0.10"),
+    (b"\r\nContact", b"\r\n Contact"),
+    (b"\r\nContact", b"\r\nContact\r\nContact"),
+    (b"\r\nContact", b"\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nContact"),
+    (b"\r\nContact", b"\r\nProxy-Require: foo\r\nContact"),
+    (b"\r\nContact", b"\r\nX-Ctl: a\x00b\r\nContact"),
+    (b"\r\nContact", b"\r\nX-Utf8: \xc3\xa9\r\nContact"),
+]
+
+
+def test_branches_agree_across_hash_block_boundaries() -> None:
+    """The branch of a scanned request is hashed in C; keys of every length around the 64-byte blocks."""
+    scanned, general = pair()
+    for size in range(1, 200):
+        call_id = ("c" * size).encode()
+        for branch in (b"z9hG4bK-uac-1", b"z9hG4bK"):  # with a usable branch, and RFC 2543-style
+            data = request().replace(b"call-1@127.0.0.10", call_id).replace(b"z9hG4bK-uac-1", branch)
+            assert scanned_path_takes(scanned, data, UDP4, UAC)
+            agree(scanned, general, data, UDP4, UAC)
+
+
+@pytest.mark.parametrize(("old", "new"), REQUEST_EDITS)
+@pytest.mark.parametrize("listener", [UDP4, TCP4])
+def test_request_edits_agree(old: bytes, new: bytes, listener: Listener) -> None:
+    scanned, general = pair(ROUTE_SETS[2])
+    data = request()
+    assert old in data, old
+    agree(scanned, general, data.replace(old, new, 1), listener, UAC)
+
+
+def test_random_mutations_agree() -> None:
+    scanned, general = pair(ROUTE_SETS[1])
+    rng = random.Random("scanner")
+    specials = b'\r\n \t:;,<>"=[]@?0zvVtT\x00\xff'
+    taken = 0
+    samples = [*usual_requests()[:4]]
+    forwarded = one(scanned.process(samples[0], UDP4, UAC)).data
+    samples += [answer(forwarded, 180, "Ringing"), answer(forwarded, 200, "OK", b"v=0\r\n")]
+    for data in samples:
+        src = UAS if data.startswith(b"SIP/") else UAC
+        for _ in range(600):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(len(mutated))
+                choice = rng.random()
+                if choice < 0.6:
+                    mutated[at] = rng.choice(specials)
+                elif choice < 0.8:
+                    del mutated[at]
+                else:
+                    mutated.insert(at, rng.choice(specials))
+            sample = bytes(mutated)
+            agree(scanned, general, sample, UDP4, src)
+            taken += scanned_path_takes(scanned, sample, UDP4, src)
+    assert taken > 800  # most small edits leave a message the scanner still reads
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.dat")))
+def test_rfc4475_messages_agree(name: str) -> None:
+    data = (DATA / f"{name}.dat").read_bytes()
+    scanned, general = pair(ROUTE_SETS[1])
+    for listener in (UDP4, TCP4):
+        agree(scanned, general, data, listener, ("127.0.0.9", 5062))
+
+
+def test_no_input_makes_the_scanner_fail() -> None:
+    assert SCAN_REQUEST is not None and SCAN_RESPONSE is not None
+    scanned, _ = pair()
+    forwarded = one(scanned.process(request(), UDP4, UAC)).data
+    messages = [request(body=b"v=0\r\n"), answer(forwarded, 200, "OK", b"v=0\r\n")]
+    messages += [(DATA / f"{name}.dat").read_bytes() for name in ("wsinv", "esc01", "longreq", "scalarlg")]
+    for data in messages:
+        for end in range(len(data) + 1):  # every truncation, as a datagram cut short would be
+            SCAN_REQUEST(data[:end])
+            SCAN_RESPONSE(data[:end])
+    rng = random.Random("garbage")
+    for _ in range(3000):
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        for data in (noise, b"SIP/2.0 200 OK\r\n" + noise, b"INVITE sip:a@b SIP/2.0\r\n" + noise):
+            for scan in (SCAN_REQUEST, SCAN_RESPONSE):
+                found = scan(data + b"\r\n\r\n")
+                assert found is None or isinstance(found, tuple)
+    with pytest.raises(TypeError):
+        SCAN_REQUEST("INVITE")  # type: ignore[arg-type]
