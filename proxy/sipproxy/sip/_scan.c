@@ -399,8 +399,9 @@ static const char NUL = '\0';
 
 static const char OUR_BRANCH[] = "z9hG4bKsps";
 
-/* After `;branch=` of our Via: `z9hG4bKsps<hex>.<hex>;sk=<a-z><hex>-<hex>[-<hex>]` and nothing else. */
-static int our_via_tail(const char *p, Span t, Span *sk) {
+/* After `;branch=` of our Via: `z9hG4bKsps<hex>.<hex>;sk=<a-z><hex>-<hex>[-<hex>]` and nothing else.
+ * key: the socket part of sk; cid: the connection id part (empty when none). */
+static int our_via_tail(const char *p, Span t, Span *key, Span *cid) {
     Py_ssize_t n = (Py_ssize_t)sizeof OUR_BRANCH - 1;
     if (t.e - t.s < n || memcmp(p + t.s, OUR_BRANCH, (size_t)n) != 0) return 0;
     Py_ssize_t i = t.s + n;
@@ -416,19 +417,22 @@ static int our_via_tail(const char *p, Span t, Span *sk) {
     HEXRUN();
     if (t.e - i < 4 || memcmp(p + i, ";sk=", 4) != 0) return 0;
     i += 4;
-    sk->s = i;
+    key->s = i;
     if (i >= t.e || p[i] < 'a' || p[i] > 'z') return 0;
     i++;
     HEXRUN();
     if (i >= t.e || p[i++] != '-') return 0;
     HEXRUN();
+    key->e = i;
+    *cid = (Span){i, i};
     if (i < t.e) {
         if (p[i++] != '-') return 0;
+        cid->s = i;
         HEXRUN();
+        cid->e = i;
     }
 #undef HEXRUN
 #undef HEX
-    sk->e = i;
     return i == t.e;
 }
 
@@ -439,12 +443,14 @@ static int cseq_number_ok(const char *p, Span v) {
     return n >= 0 && n <= 4294967295LL;
 }
 
-/* scan_response(data) -> (via_prefix, sk, cut_start, cut_end, transport, host, port, received, rport)
+/* scan_response(data) -> (via_prefix, socket_key, connection_id, forwarded, transport, host, port, received,
+ *                         rport)
  * or None.
  *
  * via_prefix: our Via value up to and including `;branch=` (the engine checks it is one of its own);
- * data[:cut_start] + data[cut_end:] is the message without our Via line; the rest describes the next
- * Via as via.Via would (received as written, rport as a number or None).
+ * socket_key and connection_id: its `sk` as listeners.parse_socket_key splits it; forwarded: the message
+ * without our Via line; the rest describes the next Via as via.Via would (received as written, rport as
+ * a number or None).
  */
 static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (!PyBytes_Check(arg)) {
@@ -468,8 +474,9 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     Py_ssize_t branch_at = find(p, ours.s, ours.e, ";branch=", 8);
     if (branch_at < 0) Py_RETURN_NONE;
     Span prefix = {ours.s, branch_at + 8};
-    Span sk;
-    if (!our_via_tail(p, (Span){prefix.e, ours.e}, &sk)) Py_RETURN_NONE;
+    Span key, cid;
+    if (!our_via_tail(p, (Span){prefix.e, ours.e}, &key, &cid)) Py_RETURN_NONE;
+    if (cid.e - cid.s > 15) Py_RETURN_NONE; /* not an id we gave */
 
     Seen *cseq = &m.seen[H_CSEQ];
     if (cseq->count > 0 && !cseq_number_ok(p, cseq->value[0])) Py_RETURN_NONE;
@@ -483,14 +490,32 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
 
     /* Our line with the CRLF before it: the start line or a header always precedes it. */
     Py_ssize_t cut_start = vias->line[0].s - 2, cut_end = vias->line[0].e;
+    PyObject *forwarded = PyBytes_FromStringAndSize(NULL, m.n - (cut_end - cut_start));
+    if (forwarded == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(forwarded), p, (size_t)cut_start);
+    memcpy(PyBytes_AS_STRING(forwarded) + cut_start, p + cut_end, (size_t)(m.n - cut_end));
+    PyObject *connection_id;
+    if (cid.e > cid.s) {
+        long long id = 0;
+        for (Py_ssize_t i = cid.s; i < cid.e; i++)
+            id = id * 16 + (is_digit(p[i]) ? p[i] - '0' : p[i] - 'a' + 10);
+        connection_id = PyLong_FromLongLong(id);
+    } else {
+        connection_id = Py_NewRef(Py_None);
+    }
     PyObject *received;
     if (via.has_received) {
         received = PyUnicode_DecodeLatin1(p + via.received.s, via.received.e - via.received.s, NULL);
     } else {
         received = Py_NewRef(Py_None);
     }
-    if (received == NULL) return NULL;
-    return Py_BuildValue("(NNnnNNNNN)", bytes_of(p, prefix), bytes_of(p, sk), cut_start, cut_end,
+    if (received == NULL || connection_id == NULL) {
+        Py_DECREF(forwarded);
+        Py_XDECREF(received);
+        Py_XDECREF(connection_id);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNNNNNNN)", bytes_of(p, prefix), bytes_of(p, key), connection_id, forwarded,
                          upper_str_of(p, via.transport), lower_str_of(p, via.host), port_of(via.port),
                          received, rport_of(p, &via));
 }
@@ -631,15 +656,14 @@ static void our_branch(const char *p, Span ruri, const Via *top, int has_from_ta
 #define OUR_BRANCH_LEN (sizeof OUR_BRANCH - 1 + 20 + 1 + 8)
 
 /* scan_request(data) -> (method, ruri, ruri_host, ruri_port, ruri_params, via_host, via_rport, has_to_tag,
- *                        branch, max_forwards, mf_start, mf_name_end, mf_end, content_length, start_end,
- *                        head_end)
+ *                        branch, max_forwards, mf_name_end, mf_end, content_length, start_end, head_end)
  * or None.
  *
  * None for anything the fast path does not forward on its own: Route or Proxy-Require present, a Via
  * of ours below the top one (a loop check is due), any header the general path would reject or read in
  * a way this scan does not. via_host and via_rport say whether the top Via needs received/rport (then
  * the general path takes it); branch is the one our Via gets. max_forwards and content_length are -1
- * when absent; mf_* locate the Max-Forwards line (start, end of its name, end), start_end and head_end
+ * when absent; mf_* locate the Max-Forwards line (end of its name, end), start_end and head_end
  * the ends of the start line and of the header block.
  */
 static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
@@ -718,11 +742,11 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
 
     char branch[OUR_BRANCH_LEN];
     our_branch(p, ruri, &top, has_from_tag == 1, from_tag, call_id, cseq_number, s[H_VIA].value[0], branch);
-    return Py_BuildValue("(NNNNNNOONLnnnLnn)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
+    return Py_BuildValue("(NNNNNNOONLnnLnn)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
                          port_of(uri.port), bytes_of(p, uri.params), lower_str_of(p, top.host),
                          top.has_rport ? Py_True : Py_False, has_to_tag == 1 ? Py_True : Py_False,
-                         PyBytes_FromStringAndSize(branch, (Py_ssize_t)OUR_BRANCH_LEN), max_forwards, mf_line.s,
-                         mf_name.e, mf_line.e, content_length, m.start_end, m.head_end);
+                         PyBytes_FromStringAndSize(branch, (Py_ssize_t)OUR_BRANCH_LEN), max_forwards, mf_name.e,
+                         mf_line.e, content_length, m.start_end, m.head_end);
 }
 
 static PyMethodDef methods[] = {

@@ -2,9 +2,8 @@
 def scan_request(
     data: bytes, /
 ) -> (
-    tuple[bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int, int]
-    | None
+    tuple[bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int] | None
 ): ...
 def scan_response(
     data: bytes, /
-) -> tuple[bytes, bytes, int, int, str, str, int | None, str | None, int | None] | None: ...
+) -> tuple[bytes, bytes, int | None, bytes, str, str, int | None, str | None, int | None] | None: ...

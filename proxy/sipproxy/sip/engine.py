@@ -395,15 +395,27 @@ class SipEngine:
         target: tuple[str, int, str | None],
         out_tag: str | None,
     ) -> Outcome:
-        t_host, t_port, t_transport = target
         data = build(out)
-        if len(data) > UDP_SIZE_LIMIT and out.proto == "udp" and out_tag is None and t_transport is None:
-            family = host_family(t_host)
-            tcp = inbound if fits(inbound, "tcp", family) else self._index.pick("tcp", family)
-            if tcp is not None:
-                out = tcp
-                data = build(out)
-        return Outcome([Send(data, out, t_host, t_port, out.proto)])
+        tcp = self._tcp_instead(data, out, inbound, target, out_tag)
+        if tcp is not None:
+            out = tcp
+            data = build(out)
+        return Outcome([Send(data, out, target[0], target[1], out.proto)])
+
+    def _tcp_instead(
+        self,
+        data: bytes,
+        out: Listener,
+        inbound: Listener,
+        target: tuple[str, int, str | None],
+        out_tag: str | None,
+    ) -> Listener | None:
+        """A TCP socket to send `data` from instead of UDP socket `out` when it is too big for UDP and
+        neither the route nor the URI fixed the transport (RFC 3261 18.1.1)."""
+        if len(data) <= UDP_SIZE_LIMIT or out.proto != "udp" or out_tag is not None or target[2] is not None:
+            return None
+        family = host_family(target[0])
+        return inbound if fits(inbound, "tcp", family) else self._index.pick("tcp", family)
 
     def _request_scanned(
         self,
@@ -427,7 +439,6 @@ class SipEngine:
             has_to_tag,
             branch,
             max_forwards,
-            mf_start,
             mf_name_end,
             mf_end,
             content_length,
@@ -457,27 +468,48 @@ class SipEngine:
         body_at = head_end + 4
         body = data[body_at : body_at + content_length] if content_length >= 0 else data[body_at:]
         record = self.record_route and not has_to_tag and method != b"REGISTER"
+        head = data[: start_end + 2]  # the start line, unchanged
+        # The header lines as received (with their CRLFs), Max-Forwards decremented or added.
         if max_forwards < 0:
-            headers = [b"Max-Forwards: 70", data[start_end + 2 : head_end]]
+            lines = [b"Max-Forwards: 70\r\n", data[start_end + 2 : head_end + 2]]
         else:
-            decremented = data[mf_start:mf_name_end] + b": %d" % (max_forwards - 1)
-            headers = [data[start_end + 2 : mf_start] + decremented + data[mf_end:head_end]]
+            decremented = b": %d" % (max_forwards - 1)
+            lines = [data[start_end + 2 : mf_name_end], decremented, data[mf_end : head_end + 2]]
+        add_length = content_length < 0
+        spliced = self._spliced(head, out, listener, branch, sk, record, lines, add_length, body)
+        tcp = self._tcp_instead(spliced, out, listener, target, out_tag)
+        if tcp is not None:
+            out = tcp
+            spliced = self._spliced(head, out, listener, branch, sk, record, lines, add_length, body)
+        return Outcome([Send(spliced, out, target[0], target[1], out.proto)])
 
-        def build(sender: Listener) -> bytes:
-            out_wire = index.wire(sender)
-            parts = [data[:start_end], out_wire.via_head + branch + b";sk=" + sk]
-            if record:
-                if sender is not listener and sender != listener:
-                    parts.append(out_wire.rr_double)
-                    parts.append(index.wire(listener).rr_double)
-                else:
-                    parts.append(out_wire.rr)
-            parts.extend(headers)
-            if content_length < 0 and sender.proto in STREAM_PROTOS:
-                parts.append(b"Content-Length: %d" % len(body))
-            return b"\r\n".join(parts) + b"\r\n\r\n" + body
-
-        return self._send_request(build, out, listener, target, out_tag)
+    def _spliced(
+        self,
+        head: bytes,
+        sender: Listener,
+        inbound: Listener,
+        branch: bytes,
+        sk: bytes,
+        record: bool,
+        lines: list[bytes],
+        add_length: bool,
+        body: bytes,
+    ) -> bytes:
+        """A scanned request as it leaves: its start line, our Via (and Record-Route), its own header lines,
+        its body; one join, no line split out."""
+        index = self._index
+        wire = index.wire(sender)
+        parts = [head, wire.via_head, branch, b";sk=", sk, b"\r\n"]
+        if record:
+            if sender is not inbound and sender != inbound:
+                parts += [wire.rr_double, b"\r\n", index.wire(inbound).rr_double, b"\r\n"]
+            else:
+                parts += [wire.rr, b"\r\n"]
+        parts += lines
+        if add_length and sender.proto in STREAM_PROTOS:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts += [b"\r\n", body]
+        return b"".join(parts)
 
     def _looped(self, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
         """RFC 3261 16.3 step 4: one of our Vias carries the loop hash this request would get again."""
@@ -682,21 +714,24 @@ class SipEngine:
     def _response_scanned(self, data: bytes, scanned: ScannedResponse) -> Outcome | None:
         """A response the C scanner read (scan.py): our Via cut out of the received bytes, as
         `_response_fast` does; None when the Via is not one we write (the other paths decide)."""
-        prefix, sk, cut_start, cut_end, transport, host, port, received, rport = scanned
+        prefix, key, cid, forwarded, transport, host, port, received, rport = scanned
         if not self._index.is_our_via_prefix(prefix):
             return None
-        target = self._back_to(sk, transport, host, port, ip_literal(received) if received else None, rport)
+        received_ip = ip_literal(received) if received else None
+        target = self._back_to(key, cid, transport, host, port, received_ip, rport)
         if isinstance(target, str):
             return _drop(target)
         inbound, to_host, to_port, proto, conn = target
-        return Outcome([Send(data[:cut_start] + data[cut_end:], inbound, to_host, to_port, proto, conn)])
+        return Outcome([Send(forwarded, inbound, to_host, to_port, proto, conn)])
 
     def _back_by_via(self, sk: bytes | None, nxt: Via) -> tuple[Listener, str, int, str, object | None] | str:
-        return self._back_to(sk, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)
+        key, cid = parse_socket_key(sk) if sk else (None, None)
+        return self._back_to(key, cid, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)
 
     def _back_to(
         self,
-        sk: bytes | None,
+        key: bytes | None,
+        cid: int | None,
         transport: str,
         via_host: str,
         via_port: int | None,
@@ -707,8 +742,7 @@ class SipEngine:
         connection, for streams), the next Via's received/rport or sent-by. A str is the drop reason."""
         inbound: Listener | None = None
         conn: object | None = None
-        if sk:
-            key, cid = parse_socket_key(sk)
+        if key:
             inbound = self._index.by_key(key)
             if inbound is None and self._refresh_if_stale():
                 inbound = self._index.by_key(key)

@@ -6,13 +6,13 @@ message. The tuples, field by field:
 
 ScannedRequest: method, Request-URI, its host (lowercase) and port, its `;params` (raw), the top Via's
 host, whether it asks for rport, whether To has a tag, the branch our Via gets (branch.make_branch of
-the request's keys), Max-Forwards (-1: none), the Max-Forwards line's start, end of its name and end,
+the request's keys), Max-Forwards (-1: none), the end of the Max-Forwards line's name and of the line,
 Content-Length (-1: none), the end of the start line, the start of the blank line ending the header
 block.
 
-ScannedResponse: our Via value up to `;branch=`, its `sk`, the span of our Via line (CRLF before it
-included) to cut out, then the next Via's transport (uppercase), host (lowercase), port, received (as
-written) and rport (a port number, else None).
+ScannedResponse: our Via value up to `;branch=`, the socket key and connection id of its `sk`
+(listeners.parse_socket_key), the message without our Via line, then the next Via's transport
+(uppercase), host (lowercase), port, received (as written) and rport (a port number, else None).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 ScannedRequest = tuple[
-    bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int, int
+    bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int
 ]
-ScannedResponse = tuple[bytes, bytes, int, int, str, str, int | None, str | None, int | None]
+ScannedResponse = tuple[bytes, bytes, int | None, bytes, str, str, int | None, str | None, int | None]
 
 try:
     from sipproxy.sip._scan import scan_request as _scan_request
