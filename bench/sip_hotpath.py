@@ -64,11 +64,15 @@ def uac_request(method: str, cseq: int, branch: str, to_tag: str = "", body: byt
 
 
 def uas_response(forwarded: bytes, status: str, body: bytes = b"") -> bytes:
-    """SIPp's uas answer: Via lines as received, To tag added, Record-Route copied."""
+    """SIPp's uas answer: every Via value on one line (as SIPp writes `[last_Via:]`), To tag added,
+    Record-Route copied."""
     head, _, _ = forwarded.partition(b"\r\n\r\n")
-    keep = (b"via:", b"from:", b"to:", b"call-id:", b"cseq:", b"record-route:")
+    keep = (b"from:", b"to:", b"call-id:", b"cseq:", b"record-route:")
     lines = [b"SIP/2.0 " + status.encode()]
-    for line in head.split(b"\r\n")[1:]:
+    received = head.split(b"\r\n")[1:]
+    vias = [line.split(b":", 1)[1].strip() for line in received if line.lower().startswith(b"via:")]
+    lines.append(b"Via: " + b", ".join(vias))
+    for line in received:
         if line.lower().startswith(keep):
             lines.append(line + b";tag=2SIPpTag012" if line.lower().startswith(b"to:") else line)
     lines.append(b"Contact: <sip:127.0.0.1:5062;transport=UDP>")

@@ -258,6 +258,21 @@ static int single_plain(const char *p, Span v) {
     return 1;
 }
 
+/* A Via line's value split on its commas, as `split_values` would with no quotes or brackets about:
+ * 1: the first value (trimmed) is in *first and *rest is what follows its comma (empty: no comma); 0: the
+ * line has quotes or brackets (split_values must read it), or an empty value first or after the comma. */
+static int first_value(const char *p, Span line, Span *first, Span *rest) {
+    for (Py_ssize_t i = line.s; i < line.e; i++) {
+        char c = p[i];
+        if (c == '"' || c == '<' || c == '>') return 0;
+    }
+    Py_ssize_t comma = find_char(p, line.s, line.e, ',');
+    *first = trim(p, (Span){line.s, comma < 0 ? line.e : comma});
+    *rest = comma < 0 ? (Span){line.e, line.e} : (Span){comma + 1, line.e};
+    if (comma >= 0 && trim(p, *rest).e == trim(p, *rest).s) return 0; /* `a,`: an empty value follows */
+    return first->e > first->s;
+}
+
 static PyObject *bytes_of(const char *p, Span s) { return PyBytes_FromStringAndSize(p + s.s, s.e - s.s); }
 
 static PyObject *lower_str_of(const char *p, Span s) {
@@ -443,6 +458,52 @@ static int cseq_number_ok(const char *p, Span v) {
     return n >= 0 && n <= 4294967295LL;
 }
 
+/* The response as it goes on: our Via line cut out when it holds ours alone, else rewritten as
+ * `name: v2, v3` from the values after ours, each trimmed, the way the general path joins them. None
+ * when one of those values is empty (the general path decides what that means). */
+static PyObject *without_our_via(const char *p, Py_ssize_t n, Span line, Span name, Span rest) {
+    if (rest.e == rest.s) { /* the line and the CRLF before it: the start line always precedes */
+        Py_ssize_t cut_start = line.s - 2, cut_end = line.e;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, n - (cut_end - cut_start));
+        if (out == NULL) return NULL;
+        memcpy(PyBytes_AS_STRING(out), p, (size_t)cut_start);
+        memcpy(PyBytes_AS_STRING(out) + cut_start, p + cut_end, (size_t)(n - cut_end));
+        return out;
+    }
+    Py_ssize_t size = line.s + (name.e - name.s) + 2 + (n - line.e);
+    int values = 0;
+    for (Py_ssize_t i = rest.s; i <= rest.e;) { /* first pass: sizes */
+        Py_ssize_t comma = find_char(p, i, rest.e, ',');
+        Span v = trim(p, (Span){i, comma < 0 ? rest.e : comma});
+        if (v.e == v.s) Py_RETURN_NONE;
+        size += (v.e - v.s) + (values++ ? 2 : 0);
+        i = comma < 0 ? rest.e + 1 : comma + 1;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, p, (size_t)line.s);
+    o += line.s;
+    memcpy(o, p + name.s, (size_t)(name.e - name.s));
+    o += name.e - name.s;
+    memcpy(o, ": ", 2);
+    o += 2;
+    values = 0;
+    for (Py_ssize_t i = rest.s; i <= rest.e;) {
+        Py_ssize_t comma = find_char(p, i, rest.e, ',');
+        Span v = trim(p, (Span){i, comma < 0 ? rest.e : comma});
+        if (values++) {
+            memcpy(o, ", ", 2);
+            o += 2;
+        }
+        memcpy(o, p + v.s, (size_t)(v.e - v.s));
+        o += v.e - v.s;
+        i = comma < 0 ? rest.e + 1 : comma + 1;
+    }
+    memcpy(o, p + line.e, (size_t)(n - line.e));
+    return out;
+}
+
 /* scan_response(data) -> (via_prefix, socket_key, connection_id, forwarded, transport, host, port, received,
  *                         rport)
  * or None.
@@ -467,10 +528,17 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (p[11] != ' ' && !(p[11] == '\r' && p[12] == '\n')) Py_RETURN_NONE;
     if (!scan_headers(&m)) Py_RETURN_NONE;
     Seen *vias = &m.seen[H_VIA];
-    if (vias->count < 2 || vias->count > MAX_SEEN) Py_RETURN_NONE;
+    if (vias->count < 1 || vias->count > MAX_SEEN) Py_RETURN_NONE;
 
-    Span ours = vias->value[0];
-    if (!single_plain(p, ours)) Py_RETURN_NONE;
+    /* Ours is the first Via value; the next one follows it on the same line (SIPp and others write all
+     * Vias of a response on one line) or starts the next Via line. */
+    Span ours, rest, next, next_rest;
+    if (!first_value(p, vias->value[0], &ours, &rest)) Py_RETURN_NONE;
+    if (rest.e > rest.s) {
+        if (!first_value(p, rest, &next, &next_rest)) Py_RETURN_NONE;
+    } else if (vias->count < 2 || !first_value(p, vias->value[1], &next, &next_rest)) {
+        Py_RETURN_NONE;
+    }
     Py_ssize_t branch_at = find(p, ours.s, ours.e, ";branch=", 8);
     if (branch_at < 0) Py_RETURN_NONE;
     Span prefix = {ours.s, branch_at + 8};
@@ -483,17 +551,11 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     Seen *cl = &m.seen[H_CONTENT_LENGTH];
     if (cl->count != 1 || number(p, cl->value[0], 10) != m.n - m.head_end - 4) Py_RETURN_NONE;
 
-    Span next = vias->value[1];
-    if (!single_plain(p, next)) Py_RETURN_NONE;
     Via via;
     if (!parse_via(p, next, &via)) Py_RETURN_NONE;
-
-    /* Our line with the CRLF before it: the start line or a header always precedes it. */
-    Py_ssize_t cut_start = vias->line[0].s - 2, cut_end = vias->line[0].e;
-    PyObject *forwarded = PyBytes_FromStringAndSize(NULL, m.n - (cut_end - cut_start));
+    PyObject *forwarded = without_our_via(p, m.n, vias->line[0], vias->name[0], rest);
     if (forwarded == NULL) return NULL;
-    memcpy(PyBytes_AS_STRING(forwarded), p, (size_t)cut_start);
-    memcpy(PyBytes_AS_STRING(forwarded) + cut_start, p + cut_end, (size_t)(m.n - cut_end));
+    if (forwarded == Py_None) return forwarded;
     PyObject *connection_id;
     if (cid.e > cid.s) {
         long long id = 0;

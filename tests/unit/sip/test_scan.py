@@ -81,6 +81,16 @@ def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tup
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.10\r\ns=-\r\nc=IN IP4 127.0.0.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
 
+def one_via_line(response: bytes) -> bytes:
+    """The response with all its Via values on one line, the way SIPp's uas writes `[last_Via:]`."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    values = [line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"via:")]
+    first = next(i for i, line in enumerate(lines) if line.lower().startswith(b"via:"))
+    rest = [line for line in lines[first:] if not line.lower().startswith(b"via:")]
+    return b"\r\n".join([*lines[:first], b"Via: " + b", ".join(values), *rest]) + b"\r\n\r\n" + body
+
+
 def usual_requests() -> list[bytes]:
 
     return [
@@ -125,8 +135,33 @@ def test_usual_responses_take_the_scanned_path_and_agree() -> None:
                 continue
             for status, phrase, body in ((180, "Ringing", b""), (200, "OK", b"v=0\r\n"), (486, "Busy", b"")):
                 reply = answer(one(forwarded).data, status, phrase, body)
-                agree(scanned, general, reply, one(forwarded).listener, UAS)
-                assert scanned_path_takes(scanned, reply, UDP4, UAS), reply
+                for shape in (reply, one_via_line(reply)):
+                    agree(scanned, general, shape, one(forwarded).listener, UAS)
+                    assert scanned_path_takes(scanned, shape, UDP4, UAS), shape
+
+
+RESPONSE_EDITS = [
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4,"),
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4 ,   "),
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4, , "),
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4,\r\nVia: "),
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4\r\nVia: "),
+    (b";sk=u7f000001-13c4, ", b";sk=u7f000001-13c4, SIP/2.0/UDP 127.0.0.9:5070;branch=z9hG4bK-x, "),
+    (b";sk=u7f000001-13c4, ", b';sk=u7f000001-13c4, SIP/2.0/UDP 127.0.0.9;branch="q", '),
+    (b"127.0.0.10:5061;branch", b"127.0.0.10:5061;received=127.0.0.77;rport=7;branch"),
+    (b"SIP/2.0/UDP 127.0.0.10:5061;branch", b"SIP/2.0/TCP 127.0.0.10;branch"),
+    (b"SIP/2.0/UDP 127.0.0.10:5061;branch", b"SIP/2.0/UDP [::1]:5061;branch"),
+    (b"z9hG4bK-uac-1\r\n", b"z9hG4bK-uac-1,\r\n"),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), RESPONSE_EDITS)
+def test_response_edits_agree(old: bytes, new: bytes) -> None:
+    scanned, general = pair()
+    data = one_via_line(answer(one(scanned.process(request(), UDP4, UAC)).data, 180, "Ringing"))
+    general.process(request(), UDP4, UAC)
+    assert old in data, (old, data)
+    agree(scanned, general, data.replace(old, new, 1), UDP4, UAS)
 
 
 # Edits that each change what a scan may accept: the scanned path must either decline (the general path
@@ -224,6 +259,7 @@ def test_random_mutations_agree() -> None:
     samples = [*usual_requests()[:4]]
     forwarded = one(scanned.process(samples[0], UDP4, UAC)).data
     samples += [answer(forwarded, 180, "Ringing"), answer(forwarded, 200, "OK", b"v=0\r\n")]
+    samples.append(one_via_line(samples[-1]))
     for data in samples:
         src = UAS if data.startswith(b"SIP/") else UAC
         for _ in range(600):
