@@ -145,6 +145,20 @@ typedef struct {
     Seen seen[H_KINDS];
 } Scan;
 
+/* Start a scan of `arg`; 0 with TypeError set when it is not bytes. Only the counts are cleared: a line
+ * is read only below its kind's count, and the rest is stack the scan need not touch. */
+static int scan_init(Scan *m, PyObject *arg, const char *fn) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes bytes", fn);
+        return 0;
+    }
+    m->p = PyBytes_AS_STRING(arg);
+    m->n = PyBytes_GET_SIZE(arg);
+    m->start_end = m->head_end = 0;
+    for (int k = 0; k < H_KINDS; k++) m->seen[k].count = 0;
+    return 1;
+}
+
 /* Split the header block into plain lines and remember the ones we read. 0: not of the plain shape. */
 static int scan_headers(Scan *m) {
     const char *p = m->p;
@@ -170,8 +184,9 @@ static int scan_headers(Scan *m) {
         if (colon <= ls) return 0; /* folded line, no name, no colon */
         Span name = {ls, colon};
         if (!all_in(p, name, TOKEN)) return 0; /* spaces before the colon too */
-        Seen *seen = &m->seen[header_kind(p, name)];
-        if (seen->count < MAX_SEEN) {
+        int kind = header_kind(p, name);
+        Seen *seen = &m->seen[kind];
+        if (kind != H_OTHER && seen->count < MAX_SEEN) {
             seen->line[seen->count] = (Span){ls, le};
             seen->name[seen->count] = name;
             seen->value[seen->count] = trim(p, (Span){colon + 1, le});
@@ -514,14 +529,8 @@ static PyObject *without_our_via(const char *p, Py_ssize_t n, Span line, Span na
  * a number or None).
  */
 static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "scan_response() takes bytes");
-        return NULL;
-    }
     Scan m;
-    memset(&m, 0, sizeof m);
-    m.p = PyBytes_AS_STRING(arg);
-    m.n = PyBytes_GET_SIZE(arg);
+    if (!scan_init(&m, arg, "scan_response")) return NULL;
     const char *p = m.p;
     if (m.n < 13 || memcmp(p, "SIP/2.0 ", 8) != 0) Py_RETURN_NONE;
     if (!is_digit(p[8]) || !is_digit(p[9]) || !is_digit(p[10]) || p[8] < '1' || p[8] > '6') Py_RETURN_NONE;
@@ -729,14 +738,8 @@ static void our_branch(const char *p, Span ruri, const Via *top, int has_from_ta
  * the ends of the start line and of the header block.
  */
 static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "scan_request() takes bytes");
-        return NULL;
-    }
     Scan m;
-    memset(&m, 0, sizeof m);
-    m.p = PyBytes_AS_STRING(arg);
-    m.n = PyBytes_GET_SIZE(arg);
+    if (!scan_init(&m, arg, "scan_request")) return NULL;
     const char *p = m.p;
     if (!scan_headers(&m)) Py_RETURN_NONE;
 
