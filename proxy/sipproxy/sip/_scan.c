@@ -694,7 +694,7 @@ static int parse_ruri(const char *p, Span r, SipUri *uri) {
 /* Our branch for a request forwarded without Route headers: branch.make_branch of its transaction key
  * and loop key, both hashed here (branch.py says what they hold and why). */
 static void our_branch(const char *p, Span ruri, const Via *top, int has_from_tag, Span from_tag, Span call_id,
-                       Span cseq_number, Span via_value, char *out) {
+                       Span cseq_number, Span via_value, const Seen *routes, char *out) {
     size_t n = sizeof OUR_BRANCH - 1;
     memcpy(out, OUR_BRANCH, n);
     Blake2s s;
@@ -719,23 +719,145 @@ static void our_branch(const char *p, Span ruri, const Via *top, int has_from_ta
     Span loop[4] = {ruri, tag, call_id, cseq_number};
     for (int k = 0; k < 4; k++) {
         b2s_span(&s, p, loop[k]);
-        b2s_update(&s, &NUL, 1); /* the last NUL precedes the (empty) Route values */
+        b2s_update(&s, &NUL, 1); /* the last NUL precedes the Route values */
+    }
+    for (int k = 0; k < routes->count; k++) { /* the Route lines' values as received, joined by commas */
+        if (k) b2s_update(&s, ",", 1);
+        b2s_span(&s, p, routes->value[k]);
     }
     b2s_hex(&s, out + n + 21);
 }
 
 #define OUR_BRANCH_LEN (sizeof OUR_BRANCH - 1 + 20 + 1 + 8)
 
+/* The first parameter `name` of a URI's `;params` as headers.find_param finds it: 1 found (*value the value,
+ * empty for a flag), 0 absent. */
+static int uri_param(const char *p, Span params, const char *name, Span *value) {
+    Py_ssize_t i = params.s;
+    while (i < params.e) {
+        Py_ssize_t ps = i + 1, pe = find_char(p, ps, params.e, ';');
+        if (pe < 0) pe = params.e;
+        Py_ssize_t eq = find_char(p, ps, pe, '=');
+        if (span_ieq(p, (Span){ps, eq < 0 ? pe : eq}, name)) {
+            *value = eq < 0 ? (Span){pe, pe} : (Span){eq + 1, pe};
+            return 1;
+        }
+        i = pe;
+    }
+    return 0;
+}
+
+#define MAX_ROUTES 2 /* ours, or our double Record-Route (RFC 5658): all a scanned request may carry */
+
+typedef struct {
+    SipUri uri;
+    int r2;
+    Span transport; /* empty: none */
+} Route;
+
+/* The Route set of an in-dialog request, when it is at most our own entries: every value `[name] <sip:uri>`
+ * with a URI the scan reads. 0: anything else (the general path routes it). */
+static int scan_routes(const char *p, const Seen *lines, Route *routes, int *count) {
+    *count = 0;
+    if (lines->count > MAX_SEEN) return 0;
+    for (int k = 0; k < lines->count; k++) {
+        Span v = lines->value[k];
+        Py_ssize_t i = v.s;
+        while (i <= v.e) {
+            Py_ssize_t lt = find_char(p, i, v.e, '<');
+            if (lt < 0) return 0;
+            Py_ssize_t gt = find_char(p, lt, v.e, '>');
+            if (gt < 0) return 0;
+            Py_ssize_t end = find_char(p, gt, v.e, ',');
+            if (end < 0) end = v.e;
+            for (Py_ssize_t j = i; j < end; j++) /* one value: no quote, comma or other bracket in it */
+                if (p[j] == '"' || p[j] == ',' || (j != lt && p[j] == '<') || (j != gt && p[j] == '>')) return 0;
+            if (*count == MAX_ROUTES) return 0;
+            Route *r = &routes[(*count)++];
+            if (!parse_ruri(p, trim(p, (Span){lt + 1, gt}), &r->uri)) return 0;
+            Span value;
+            r->r2 = uri_param(p, r->uri.params, "r2", &value);
+            r->transport = (Span){0, 0};
+            if (uri_param(p, r->uri.params, "transport", &value)) r->transport = value;
+            i = end + 1;
+            if (end < v.e && trim(p, (Span){i, v.e}).e == trim(p, (Span){i, v.e}).s) return 0; /* `a,` */
+        }
+    }
+    return *count > 0;
+}
+
+static PyObject *route_of(const char *p, const Route *r) {
+    PyObject *transport;
+    if (r->transport.e > r->transport.s) {
+        transport = lower_str_of(p, r->transport);
+    } else {
+        transport = Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(NNON)", lower_str_of(p, r->uri.host), port_of(r->uri.port), r->r2 ? Py_True : Py_False,
+                         transport);
+}
+
+/* The request's header lines as they go on (each with its CRLF): Max-Forwards decremented (or added first
+ * when missing), the Route lines left out when `drop_routes`. */
+static PyObject *header_lines(const Scan *m, long long max_forwards, int drop_routes) {
+    const char *p = m->p;
+    const Seen *mf = &m->seen[H_MAX_FORWARDS], *routes = &m->seen[H_ROUTE];
+    Span cut[MAX_SEEN + 1]; /* lines to leave out or rewrite, in order */
+    int cuts = 0, mf_at = -1;
+    for (int k = 0; drop_routes && k < routes->count; k++) cut[cuts++] = routes->line[k];
+    if (mf->count) {
+        int at = cuts;
+        while (at > 0 && cut[at - 1].s > mf->line[0].s) {
+            cut[at] = cut[at - 1];
+            at--;
+        }
+        cut[at] = mf->line[0];
+        cuts++;
+        mf_at = at;
+    }
+    char digits[24];
+    int ndigits = max_forwards > 0 ? snprintf(digits, sizeof digits, ": %lld", max_forwards - 1) : 0;
+    static const char ADDED[] = "Max-Forwards: 70\r\n";
+    Py_ssize_t size = m->head_end - m->start_end + (mf->count ? 0 : (Py_ssize_t)sizeof ADDED - 1);
+    for (int k = 0; k < cuts; k++) size -= cut[k].e + 2 - cut[k].s;
+    if (mf_at >= 0) size += (mf->name[0].e - mf->name[0].s) + ndigits + 2;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    if (!mf->count) {
+        memcpy(o, ADDED, sizeof ADDED - 1);
+        o += sizeof ADDED - 1;
+    }
+    Py_ssize_t at = m->start_end + 2;
+    for (int k = 0; k < cuts; k++) {
+        memcpy(o, p + at, (size_t)(cut[k].s - at));
+        o += cut[k].s - at;
+        if (k == mf_at) {
+            memcpy(o, p + mf->name[0].s, (size_t)(mf->name[0].e - mf->name[0].s));
+            o += mf->name[0].e - mf->name[0].s;
+            memcpy(o, digits, (size_t)ndigits);
+            o += ndigits;
+            memcpy(o, "\r\n", 2);
+            o += 2;
+        }
+        at = cut[k].e + 2;
+    }
+    memcpy(o, p + at, (size_t)(m->head_end + 2 - at));
+    return out;
+}
+
 /* scan_request(data) -> (method, ruri, ruri_host, ruri_port, ruri_params, via_host, via_rport, has_to_tag,
- *                        branch, max_forwards, mf_name_end, mf_end, content_length, start_end, head_end)
+ *                        branch, header_lines, content_length, start_end, head_end, routes)
  * or None.
  *
- * None for anything the fast path does not forward on its own: Route or Proxy-Require present, a Via
- * of ours below the top one (a loop check is due), any header the general path would reject or read in
- * a way this scan does not. via_host and via_rport say whether the top Via needs received/rport (then
- * the general path takes it); branch is the one our Via gets. max_forwards and content_length are -1
- * when absent; mf_* locate the Max-Forwards line (end of its name, end), start_end and head_end
- * the ends of the start line and of the header block.
+ * None for anything the fast path does not forward on its own: Proxy-Require, a Route set that is not
+ * just ours inside a dialog, a Via of ours below the top one (a loop check is due), any header the
+ * general path would reject or read in a way this scan does not. via_host and via_rport say whether the
+ * top Via needs received/rport (then the general path takes it); branch is the one our Via gets;
+ * header_lines are the header lines as they go on (Max-Forwards decremented or added, Route lines left
+ * out when there are routes: the engine forwards only when all are ours); content_length is -1 when
+ * absent; start_end and head_end are the ends of the start line and of the header block; routes holds
+ * (host, port, has_r2, transport) of each Route value, at most two.
  */
 static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     Scan m;
@@ -755,7 +877,7 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (!parse_ruri(p, ruri, &uri)) Py_RETURN_NONE;
 
     Seen *s = m.seen;
-    if (s[H_ROUTE].count || s[H_PROXY_REQUIRE].count) Py_RETURN_NONE;
+    if (s[H_PROXY_REQUIRE].count) Py_RETURN_NONE;
     if (s[H_VIA].count < 1 || s[H_VIA].count > MAX_SEEN || s[H_FROM].count != 1 || s[H_TO].count != 1 ||
         s[H_CALL_ID].count != 1 || s[H_CSEQ].count != 1 || s[H_MAX_FORWARDS].count > 1 ||
         s[H_CONTENT_LENGTH].count > MAX_SEEN)
@@ -779,12 +901,9 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     if (n < 0 || n > 4294967295LL || !span_eq(p, cseq_method, method)) Py_RETURN_NONE;
 
     long long max_forwards = -1;
-    Span mf_line = {0, 0}, mf_name = {0, 0};
     if (s[H_MAX_FORWARDS].count) {
         max_forwards = number(p, s[H_MAX_FORWARDS].value[0], 10);
         if (max_forwards <= 0) Py_RETURN_NONE; /* malformed, or 0: an answer, not a forward */
-        mf_line = s[H_MAX_FORWARDS].line[0];
-        mf_name = s[H_MAX_FORWARDS].name[0];
     }
 
     Span call_id = s[H_CALL_ID].value[0];
@@ -794,6 +913,15 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     Span from_tag, to_tag;
     int has_from_tag = header_tag(p, from, &from_tag), has_to_tag = header_tag(p, to, &to_tag);
     if (has_from_tag < 0 || has_to_tag < 0) Py_RETURN_NONE;
+
+    /* Route: only inside a dialog (outside, the rules still apply to it), only our own entries, and not a
+     * Request-URI an upstream strict router rewrote (one with `lr`). */
+    Route routes[MAX_ROUTES];
+    int nroutes = 0;
+    Span lr;
+    if (s[H_ROUTE].count &&
+        (has_to_tag != 1 || uri_param(p, uri.params, "lr", &lr) || !scan_routes(p, &s[H_ROUTE], routes, &nroutes)))
+        Py_RETURN_NONE;
 
     long long content_length = -1;
     Seen *cl = &s[H_CONTENT_LENGTH];
@@ -806,12 +934,24 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
     }
 
     char branch[OUR_BRANCH_LEN];
-    our_branch(p, ruri, &top, has_from_tag == 1, from_tag, call_id, cseq_number, s[H_VIA].value[0], branch);
-    return Py_BuildValue("(NNNNNNOONLnnLnn)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
+    our_branch(p, ruri, &top, has_from_tag == 1, from_tag, call_id, cseq_number, s[H_VIA].value[0], &s[H_ROUTE],
+               branch);
+    PyObject *route_set = PyTuple_New(nroutes);
+    if (route_set == NULL) return NULL;
+    for (int k = 0; k < nroutes; k++) {
+        PyObject *one = route_of(p, &routes[k]);
+        if (one == NULL) {
+            Py_DECREF(route_set);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(route_set, k, one);
+    }
+    return Py_BuildValue("(NNNNNNOONNLnnN)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
                          port_of(uri.port), bytes_of(p, uri.params), lower_str_of(p, top.host),
                          top.has_rport ? Py_True : Py_False, has_to_tag == 1 ? Py_True : Py_False,
-                         PyBytes_FromStringAndSize(branch, (Py_ssize_t)OUR_BRANCH_LEN), max_forwards, mf_name.e,
-                         mf_line.e, content_length, m.start_end, m.head_end);
+                         PyBytes_FromStringAndSize(branch, (Py_ssize_t)OUR_BRANCH_LEN),
+                         header_lines(&m, max_forwards, nroutes > 0), content_length, m.start_end, m.head_end,
+                         route_set);
 }
 
 static PyMethodDef methods[] = {

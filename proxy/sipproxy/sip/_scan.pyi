@@ -1,8 +1,26 @@
 # The C scanner (_scan.c); sipproxy.sip.scan describes the tuples.
+_Route = tuple[str, int | None, bool, str | None]
+
 def scan_request(
     data: bytes, /
 ) -> (
-    tuple[bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int] | None
+    tuple[
+        bytes,
+        bytes,
+        str,
+        int | None,
+        bytes,
+        str,
+        bool,
+        bool,
+        bytes,
+        bytes,
+        int,
+        int,
+        int,
+        tuple[_Route, ...],
+    ]
+    | None
 ): ...
 def scan_response(
     data: bytes, /

@@ -346,7 +346,8 @@ class SipEngine:
 
         family = host_family(target[0])
         want = target[2] or "udp"
-        out = self._outbound(listener, out_tag, hint, want, family)
+        facing = (hint.host, hint.port, hint.transport) if hint is not None else None
+        out = self._outbound(listener, out_tag, facing, want, family)
         if isinstance(out, str):
             return reply(503, out, "no_socket")
         sk = self._sk(in_wire.sk, conn)
@@ -360,7 +361,12 @@ class SipEngine:
         return self._send_request(build, out, listener, target, out_tag)
 
     def _outbound(
-        self, inbound: Listener, out_tag: str | None, hint: SipUri | None, want: str, family: int
+        self,
+        inbound: Listener,
+        out_tag: str | None,
+        hint: tuple[str, int | None, str | None] | None,
+        want: str,
+        family: int,
     ) -> Listener | str:
         """The socket a request leaves from (issue 3: the named one, else the inbound one when it fits,
         else the first that fits); a str is the phrase of the 503 that says why there is none."""
@@ -370,7 +376,7 @@ class SipEngine:
         index = self._index
         out: Listener | None = None
         if hint is not None:
-            out = index.by_address(hint.host, hint.port, hint.transport or "udp")
+            out = index.by_address(hint[0], hint[1], hint[2] or "udp")
             if out is not None and not fits(out, want, family):
                 out = None
         if out is None:
@@ -438,12 +444,11 @@ class SipEngine:
             via_rport,
             has_to_tag,
             branch,
-            max_forwards,
-            mf_name_end,
-            mf_end,
+            lines,
             content_length,
             start_end,
             head_end,
+            route_set,
         ) = scanned
         index = self._index
         in_wire = index.known_wire(listener)
@@ -451,8 +456,22 @@ class SipEngine:
             return None
         if method == b"OPTIONS" and index.is_ours(ruri_host, ruri_port):
             return None
-        rule = select_route(self.routes, listener.tag, ruri_raw.decode("latin-1"))
         out_tag: str | None = None
+        facing: tuple[str, int | None, str | None] | None = None
+        rule: Route | None = None
+        if route_set:
+            # Inside a dialog, loose-routed to us: our own entry (or our double Record-Route, RFC 5658) is
+            # all the set may hold here, and the request goes on to its Request-URI.
+            host, port, r2, _ = route_set[0]
+            if not index.is_ours(host, port):
+                return None
+            if len(route_set) == 2:
+                host, port, _, transport = route_set[1]
+                if not r2 or not index.is_ours(host, port):
+                    return None
+                facing = (host, port, transport)
+        else:
+            rule = select_route(self.routes, listener.tag, ruri_raw.decode("latin-1"))
         if rule is None:
             target = _next_hop(ruri_host, ruri_port, transport_param(ruri_params) if ruri_params else None)
         elif rule.forward is not None:
@@ -461,7 +480,7 @@ class SipEngine:
             out_tag = rule.socket
         else:
             return None
-        out = self._outbound(listener, out_tag, None, target[2] or "udp", host_family(target[0]))
+        out = self._outbound(listener, out_tag, facing, target[2] or "udp", host_family(target[0]))
         if isinstance(out, str):
             return None
         sk = self._sk(in_wire.sk, conn)
@@ -469,12 +488,6 @@ class SipEngine:
         body = data[body_at : body_at + content_length] if content_length >= 0 else data[body_at:]
         record = self.record_route and not has_to_tag and method != b"REGISTER"
         head = data[: start_end + 2]  # the start line, unchanged
-        # The header lines as received (with their CRLFs), Max-Forwards decremented or added.
-        if max_forwards < 0:
-            lines = [b"Max-Forwards: 70\r\n", data[start_end + 2 : head_end + 2]]
-        else:
-            decremented = b": %d" % (max_forwards - 1)
-            lines = [data[start_end + 2 : mf_name_end], decremented, data[mf_end : head_end + 2]]
         add_length = content_length < 0
         spliced = self._spliced(head, out, listener, branch, sk, record, lines, add_length, body)
         tcp = self._tcp_instead(spliced, out, listener, target, out_tag)
@@ -491,7 +504,7 @@ class SipEngine:
         branch: bytes,
         sk: bytes,
         record: bool,
-        lines: list[bytes],
+        lines: bytes,
         add_length: bool,
         body: bytes,
     ) -> bytes:
@@ -505,7 +518,7 @@ class SipEngine:
                 parts += [wire.rr_double, b"\r\n", index.wire(inbound).rr_double, b"\r\n"]
             else:
                 parts += [wire.rr, b"\r\n"]
-        parts += lines
+        parts.append(lines)
         if add_length and sender.proto in STREAM_PROTOS:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         parts += [b"\r\n", body]

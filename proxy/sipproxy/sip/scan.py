@@ -6,9 +6,10 @@ message. The tuples, field by field:
 
 ScannedRequest: method, Request-URI, its host (lowercase) and port, its `;params` (raw), the top Via's
 host, whether it asks for rport, whether To has a tag, the branch our Via gets (branch.make_branch of
-the request's keys), Max-Forwards (-1: none), the end of the Max-Forwards line's name and of the line,
-Content-Length (-1: none), the end of the start line, the start of the blank line ending the header
-block.
+the request's keys), the header lines as they go on (Max-Forwards decremented or added; Route lines left
+out when there are routes), Content-Length (-1: none), the end of the start line, the start of the blank
+line ending the header block, and the Route set (inside a dialog, at most two values) as ScannedRoute:
+host (lowercase), port, whether it has `r2`, its `transport` (lowercase) or None.
 
 ScannedResponse: our Via value up to `;branch=`, the socket key and connection id of its `sk`
 (listeners.parse_socket_key), the message without our Via line, then the next Via's transport
@@ -19,8 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+ScannedRoute = tuple[str, int | None, bool, str | None]
 ScannedRequest = tuple[
-    bytes, bytes, str, int | None, bytes, str, bool, bool, bytes, int, int, int, int, int, int
+    bytes,
+    bytes,
+    str,
+    int | None,
+    bytes,
+    str,
+    bool,
+    bool,
+    bytes,
+    bytes,
+    int,
+    int,
+    int,
+    tuple[ScannedRoute, ...],
 ]
 ScannedResponse = tuple[bytes, bytes, int | None, bytes, str, str, int | None, str | None, int | None]
 

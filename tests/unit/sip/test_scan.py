@@ -78,6 +78,7 @@ def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tup
     return found is not None and eng._request_scanned(data, found, listener, src, None) is not None
 
 
+ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.10\r\ns=-\r\nc=IN IP4 127.0.0.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
 
@@ -106,6 +107,19 @@ def usual_requests() -> list[bytes]:
         request(via="SIP/2.0/UDP 127.0.0.10:5061;branch=z9hG4bK-2;received=127.0.0.10"),
         request(extra=["Via: SIP/2.0/UDP 127.0.0.99:5070;branch=z9hG4bK-earlier"]),
         request(content_length=False, body=b""),
+        # inside a dialog, loose-routed by our Record-Route: single, double (RFC 5658) on one or two lines
+        request("BYE", to_tag="uas-1", cseq=2, extra=[ROUTE]),
+        request(
+            "ACK",
+            to_tag="uas-1",
+            extra=["Route: <sip:127.0.0.2:5070;r2=on;lr>, <sip:127.0.0.1:5060;r2=on;lr>"],
+        ),
+        request(
+            "ACK",
+            to_tag="uas-1",
+            extra=["Route: <sip:127.0.0.1:5060;r2=on;lr>", "route: <sip:127.0.0.2:5070;lr;r2>"],
+        ),
+        request("INFO", to_tag="uas-1", extra=["Route: <sip:127.0.0.1:5060;transport=tcp;lr>;x=1"]),
         request(body=b"x" * 1400),  # too big for UDP: leaves over TCP
         request("reply", "sip:reply@127.0.0.1"),
     ]
@@ -242,6 +256,45 @@ def test_branches_agree_across_hash_block_boundaries() -> None:
             agree(scanned, general, data, UDP4, UAC)
 
 
+ROUTED_EDITS = [
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.99:5060;lr>"),  # not ours
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.99;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;r2=on;lr>, <sip:127.0.0.99;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.2:5070;lr>"),
+    (
+        b"Route: <sip:127.0.0.1:5060;lr>",
+        b"Route: <sip:127.0.0.1:5060;r2;lr>,<sip:127.0.0.2:5070;lr>,<sip:a;lr>",
+    ),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060>"),  # a strict router's entry
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: proxy <sip:127.0.0.1:5060;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b'Route: "proxy" <sip:127.0.0.1:5060;lr>'),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: proxy, inc <sip:127.0.0.1:5060;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>,"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>, , <sip:127.0.0.1:5060;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: "),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: sip:127.0.0.1:5060;lr"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sips:127.0.0.1:5060;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:[::1]:5060;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;LR;R2=ON>, <sip:127.0.0.2:5070;lr>"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 9"),
+    (b"Route: <sip:127.0.0.1:5060;lr>", b"Route: <sip:127.0.0.1:5060;lr>\r\nProxy-Require: x"),
+    (b"BYE sip:bob@127.0.0.1:5080", b"BYE sip:bob@127.0.0.1:5080;lr"),
+    (b"BYE sip:bob@127.0.0.1:5080", b"BYE sip:127.0.0.1:5060;lr"),  # a strict router put our URI there
+    (b";tag=uas-1", b""),  # outside a dialog: the rules apply
+    (b"Max-Forwards: 70\r\n", b""),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), ROUTED_EDITS)
+@pytest.mark.parametrize("listener", [UDP4, TCP4, CORE])
+def test_routed_request_edits_agree(old: bytes, new: bytes, listener: Listener) -> None:
+    scanned, general = pair(ROUTE_SETS[2])
+    data = request("BYE", to_tag="uas-1", cseq=2, extra=[ROUTE])
+    assert old in data, old
+    agree(scanned, general, data.replace(old, new, 1), listener, UAC)
+
+
 @pytest.mark.parametrize(("old", "new"), REQUEST_EDITS)
 @pytest.mark.parametrize("listener", [UDP4, TCP4])
 def test_request_edits_agree(old: bytes, new: bytes, listener: Listener) -> None:
@@ -256,7 +309,7 @@ def test_random_mutations_agree() -> None:
     rng = random.Random("scanner")
     specials = b'\r\n \t:;,<>"=[]@?0zvVtT\x00\xff'
     taken = 0
-    samples = [*usual_requests()[:4]]
+    samples = [*usual_requests()[:4], request("BYE", to_tag="uas-1", cseq=2, extra=[ROUTE])]
     forwarded = one(scanned.process(samples[0], UDP4, UAC)).data
     samples += [answer(forwarded, 180, "Ringing"), answer(forwarded, 200, "OK", b"v=0\r\n")]
     samples.append(one_via_line(samples[-1]))
