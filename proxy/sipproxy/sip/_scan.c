@@ -202,8 +202,8 @@ static int scan_headers(Scan *m) {
 typedef struct {
     Span transport, host;
     long port; /* -1: none */
-    Span branch, received, rport, sk;
-    int has_branch, has_received, has_rport, has_sk;
+    Span branch, received, rport;
+    int has_branch, has_received, has_rport;
 } Via;
 
 /* `SIP/2.0/TRANSPORT host[:port](;name[=value])*` with no LWS, no quotes, no IPv6 sent-by. */
@@ -255,10 +255,6 @@ static int parse_via(const char *p, Span v, Via *via) {
         } else if (span_ieq(p, name, "rport")) {
             via->rport = value;
             via->has_rport = 1;
-        } else if (span_ieq(p, name, "sk")) {
-            if (!has_value) return 0;
-            via->sk = value;
-            via->has_sk = 1;
         }
     }
     return 1;
