@@ -793,52 +793,114 @@ static PyObject *route_of(const char *p, const Route *r) {
                          transport);
 }
 
-/* The request's header lines as they go on (each with its CRLF): Max-Forwards decremented (or added first
- * when missing), the Route lines left out when `drop_routes`. */
-static PyObject *header_lines(const Scan *m, long long max_forwards, int drop_routes) {
+/* Our view of the sender, for the received/rport parameters of its Via (RFC 3261 18.2.1, RFC 3581). */
+typedef struct {
+    const char *ip;
+    Py_ssize_t iplen;
+    long port;
+} Source;
+
+/* Appends `n` bytes to *o unless counting only (o NULL); returns n. */
+static Py_ssize_t put(char **o, const char *from, Py_ssize_t n) {
+    if (*o != NULL) {
+        memcpy(*o, from, (size_t)n);
+        *o += n;
+    }
+    return n;
+}
+
+/* The top Via line rewritten as via.fix_received writes it: a flag rport filled with the source port,
+ * received set (replaced where present) to the source address. Writes at *o (NULL: counts only); returns the
+ * length. The value has the plain form parse_via accepted, so its parameters are exactly `;name[=value]`. */
+static Py_ssize_t fixed_via(const char *p, Span name, Span value, const Source *src, char **o) {
+    char port[16];
+    int nport = snprintf(port, sizeof port, "%ld", src->port);
+    Py_ssize_t n = put(o, p + name.s, name.e - name.s) + put(o, ": ", 2);
+    Py_ssize_t i = find_char(p, value.s, value.e, ';');
+    if (i < 0) i = value.e;
+    n += put(o, p + value.s, i - value.s);
+    int received = 0;
+    while (i < value.e) {
+        Py_ssize_t end = find_char(p, i + 1, value.e, ';');
+        if (end < 0) end = value.e;
+        Py_ssize_t eq = find_char(p, i + 1, end, '=');
+        Span pname = {i + 1, eq < 0 ? end : eq};
+        if (eq < 0 && span_ieq(p, pname, "rport")) {
+            n += put(o, ";rport=", 7) + put(o, port, nport);
+        } else if (span_ieq(p, pname, "received")) {
+            n += put(o, ";received=", 10) + put(o, src->ip, src->iplen);
+            received = 1;
+        } else {
+            n += put(o, p + i, end - i);
+        }
+        i = end;
+    }
+    if (!received) n += put(o, ";received=", 10) + put(o, src->ip, src->iplen);
+    return n;
+}
+
+/* The request's header lines as they go on (each with its CRLF): the top Via fixed when `fix_via`,
+ * Max-Forwards decremented (or added first when missing), the Route lines left out when `drop_routes`. */
+static PyObject *header_lines(const Scan *m, long long max_forwards, int drop_routes, int fix_via,
+                              const Source *src) {
     const char *p = m->p;
-    const Seen *mf = &m->seen[H_MAX_FORWARDS], *routes = &m->seen[H_ROUTE];
-    Span cut[MAX_SEEN + 1]; /* lines to leave out or rewrite, in order */
-    int cuts = 0, mf_at = -1;
-    for (int k = 0; drop_routes && k < routes->count; k++) cut[cuts++] = routes->line[k];
+    const Seen *mf = &m->seen[H_MAX_FORWARDS], *routes = &m->seen[H_ROUTE], *vias = &m->seen[H_VIA];
+    enum { DROP, MF, VIA };
+    struct {
+        Span line;
+        int kind;
+    } cut[MAX_SEEN + 2]; /* lines to leave out or rewrite, in order */
+    int cuts = 0;
+    for (int k = 0; drop_routes && k < routes->count; k++) {
+        cut[cuts].line = routes->line[k];
+        cut[cuts++].kind = DROP;
+    }
+    Span extra[2];
+    int kinds[2], extras = 0;
     if (mf->count) {
-        int at = cuts;
-        while (at > 0 && cut[at - 1].s > mf->line[0].s) {
+        extra[extras] = mf->line[0];
+        kinds[extras++] = MF;
+    }
+    if (fix_via) {
+        extra[extras] = vias->line[0];
+        kinds[extras++] = VIA;
+    }
+    for (int x = 0; x < extras; x++) { /* insertion into the ordered list */
+        int at = cuts++;
+        while (at > 0 && cut[at - 1].line.s > extra[x].s) {
             cut[at] = cut[at - 1];
             at--;
         }
-        cut[at] = mf->line[0];
-        cuts++;
-        mf_at = at;
+        cut[at].line = extra[x];
+        cut[at].kind = kinds[x];
     }
     char digits[24];
     int ndigits = max_forwards > 0 ? snprintf(digits, sizeof digits, ": %lld", max_forwards - 1) : 0;
     static const char ADDED[] = "Max-Forwards: 70\r\n";
     Py_ssize_t size = m->head_end - m->start_end + (mf->count ? 0 : (Py_ssize_t)sizeof ADDED - 1);
-    for (int k = 0; k < cuts; k++) size -= cut[k].e + 2 - cut[k].s;
-    if (mf_at >= 0) size += (mf->name[0].e - mf->name[0].s) + ndigits + 2;
+    char *counting = NULL;
+    for (int k = 0; k < cuts; k++) {
+        size -= cut[k].line.e + 2 - cut[k].line.s;
+        if (cut[k].kind == MF) size += (mf->name[0].e - mf->name[0].s) + ndigits + 2;
+        if (cut[k].kind == VIA) size += fixed_via(p, vias->name[0], vias->value[0], src, &counting) + 2;
+    }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL) return NULL;
     char *o = PyBytes_AS_STRING(out);
-    if (!mf->count) {
-        memcpy(o, ADDED, sizeof ADDED - 1);
-        o += sizeof ADDED - 1;
-    }
+    if (!mf->count) put(&o, ADDED, sizeof ADDED - 1);
     Py_ssize_t at = m->start_end + 2;
     for (int k = 0; k < cuts; k++) {
-        memcpy(o, p + at, (size_t)(cut[k].s - at));
-        o += cut[k].s - at;
-        if (k == mf_at) {
-            memcpy(o, p + mf->name[0].s, (size_t)(mf->name[0].e - mf->name[0].s));
-            o += mf->name[0].e - mf->name[0].s;
-            memcpy(o, digits, (size_t)ndigits);
-            o += ndigits;
-            memcpy(o, "\r\n", 2);
-            o += 2;
+        put(&o, p + at, cut[k].line.s - at);
+        if (cut[k].kind == MF) {
+            put(&o, p + mf->name[0].s, mf->name[0].e - mf->name[0].s);
+            put(&o, digits, ndigits);
+        } else if (cut[k].kind == VIA) {
+            fixed_via(p, vias->name[0], vias->value[0], src, &o);
         }
-        at = cut[k].e + 2;
+        if (cut[k].kind != DROP) put(&o, "\r\n", 2);
+        at = cut[k].line.e + 2;
     }
-    memcpy(o, p + at, (size_t)(m->head_end + 2 - at));
+    put(&o, p + at, m->head_end + 2 - at);
     return out;
 }
 
@@ -855,9 +917,18 @@ static PyObject *header_lines(const Scan *m, long long max_forwards, int drop_ro
  * absent; start_end and head_end are the ends of the start line and of the header block; routes holds
  * (host, port, has_r2, transport) of each Route value, at most two.
  */
-static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
+static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan_request() takes (data, source_ip, source_port)");
+        return NULL;
+    }
     Scan m;
-    if (!scan_init(&m, arg, "scan_request")) return NULL;
+    if (!scan_init(&m, args[0], "scan_request")) return NULL;
+    Source src;
+    src.ip = PyUnicode_AsUTF8AndSize(args[1], &src.iplen);
+    if (src.ip == NULL) return NULL;
+    src.port = PyLong_AsLong(args[2]);
+    if (src.port == -1 && PyErr_Occurred()) return NULL;
     const char *p = m.p;
     if (!scan_headers(&m)) Py_RETURN_NONE;
 
@@ -942,17 +1013,20 @@ static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *arg) {
         }
         PyTuple_SET_ITEM(route_set, k, one);
     }
-    return Py_BuildValue("(NNNNNNOONNLnnN)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
-                         port_of(uri.port), bytes_of(p, uri.params), lower_str_of(p, top.host),
-                         top.has_rport ? Py_True : Py_False, has_to_tag == 1 ? Py_True : Py_False,
+    /* via.fix_received: received when the sent-by host is not the source address, rport filled when asked. */
+    int fix_via = top.has_rport || (top.host.e - top.host.s) != src.iplen;
+    for (Py_ssize_t k = 0; !fix_via && k < src.iplen; k++) fix_via = lower(p[top.host.s + k]) != src.ip[k];
+    return Py_BuildValue("(NNNNNONNLnnN)", bytes_of(p, method), bytes_of(p, ruri), lower_str_of(p, uri.host),
+                         port_of(uri.port), bytes_of(p, uri.params), has_to_tag == 1 ? Py_True : Py_False,
                          PyBytes_FromStringAndSize(branch, (Py_ssize_t)OUR_BRANCH_LEN),
-                         header_lines(&m, max_forwards, nroutes > 0), content_length, m.start_end, m.head_end,
-                         route_set);
+                         header_lines(&m, max_forwards, nroutes > 0, fix_via, &src), content_length, m.start_end,
+                         m.head_end, route_set);
 }
 
 static PyMethodDef methods[] = {
     {"scan_response", scan_response, METH_O, "The usual response's forwarding facts, or None."},
-    {"scan_request", scan_request, METH_O, "The usual request's forwarding facts, or None."},
+    {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
+     "The usual request's forwarding facts, or None."},
     {NULL, NULL, 0, NULL},
 };
 

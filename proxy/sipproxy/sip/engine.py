@@ -128,7 +128,7 @@ class SipEngine:
         self._index_time = time.monotonic()
         self.connections: ConnectionIds = connections if connections is not None else LocalConnectionIds()
         self._last_internal_error_log = -_INTERNAL_ERROR_LOG_INTERVAL
-        self._scan_request: Callable[[bytes], ScannedRequest | None] | None = None
+        self._scan_request: Callable[[bytes, str, int], ScannedRequest | None] | None = None
         self._scan_response: Callable[[bytes], ScannedResponse | None] | None = None
         if scan:
             self._scan_request = SCAN_REQUEST
@@ -200,7 +200,7 @@ class SipEngine:
         else:
             scan_request = self._scan_request
             if scan_request is not None:
-                found = scan_request(data)
+                found = scan_request(data, normalize_host(src[0]), src[1])
                 if found is not None:
                     done = self._request_scanned(data, found, listener, src, connection)
                     if done is not None:
@@ -432,16 +432,14 @@ class SipEngine:
         conn: object | None,
     ) -> Outcome | None:
         """A request the C scanner read (scan.py): forwarded as `_request` would, without parsing it
-        into header objects. None when it needs anything `_request` alone does (a reply, a Via to fix,
-        an unknown socket): the general path then takes it."""
+        into header objects. None when it needs anything `_request` alone does (a reply, a route set not
+        ours alone, an unknown socket): the general path then takes it."""
         (
             method,
             ruri_raw,
             ruri_host,
             ruri_port,
             ruri_params,
-            via_host,
-            via_rport,
             has_to_tag,
             branch,
             lines,
@@ -452,7 +450,7 @@ class SipEngine:
         ) = scanned
         index = self._index
         in_wire = index.known_wire(listener)
-        if in_wire is None or via_rport or via_host != normalize_host(src[0]):
+        if in_wire is None:
             return None
         if method == b"OPTIONS" and index.is_ours(ruri_host, ruri_port):
             return None

@@ -4,9 +4,10 @@ A scan reads a received message once and hands the engine the few values it forw
 the message is not of the usual plain shape; the engine then takes its general path, which answers every
 message. The tuples, field by field:
 
-ScannedRequest: method, Request-URI, its host (lowercase) and port, its `;params` (raw), the top Via's
-host, whether it asks for rport, whether To has a tag, the branch our Via gets (branch.make_branch of
-the request's keys), the header lines as they go on (Max-Forwards decremented or added; Route lines left
+ScannedRequest (`scan_request(data, source_ip, source_port)`, the address normalized as uri.normalize_host
+does): method, Request-URI, its host (lowercase) and port, its `;params` (raw), whether To has a tag, the
+branch our Via gets (branch.make_branch of the request's keys), the header lines as they go on (the top
+Via's received/rport filled as via.fix_received does, Max-Forwards decremented or added, Route lines left
 out when there are routes), Content-Length (-1: none), the end of the start line, the start of the blank
 line ending the header block, and the Route set (inside a dialog, at most two values) as ScannedRoute:
 host (lowercase), port, whether it has `r2`, its `transport` (lowercase) or None.
@@ -27,8 +28,6 @@ ScannedRequest = tuple[
     str,
     int | None,
     bytes,
-    str,
-    bool,
     bool,
     bytes,
     bytes,
@@ -43,7 +42,7 @@ try:
     from sipproxy.sip._scan import scan_request as _scan_request
     from sipproxy.sip._scan import scan_response as _scan_response
 
-    SCAN_REQUEST: Callable[[bytes], ScannedRequest | None] | None = _scan_request
+    SCAN_REQUEST: Callable[[bytes, str, int], ScannedRequest | None] | None = _scan_request
     SCAN_RESPONSE: Callable[[bytes], ScannedResponse | None] | None = _scan_response
 except ImportError:  # installed without a C compiler: the general path does everything
     SCAN_REQUEST = None

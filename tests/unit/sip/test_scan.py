@@ -74,7 +74,7 @@ def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tup
     if data.startswith(b"SIP/"):
         response = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
         return response is not None and eng._response_scanned(data, response) is not None
-    found = SCAN_REQUEST(data) if SCAN_REQUEST is not None else None
+    found = SCAN_REQUEST(data, src[0], src[1]) if SCAN_REQUEST is not None else None
     return found is not None and eng._request_scanned(data, found, listener, src, None) is not None
 
 
@@ -107,6 +107,12 @@ def usual_requests() -> list[bytes]:
         request(via="SIP/2.0/UDP 127.0.0.10:5061;branch=z9hG4bK-2;received=127.0.0.10"),
         request(extra=["Via: SIP/2.0/UDP 127.0.0.99:5070;branch=z9hG4bK-earlier"]),
         request(content_length=False, body=b""),
+        # a top Via to complete (RFC 3581 rport; a sent-by that is not the source: NAT, names)
+        request(via="SIP/2.0/UDP 127.0.0.10:5061;rport;branch=z9hG4bK-r1"),
+        request(via="SIP/2.0/UDP 127.0.0.10:5061;branch=z9hG4bK-r2;RPORT;x=1"),
+        request(via="SIP/2.0/UDP uac.example.com:5061;branch=z9hG4bK-n1"),
+        request(via="SIP/2.0/UDP 192.0.2.7;received=198.51.100.1;rport=9;branch=z9hG4bK-n2"),
+        request(via="SIP/2.0/TCP UAC.example.com;branch=z9hG4bK-n3;Received=1.2.3.4"),
         # inside a dialog, loose-routed by our Record-Route: single, double (RFC 5658) on one or two lines
         request("BYE", to_tag="uas-1", cseq=2, extra=[ROUTE]),
         request(
@@ -176,6 +182,21 @@ def test_response_edits_agree(old: bytes, new: bytes) -> None:
     general.process(request(), UDP4, UAC)
     assert old in data, (old, data)
     agree(scanned, general, data.replace(old, new, 1), UDP4, UAS)
+
+
+def test_sources_behind_nat_get_received_and_rport_as_on_the_general_path() -> None:
+    scanned, general = pair()
+    for via in ("127.0.0.10:5061;rport", "127.0.0.10:5061", "uac.example.com;rport=1;received=10.0.0.1"):
+        data = request(via=f"SIP/2.0/UDP {via};branch=z9hG4bK-nat")
+        for src in (UAC, ("127.0.0.99", 40000), ("::1", 5070)):
+            listener = UDP6 if ":" in src[0] else UDP4
+            outcome = agree(scanned, general, data, listener, src)
+            assert scanned_path_takes(scanned, data, listener, src)
+            sent = one(outcome).data
+            if ";rport" in via and "rport=" not in via:
+                assert f";rport={src[1]}".encode() in sent
+            if via.split(";")[0].split(":")[0] != src[0]:
+                assert f";received={src[0]}".encode() in sent
 
 
 # Edits that each change what a scan may accept: the scanned path must either decline (the general path
@@ -348,14 +369,16 @@ def test_no_input_makes_the_scanner_fail() -> None:
     messages += [(DATA / f"{name}.dat").read_bytes() for name in ("wsinv", "esc01", "longreq", "scalarlg")]
     for data in messages:
         for end in range(len(data) + 1):  # every truncation, as a datagram cut short would be
-            SCAN_REQUEST(data[:end])
+            SCAN_REQUEST(data[:end], "127.0.0.10", 5061)
             SCAN_RESPONSE(data[:end])
     rng = random.Random("garbage")
     for _ in range(3000):
         noise = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
         for data in (noise, b"SIP/2.0 200 OK\r\n" + noise, b"INVITE sip:a@b SIP/2.0\r\n" + noise):
-            for scan in (SCAN_REQUEST, SCAN_RESPONSE):
-                found = scan(data + b"\r\n\r\n")
+            for found in (
+                SCAN_REQUEST(data + b"\r\n\r\n", "127.0.0.10", 5061),
+                SCAN_RESPONSE(data + b"\r\n\r\n"),
+            ):
                 assert found is None or isinstance(found, tuple)
     with pytest.raises(TypeError):
-        SCAN_REQUEST("INVITE")  # type: ignore[arg-type]
+        SCAN_REQUEST("INVITE", "127.0.0.10", 5061)  # type: ignore[arg-type]
