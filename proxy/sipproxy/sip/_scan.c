@@ -813,7 +813,7 @@ static Py_ssize_t put(char **o, const char *from, Py_ssize_t n) {
  * received set (replaced where present) to the source address. Writes at *o (NULL: counts only); returns the
  * length. The value has the plain form parse_via accepted, so its parameters are exactly `;name[=value]`. */
 static Py_ssize_t fixed_via(const char *p, Span name, Span value, const Source *src, char **o) {
-    char port[16];
+    char port[32]; /* any long fits: the length snprintf returns is what it wrote */
     int nport = snprintf(port, sizeof port, "%ld", src->port);
     Py_ssize_t n = put(o, p + name.s, name.e - name.s) + put(o, ": ", 2);
     Py_ssize_t i = find_char(p, value.s, value.e, ';');

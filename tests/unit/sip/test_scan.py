@@ -380,5 +380,9 @@ def test_no_input_makes_the_scanner_fail() -> None:
                 SCAN_RESPONSE(data + b"\r\n\r\n"),
             ):
                 assert found is None or isinstance(found, tuple)
+    rport = request(via="SIP/2.0/UDP 127.0.0.10:5061;rport;branch=z9hG4bK-p")
+    for port in (0, 65535, -(2**63), 2**63 - 1):  # whatever the runtime passes, it is written whole
+        found = SCAN_REQUEST(rport, "127.0.0.99", port)
+        assert found is not None and b";rport=%d;" % port in found[7]
     with pytest.raises(TypeError):
         SCAN_REQUEST("INVITE", "127.0.0.10", 5061)  # type: ignore[arg-type]
