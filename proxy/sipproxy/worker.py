@@ -111,31 +111,31 @@ class Listeners:
     """The engine's ListenerView: every socket of the proxy, as this worker knows them."""
 
     def __init__(self) -> None:
-        self.sids: dict[Listener, int] = {}
+        self._all: dict[Listener, int] = {}
         self._by_tag: dict[str, Listener] = {}
 
     def all(self) -> Iterable[Listener]:
-        return self.sids.keys()
+        return self._all.keys()
 
     def by_tag(self, tag: str) -> Listener | None:
         return self._by_tag.get(tag)
 
     def add(self, listener: Listener, sid: int) -> None:
-        self.sids[listener] = sid
+        self._all[listener] = sid
         if listener.tag and listener.tag not in self._by_tag:
             self._by_tag[listener.tag] = listener
 
     def remove(self, listener: Listener) -> None:
-        self.sids.pop(listener, None)
+        self._all.pop(listener, None)
         if listener.tag and self._by_tag.get(listener.tag) == listener:
             del self._by_tag[listener.tag]
-            for other in self.sids:
+            for other in self._all:
                 if other.tag == listener.tag:
                     self._by_tag[other.tag] = other
                     break
 
     def sid_of(self, listener: Listener) -> int | None:
-        return self.sids.get(listener)
+        return self._all.get(listener)
 
 
 def listener_to_wire(listener: Listener) -> dict[str, Any]:
@@ -183,8 +183,7 @@ class Worker:
         self.pool: dict[Any, SipStream] = {}
         self.connecting: set[asyncio.Task[None]] = set()
         self.idle_timeout = 120.0
-        # host -> (address, expiry); expiry 0.0: an IP literal, good for ever (the datagram path reads it)
-        self.resolved: dict[str, tuple[str | None, float]] = {}
+        self._resolved: dict[str, tuple[str | None, float]] = {}
         self._resolving: dict[str, list[tuple[bytes, socket.socket, int, int]]] = {}
         self._stopping = asyncio.Event()
 
@@ -200,12 +199,7 @@ class Worker:
         self, data: bytes, listener: Listener, src: tuple[str, int], sid: int, conn: Any = None
     ) -> None:
         """Run the engine on one message and send what it says (or relay it to the connection's owner)."""
-        self.finish(self.engine.handle(data, listener, src, conn), data, listener, src, sid)
-
-    def finish(
-        self, outcome: Outcome, data: bytes, listener: Listener, src: tuple[str, int], sid: int
-    ) -> None:
-        """Act on the engine's outcome for `data`: relay it to the worker owning its connection, or send."""
+        outcome = self.engine.handle(data, listener, src, conn)
         ids = self.connection_ids
         if ids.relay_to is not None:
             owner, ids.relay_to = ids.relay_to, None
@@ -259,7 +253,7 @@ class Worker:
     def dispatch(self, outcome: Outcome, inbound_sid: int) -> None:
         if outcome.drop_reason is not None:
             self.counters_for(inbound_sid).drop(outcome.drop_reason)
-        sid_of = self.listeners.sids.get
+        sid_of = self.listeners._all.get
         for send in outcome.sends:
             sid = sid_of(send.listener)
             if sid is None:
@@ -274,7 +268,7 @@ class Worker:
                 self._send_stream(send.data, send.listener, send.host, send.port, send.connection, sid)
 
     def _send_udp(self, data: bytes, sock: socket.socket, host: str, port: int, sid: int) -> None:
-        hit = self.resolved.get(host)
+        hit = self._resolved.get(host)
         # An IP literal (cached with no expiry) is the common case: skip the general lookup.
         ip = hit[0] if hit is not None and hit[1] == 0.0 else self._resolve_now(host)
         if ip is None:
@@ -331,16 +325,16 @@ class Worker:
 
     def _resolve_now(self, host: str) -> str | None:
         """The address for host: itself when a literal, "" when known unresolvable, None when unknown."""
-        hit = self.resolved.get(host)
+        hit = self._resolved.get(host)
         if hit is not None and (hit[1] == 0.0 or hit[1] > time.monotonic()):
             return hit[0] if hit[0] is not None else ""
         try:
             ipaddress.ip_address(host)
         except ValueError:
             return None
-        if len(self.resolved) > RESOLVE_CACHE_MAX:  # many peers over time: start afresh, never grow
-            self.resolved.clear()
-        self.resolved[host] = (host, 0.0)
+        if len(self._resolved) > RESOLVE_CACHE_MAX:  # many peers over time: start afresh, never grow
+            self._resolved.clear()
+        self._resolved[host] = (host, 0.0)
         return host
 
     async def _resolve_then_send(self, host: str) -> None:
@@ -351,7 +345,7 @@ class Worker:
             ip = str(infos[0][4][0]) if infos else None
         except OSError:
             ip = None
-        self.resolved[host] = (ip, time.monotonic() + RESOLVE_TTL)
+        self._resolved[host] = (ip, time.monotonic() + RESOLVE_TTL)
         for data, sock, port, sid in self._resolving.pop(host, []):
             self._send_udp(data, sock, host, port, sid)
 

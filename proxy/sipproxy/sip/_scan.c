@@ -286,24 +286,19 @@ static int first_value(const char *p, Span line, Span *first, Span *rest) {
 
 static PyObject *bytes_of(const char *p, Span s) { return PyBytes_FromStringAndSize(p + s.s, s.e - s.s); }
 
-static PyObject *lower_str_of(const char *p, Span s) {
-    PyObject *out = PyUnicode_New(s.e - s.s, 127);
-    if (out == NULL) return NULL;
-    Py_UCS1 *data = PyUnicode_1BYTE_DATA(out);
-    for (Py_ssize_t i = s.s; i < s.e; i++) data[i - s.s] = lower(p[i]);
-    return out;
-}
-
-static PyObject *upper_str_of(const char *p, Span s) {
+/* An ASCII span as a str, lowercased (hosts) or uppercased (transports), as the Python parsers give them. */
+static PyObject *cased_str_of(const char *p, Span s, int upper) {
     PyObject *out = PyUnicode_New(s.e - s.s, 127);
     if (out == NULL) return NULL;
     Py_UCS1 *data = PyUnicode_1BYTE_DATA(out);
     for (Py_ssize_t i = s.s; i < s.e; i++) {
-        unsigned char c = (unsigned char)p[i];
-        data[i - s.s] = (c >= 'a' && c <= 'z') ? (Py_UCS1)(c - 32) : c;
+        unsigned char c = lower(p[i]);
+        data[i - s.s] = upper && c >= 'a' && c <= 'z' ? (Py_UCS1)(c - 32) : c;
     }
     return out;
 }
+
+static PyObject *lower_str_of(const char *p, Span s) { return cased_str_of(p, s, 0); }
 
 static PyObject *port_of(long port) {
     if (port < 0) Py_RETURN_NONE;
@@ -583,7 +578,7 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
         return NULL;
     }
     return Py_BuildValue("(NNNNNNNNN)", bytes_of(p, prefix), bytes_of(p, key), connection_id, forwarded,
-                         upper_str_of(p, via.transport), lower_str_of(p, via.host), port_of(via.port),
+                         cased_str_of(p, via.transport, 1), lower_str_of(p, via.host), port_of(via.port),
                          received, rport_of(p, &via));
 }
 
