@@ -154,8 +154,6 @@ def response_path(engine: SipEngine, data: bytes) -> str:
     scanned = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
     if scanned is not None and engine._response_scanned(data, scanned) is not None:
         return "scanned"
-    if engine._response_fast(data) is not None:
-        return "fast"
     return "general"
 
 

@@ -13,7 +13,6 @@ transaction. Connection ids come from `register_connection` and map back through
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,11 +51,6 @@ UDP_SIZE_LIMIT = 1300
 # a rebuild each time).
 _REFRESH_INTERVAL = 1.0
 _INTERNAL_ERROR_LOG_INTERVAL = 10.0
-# The rest of a Via value we wrote, after `;branch=`: our branch and the socket key, nothing added since.
-_OUR_VIA_TAIL = re.compile(rb"z9hG4bKsps[0-9a-f]+\.[0-9a-f]+;sk=([a-z][0-9a-f]+-[0-9a-f]+(?:-[0-9a-f]+)?)")
-# In a lowercased header block: a line with no colon before its end (or before a stray CR), one starting
-# with the colon, or a Via name followed by white space. The response fast path leaves those to the parser.
-_ODD_LINE = re.compile(rb"\r\n(?:[^:\r]*(?:\r|$)|:|v(?:ia)?[ \t])")
 log = logging.getLogger(__name__)
 
 REASON_PHRASES = {
@@ -194,9 +188,6 @@ class SipEngine:
                     done = self._response_scanned(data, scanned)
                     if done is not None:
                         return done
-            fast = self._response_fast(data)
-            if fast is not None:
-                return fast
         else:
             scan_request = self._scan_request
             if scan_request is not None:
@@ -723,8 +714,8 @@ class SipEngine:
         return Outcome([Send(data, inbound, host, port, proto, conn)])
 
     def _response_scanned(self, data: bytes, scanned: ScannedResponse) -> Outcome | None:
-        """A response the C scanner read (scan.py): our Via cut out of the received bytes, as
-        `_response_fast` does; None when the Via is not one we write (the other paths decide)."""
+        """A response the C scanner read (scan.py): our Via cut out of the received bytes; None when the
+        Via is not one we write (the general path decides)."""
         prefix, key, cid, forwarded, transport, host, port, received, rport = scanned
         if not self._index.is_our_via_prefix(prefix):
             return None
@@ -771,100 +762,6 @@ class SipEngine:
             if inbound is None:
                 return "no_socket"
         return inbound, host, port, proto, conn
-
-    def _response_fast(self, data: bytes) -> Outcome | None:
-        """The usual response, forwarded from the received bytes without splitting every header line.
-
-        Taken only when the message has the plain shape our own requests produce answers in: a SIP/2.0
-        status line, a terminated header block without folding, every line `name: value`, our Via alone on
-        the first Via line and written exactly as we write it, one Content-Length matching the body. The
-        parameters of our Via that we read (branch, sk) and the next Via are parsed as on the general path;
-        anything else (None) goes the general way, which gives the same answer for these messages.
-        """
-        code = data[8:11]
-        if data[:8] != b"SIP/2.0 " or not (b"100" <= code <= b"699") or not code.isdigit():
-            return None
-        if data[11:12] != b" " and data[11:13] != b"\r\n":
-            return None
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = data[:end]
-        if b"\r\n " in head or b"\r\n\t" in head:
-            return None
-        low = head.lower()
-        if _ODD_LINE.search(low) is not None:
-            return None
-        at = _via_line(low, 0)
-        if at < 0:
-            return None
-        eol = head.find(b"\r\n", at + 2)
-        if eol < 0:
-            eol = end
-        value = head[head.find(b":", at) + 1 : eol].strip()
-        if not _single_plain(value):
-            return None
-        branch_at = value.find(b";branch=") + 8
-        if branch_at < 8 or not self._index.is_our_via_prefix(value[:branch_at]):
-            return None
-        ours = _OUR_VIA_TAIL.fullmatch(value, branch_at)
-        if ours is not None:
-            sk: bytes | None = ours[1]
-        else:
-            # Parameters added downstream (received, rport...): read them as the general path does.
-            via = parse_via(value)
-            if via is None or not (via.branch or b"").startswith(OUR_BRANCH_PREFIX):
-                return None
-            sk = via.params.get(b"sk")
-
-        cseq_at = low.find(b"\r\ncseq:")
-        if cseq_at >= 0:
-            cseq_end = head.find(b"\r\n", cseq_at + 7)
-            cseq = head[cseq_at + 7 : cseq_end if cseq_end >= 0 else end]
-            number = cseq.split(None, 1)[0] if cseq.strip() else b""
-            if not is_cseq_number(number):
-                return _drop("parse_error")
-        if low.count(b"\r\ncontent-length:") + low.count(b"\r\nl:") != 1:
-            return None
-        cl_at = low.find(b"\r\ncontent-length:")
-        cl_at = cl_at + 17 if cl_at >= 0 else low.find(b"\r\nl:") + 4
-        cl_end = head.find(b"\r\n", cl_at)
-        length = head[cl_at : cl_end if cl_end >= 0 else end].strip()
-        if not length.isdigit() or len(length) > 10 or int(length) != len(data) - end - 4:
-            return None
-
-        nxt_at = _via_line(low, eol)
-        if nxt_at < 0:
-            return None
-        nxt_end = head.find(b"\r\n", nxt_at + 2)
-        next_raw = head[head.find(b":", nxt_at) + 1 : nxt_end if nxt_end >= 0 else end].strip()
-        if not _single_plain(next_raw):
-            try:
-                next_raw = split_values(next_raw)[0]
-            except ValueSyntaxError:
-                return None
-        nxt = parse_via(next_raw)
-        if nxt is None:
-            return None
-        target = self._back_by_via(sk, nxt)
-        if isinstance(target, str):
-            return _drop(target)
-        inbound, host, port, proto, conn = target
-        return Outcome([Send(data[:at] + data[eol:], inbound, host, port, proto, conn)])
-
-
-def _single_plain(value: bytes) -> bool:
-    """One header value with nothing `split_values` would have to look at: no comma, quote or bracket."""
-    return not (b"," in value or b'"' in value or b"<" in value or b">" in value)
-
-
-def _via_line(low: bytes, start: int) -> int:
-    """Where (at its leading CRLF) the first Via line after `start` begins in a lowercased header block."""
-    long_at = low.find(b"\r\nvia:", start)
-    short_at = low.find(b"\r\nv:", start)
-    if long_at < 0 or 0 <= short_at < long_at:
-        return short_at
-    return long_at
 
 
 def _next_hop_of(uri: SipUri) -> tuple[str, int, str | None]:
