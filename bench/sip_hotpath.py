@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sipproxy.sip import scanned_path
 from sipproxy.sip.engine import Listener, SipEngine
 from sipproxy.sip.routing import parse_routes
 from sipproxy.sip.scan import SCAN_RESPONSE
@@ -152,7 +153,7 @@ def response_shapes(engine: SipEngine) -> list[tuple[str, bytes, tuple[str, int]
 def response_path(engine: SipEngine, data: bytes) -> str:
     """Which path of `engine.process` answers this response."""
     scanned = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
-    if scanned is not None and engine._response_scanned(data, scanned) is not None:
+    if scanned is not None and scanned_path.response(engine, scanned) is not None:
         return "scanned"
     return "general"
 
