@@ -1,6 +1,6 @@
 """Micro-benchmark of the SIP core hot path: `SipEngine.handle` on the messages of one call.
 
-    python -m bench.sip_hotpath [--seconds 2] [--gap-us 800]
+    python -m bench.sip_hotpath [--seconds 2] [--gap-us 800] [--responses]
 
 Builds the messages SIPp's built-in uac/uas scenarios exchange through a stateless proxy (INVITE, 180,
 200, ACK, BYE, 200; SIPp-like headers and SDP), then times `handle` on each kind in a loop and on whole
@@ -11,21 +11,33 @@ With `--gap-us N` each message is timed alone (thread CPU time) with a sleep of 
 next, as a worker sees them at a moderate call rate (200 calls/s of this call flow is one message every
 830 us). A process that sleeps between messages finds its caches cold and pays much more per message
 than in a tight loop; this mode shows that cost, the one the end-to-end CPU benchmark sees.
+
+With `--responses` it lists which path of the engine each of a set of responses takes (the call's, RFC
+4475's, shapes the C scanner declines, random mutations of the call's) and times `handle` on each kind in a
+loop and, with `--gap-us`, one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+from sipproxy.sip import scanned_path
 from sipproxy.sip.engine import Listener, SipEngine
 from sipproxy.sip.routing import parse_routes
+from sipproxy.sip.scan import SCAN_RESPONSE
 
 PROXY = Listener("udp", "127.0.0.1", 5060)
+PROXY6 = Listener("udp", "::1", 5060)
+# A socket behind NAT: what it advertises is not the address a next hop sees the request come from.
+PROXY_NAT = Listener("udp", "127.0.0.3", 5060, advertised_host="sbc.example.net", advertised_port=5099)
+RFC4475 = Path(__file__).resolve().parents[1] / "tests" / "data" / "rfc4475"
 UAC = ("127.0.0.1", 5061)
 UAS = ("127.0.0.1", 5062)
 SDP = (
@@ -99,6 +111,95 @@ def call_messages(engine: SipEngine) -> list[tuple[str, bytes, tuple[str, int]]]
     ]
 
 
+def via_per_line(response: bytes) -> bytes:
+    """The response with each Via value on its own line (as most UAs other than SIPp write them)."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    out: list[bytes] = []
+    for line in lines:
+        if line.lower().startswith(b"via:"):
+            out += [b"Via: " + value.strip() for value in line.split(b":", 1)[1].split(b",")]
+        else:
+            out.append(line)
+    return b"\r\n".join(out) + b"\r\n\r\n" + body
+
+
+def response_shapes(engine: SipEngine) -> list[tuple[str, bytes, tuple[str, int]]]:
+    """Responses of the call flow and of shapes the C scanner does not read, each with its source."""
+    shapes = [(name, data, src) for name, data, src in call_messages(engine) if data.startswith(b"SIP/")]
+    ringing = shapes[0][1]
+    shapes.append(("180, Vias on own lines", via_per_line(ringing), UAS))
+    v6_invite = uac_request("INVITE", 1, "z9hG4bK-6-0", body=SDP).replace(b"127.0.0.1:5061", b"[::1]:5061")
+    v6_forwarded = engine.handle(v6_invite, PROXY6, ("::1", 5061)).sends[0].data
+    shapes.append(
+        ("180 to an IPv6 UA", via_per_line(uas_response(v6_forwarded, "180 Ringing")), ("::1", 5062))
+    )
+    nat_forwarded = (
+        engine.handle(uac_request("INVITE", 1, "z9hG4bK-n-0", body=SDP), PROXY_NAT, UAC).sends[0].data
+    )
+    nat = via_per_line(uas_response(nat_forwarded, "180 Ringing"))
+    # The UAS saw the request come from 127.0.0.3, not from the sent-by of our Via (RFC 3261 18.2.1).
+    nat = nat.replace(b";sk=", b";received=127.0.0.3;sk=", 1)
+    shapes.append(("180, received on our Via", nat, UAS))
+    quoted = via_per_line(ringing).replace(b"z9hG4bK-1-0", b'z9hG4bK-1-0;x="a b"', 1)
+    shapes.append(("180, quoted param in 2nd Via", quoted, UAS))
+    for path in sorted(RFC4475.glob("*.dat")):
+        data = path.read_bytes()
+        if data.startswith(b"SIP/"):
+            shapes.append((f"RFC 4475 {path.stem}", data, UAS))
+    return shapes
+
+
+def response_path(engine: SipEngine, data: bytes) -> str:
+    """Which path of `engine.process` answers this response."""
+    scanned = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
+    if scanned is not None and scanned_path.response(engine, scanned) is not None:
+        return "scanned"
+    return "general"
+
+
+def mutated(data: bytes, rng: random.Random) -> bytes:
+    """One to three bytes of `data` replaced, deleted or inserted, as the unit tests' fuzzing does."""
+    out = bytearray(data)
+    specials = b'\r\n \t:;,<>"=[]@?0zvVtT\x00\xff'
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(out))
+        choice = rng.random()
+        if choice < 0.6:
+            out[at] = rng.choice(specials)
+        elif choice < 0.8:
+            del out[at]
+        else:
+            out.insert(at, rng.choice(specials))
+    return bytes(out)
+
+
+def responses_report(engine: SipEngine, args: argparse.Namespace) -> int:
+    shapes = response_shapes(engine)
+    print("Responses: the path of SipEngine.process that answers each, and handle's cost")
+    header = f"{'response':<32} {'path':<8} {'loop us':>8}"
+    print(header + (f" {'cold us':>8}" if args.gap_us > 0 else ""))
+    cold: dict[str, float] = {}
+    if args.gap_us > 0:
+        cold = cold_costs(engine, shapes, min(args.gap_us, 100_000.0), max(args.seconds, 1.0) * 3)
+    for name, data, src in shapes:
+        per_s = rate(lambda d=data, s=src: engine.handle(d, PROXY, s), args.seconds)  # type: ignore[misc]
+        line = f"{name:<32} {response_path(engine, data):<8} {1e6 / per_s:>8.1f}"
+        print(line + (f" {cold[name]:>8.1f}" if cold else ""))
+    rng = random.Random("sip_hotpath")
+    counts: dict[str, int] = {}
+    flow = [data for _, data, _ in shapes[:3]]
+    flow += [via_per_line(data) for data in flow]
+    for _ in range(3000):
+        path = response_path(engine, mutated(rng.choice(flow), rng))
+        counts[path] = counts.get(path, 0) + 1
+    print(
+        "3,000 random mutations of the call's responses (Vias on one line or not):",
+        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+    )
+    return 0
+
+
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls of `fn` per CPU-second of this process, best of three runs of `seconds / 3` each.
 
@@ -142,8 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gap-us", type=float, default=0.0, help="sleep before each message, in us (default 0: a loop)"
     )
+    parser.add_argument(
+        "--responses", action="store_true", help="the path each of a set of responses takes, and its cost"
+    )
     args = parser.parse_args(argv)
-    engine = SipEngine(parse_routes([]), Sockets([PROXY, Listener("tcp", "127.0.0.1", 5060)]))
+    sockets = [PROXY, Listener("tcp", "127.0.0.1", 5060)]
+    if args.responses:
+        return responses_report(SipEngine(parse_routes([]), Sockets([*sockets, PROXY6, PROXY_NAT])), args)
+    engine = SipEngine(parse_routes([]), Sockets(sockets))
     messages = call_messages(engine)
     for name, data, src in messages:
         out = engine.handle(data, PROXY, src)

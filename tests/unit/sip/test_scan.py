@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sipproxy.sip import scanned_path
 from sipproxy.sip.engine import Listener, Outcome, SipEngine
 from sipproxy.sip.routing import parse_routes
 from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE
@@ -73,9 +74,9 @@ def agree(
 def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tuple[str, int]) -> bool:
     if data.startswith(b"SIP/"):
         response = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
-        return response is not None and eng._response_scanned(data, response) is not None
+        return response is not None and scanned_path.response(eng, response) is not None
     found = SCAN_REQUEST(data, src[0], src[1]) if SCAN_REQUEST is not None else None
-    return found is not None and eng._request_scanned(data, found, listener, src, None) is not None
+    return found is not None and scanned_path.request(eng, data, found, listener, None) is not None
 
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -182,6 +183,74 @@ def test_response_edits_agree(old: bytes, new: bytes) -> None:
     general.process(request(), UDP4, UAC)
     assert old in data, (old, data)
     agree(scanned, general, data.replace(old, new, 1), UDP4, UAS)
+
+
+def usual_responses(scanned: SipEngine, general: SipEngine) -> list[bytes]:
+    """Answers with one Via per line to requests both engines forwarded: over UDP with and without a body,
+    over TCP, and to a UA asking for rport from a hostname sent-by."""
+    udp = one(agree(scanned, general, request(body=b"v=0\r\n"), UDP4, UAC)).data
+    tcp_request = request(via="SIP/2.0/TCP 127.0.0.10:5061;rport;branch=z9hG4bK-f")
+    tcp = one(agree(scanned, general, tcp_request, TCP4, UAC, object())).data
+    rport_request = request(via="SIP/2.0/UDP uac.example.com:5061;rport;branch=z9hG4bK-r")
+    rport = one(agree(scanned, general, rport_request, UDP4, UAC)).data
+    return [
+        answer(udp, 180, "Ringing"),
+        answer(udp, 200, "OK", body=b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"),
+        answer(tcp, 486, "Busy Here"),
+        answer(rport, 200, "OK"),
+    ]
+
+
+def test_usual_responses_are_forwarded_by_the_scanned_path() -> None:
+    scanned, general = pair()
+    for data in usual_responses(scanned, general):
+        one(agree(scanned, general, data, UDP4, UAS))
+        assert scanned_path_takes(scanned, data, UDP4, UAS), data
+
+
+# Edits of a response with one Via per line: each either leaves the message to the general path or gets the
+# same outcome from the scanned path.
+PER_LINE_RESPONSE_EDITS = [
+    (b"\r\nVia: ", b"\r\nv: "),
+    (b"\r\nVia: ", b"\r\nVIA: "),
+    (b"\r\nVia: ", b"\r\nVia : "),
+    (b"Content-Length: 0", b"Content-Length: 0\r\nl: 0"),  # two lengths
+    (b"Content-Length: 0", b"Content-Length: 5"),  # longer than the body
+    (b"Content-Length: 0", b"Content-Length: x"),
+    (b"Content-Length: 0\r\n", b""),  # none at all
+    (b"CSeq: 1 INVITE", b"CSeq: 99999999999 INVITE"),
+    (b"CSeq: 1 INVITE", b"CSeq: INVITE"),
+    (b"\r\nCall-ID", b"\r\n Call-ID"),  # folded line
+    (b"\r\nCall-ID", b"\r\nbroken line\r\nCall-ID"),
+    (b";branch=z9hG4bKsps", b";branch=z9hG4bKother"),  # not our branch
+    (b";branch=z9hG4bKsps", b";rport;branch=z9hG4bKsps"),  # ours, written differently
+    (b"SIP/2.0 180", b"SIP/2.0 099"),
+    (b"SIP/2.0 180", b"SIP/3.0 180"),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), PER_LINE_RESPONSE_EDITS)
+def test_per_line_response_edits_agree(old: bytes, new: bytes) -> None:
+    scanned, general = pair()
+    data = usual_responses(scanned, general)[0]
+    assert old in data, (old, data)
+    agree(scanned, general, data.replace(old, new, 1), UDP4, UAS)
+
+
+def test_random_mutations_of_usual_responses_agree() -> None:
+    scanned, general = pair()
+    rng = random.Random("fast-path")
+    specials = b'\r\n :;,<>"=[]0zvV'
+    taken = 0
+    for data in usual_responses(scanned, general):
+        for _ in range(1500):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                mutated[rng.randrange(len(mutated))] = rng.choice(specials)
+            sample = bytes(mutated)
+            agree(scanned, general, sample, UDP4, UAS)
+            taken += scanned_path_takes(scanned, sample, UDP4, UAS)
+    assert taken > 800, taken  # many small edits leave a response the scanner reads (1,045 when written)
 
 
 def test_sources_behind_nat_get_received_and_rport_as_on_the_general_path() -> None:

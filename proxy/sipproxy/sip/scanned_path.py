@@ -1,0 +1,119 @@
+"""The scanned path: a message the C scanner read (scan.py) forwarded from the values the scan returned,
+without parsing it into header lines. It gives the outcome the general path (general_path.py) would give,
+and None whenever it would need anything only the general path does: the general path then answers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sipproxy.sip.forwarding import next_hop, our_lines, outbound, response_destination, tcp_instead, via_sk
+from sipproxy.sip.listeners import STREAM_PROTOS, Listener
+from sipproxy.sip.outcome import Outcome, Send, drop
+from sipproxy.sip.routing import Route, select_route
+from sipproxy.sip.scan import ScannedRequest, ScannedResponse
+from sipproxy.sip.uri import host_family, ip_literal, transport_param
+
+if TYPE_CHECKING:
+    from sipproxy.sip.engine import SipEngine
+
+
+def request(
+    engine: SipEngine, data: bytes, scanned: ScannedRequest, listener: Listener, conn: object | None
+) -> Outcome | None:
+    """A request forwarded as the general path would. None when it needs anything only that path does
+    (a reply, a route set not ours alone, an unknown socket)."""
+    (
+        method,
+        ruri_raw,
+        ruri_host,
+        ruri_port,
+        ruri_params,
+        has_to_tag,
+        branch,
+        lines,
+        content_length,
+        start_end,
+        head_end,
+        route_set,
+    ) = scanned
+    index = engine.index
+    in_wire = index.known_wire(listener)
+    if in_wire is None:
+        return None
+    if method == b"OPTIONS" and index.is_ours(ruri_host, ruri_port):
+        return None
+    out_tag: str | None = None
+    facing: tuple[str, int | None, str | None] | None = None
+    rule: Route | None = None
+    if route_set:
+        # Inside a dialog, loose-routed to us: our own entry (or our double Record-Route, RFC 5658) is
+        # all the set may hold here, and the request goes on to its Request-URI.
+        host, port, r2, _ = route_set[0]
+        if not index.is_ours(host, port):
+            return None
+        if len(route_set) == 2:
+            host, port, _, transport = route_set[1]
+            if not r2 or not index.is_ours(host, port):
+                return None
+            facing = (host, port, transport)
+    else:
+        rule = select_route(engine.routes, listener.tag, ruri_raw.decode("latin-1"))
+    if rule is None:
+        target = next_hop(ruri_host, ruri_port, transport_param(ruri_params) if ruri_params else None)
+    elif rule.forward is not None:
+        hop = rule.forward
+        target = (hop.host, hop.port, hop.transport)
+        out_tag = rule.socket
+    else:
+        return None
+    out = outbound(engine, listener, out_tag, facing, target[2] or "udp", host_family(target[0]))
+    if isinstance(out, str):
+        return None
+    sk = via_sk(engine, in_wire.sk, conn)
+    body_at = head_end + 4
+    body = data[body_at : body_at + content_length] if content_length >= 0 else data[body_at:]
+    head = data[: start_end + 2]  # the start line, unchanged
+    add_length = content_length < 0
+    spliced = _spliced(engine, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body)
+    tcp = tcp_instead(engine, spliced, out, listener, target, out_tag)
+    if tcp is not None:
+        out = tcp
+        spliced = _spliced(
+            engine, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body
+        )
+    return Outcome([Send(spliced, out, target[0], target[1], out.proto)])
+
+
+def _spliced(
+    engine: SipEngine,
+    head: bytes,
+    sender: Listener,
+    inbound: Listener,
+    branch: bytes,
+    sk: bytes,
+    method: bytes,
+    in_dialog: bool,
+    lines: bytes,
+    add_length: bool,
+    body: bytes,
+) -> bytes:
+    """A scanned request as it leaves: its start line, our Via (and Record-Route), its own header lines,
+    its body; no line split out."""
+    ours = our_lines(engine, sender, inbound, branch, sk, method, in_dialog)
+    if add_length and sender.proto in STREAM_PROTOS:
+        return b"".join([head, ours, b"\r\n", lines, b"Content-Length: %d\r\n\r\n" % len(body), body])
+    return b"".join([head, ours, b"\r\n", lines, b"\r\n", body])
+
+
+def response(engine: SipEngine, scanned: ScannedResponse) -> Outcome | None:
+    """A response with our Via already cut out by the scan, sent back by the next Via; None when the Via
+    the scan cut is not one we write."""
+    prefix, key, cid, forwarded, transport, host, port, received, rport = scanned
+    if not engine.index.is_our_via_prefix(prefix):
+        return None
+    received_ip = ip_literal(received) if received else None
+    back = response_destination(engine, key, cid, transport, host, port, received_ip, rport)
+    if isinstance(back, str):
+        return drop(back)
+    inbound, to_host, to_port, proto, conn = back
+    return Outcome([Send(forwarded, inbound, to_host, to_port, proto, conn)])
