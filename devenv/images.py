@@ -1,9 +1,9 @@
 """Container images without a registry: built here, cached, imported into the local node's containerd.
 
 - base: a Debian root filesystem from `debootstrap` (python3 and its venv module), the BASE_IMAGE of the
-  project's Dockerfiles;
+  project's Dockerfile; build: the same plus a C compiler and Python's headers, its BUILD_IMAGE;
 - pause: the pod sandbox image, a tiny static program built with Go;
-- proxy and operator: `buildah bud` of proxy/Dockerfile and operator/Dockerfile on that base;
+- proxy and operator: `buildah bud --target proxy|operator` of the Dockerfile on those;
 - postgresql: Debian's `postgresql` package with an entry point that honours the POSTGRES_* variables of
   the official image (what the chart's StatefulSet sets).
 
@@ -38,7 +38,8 @@ RECIPE_VERSION = "1"
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DOWNLOAD_ATTEMPTS = 3
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-# The proxy's build stage (BUILD_IMAGE) compiles the SIP core: the base, a C compiler and Python's headers.
+# The Dockerfile's build stages (BUILD_IMAGE) install the distribution, the proxy's compiling the SIP core:
+# the base, a C compiler and Python's headers.
 BUILD_PACKAGES = (*BASE_PACKAGES, "python3-dev", "gcc", "libc6-dev")
 POSTGRES_PACKAGES = ("postgresql", "ca-certificates")
 # The chart runs PostgreSQL as uid/gid 999 (the official image's user); initdb needs a passwd entry for it.
@@ -308,9 +309,12 @@ def pause_image() -> str:
     return ref
 
 
-def _context_digest(dockerfile: Path) -> str:
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def _context_digest() -> str:
     inputs = [
-        dockerfile,
+        DOCKERFILE,
         REPO / "pyproject.toml",
         REPO / "setup.py",
         REPO / "README.md",
@@ -321,11 +325,12 @@ def _context_digest(dockerfile: Path) -> str:
     return tree_digest([p for p in inputs if p.exists()])
 
 
-def dockerfile_image(repo: str, dockerfile: Path, base: str, build: str | None = None) -> str:
-    ref = f"{repo}:dev-{_digest(RECIPE_VERSION, base, build or '', _context_digest(dockerfile))}"
+def dockerfile_image(repo: str, target: str, base: str, build: str) -> str:
+    """The Dockerfile's `target` stage (proxy or operator) built on the local base and build images."""
+    ref = f"{repo}:dev-{_digest(RECIPE_VERSION, target, base, build, _context_digest())}"
     if _image_exists(ref):
         return ref
-    say(f"buildah bud {dockerfile.relative_to(REPO)} -> {ref}")
+    say(f"buildah bud --target {target} -> {ref}")
     # pip inside the build trusts what this machine trusts (a TLS-inspecting proxy's CA, for one), through
     # build-time mounts only: nothing of the host ends up in the image.
     pip_conf = cache_dir() / "build-pip.conf"
@@ -337,12 +342,13 @@ def dockerfile_image(repo: str, dockerfile: Path, base: str, build: str | None =
         "--isolation=chroot",
         "--pull=false",
         "--layers=false",
+        f"--target={target}",
         f"--build-arg=BASE_IMAGE={base}",
-        *([f"--build-arg=BUILD_IMAGE={build}"] if build else []),
+        f"--build-arg=BUILD_IMAGE={build}",
         f"--volume={HOST_CA_BUNDLE}:/etc/ssl/build-host-ca.crt:ro",
         f"--volume={pip_conf}:/etc/pip.conf:ro",
         "-f",
-        str(dockerfile),
+        str(DOCKERFILE),
         "-t",
         ref,
         str(REPO),
@@ -409,8 +415,8 @@ def build_all(*, with_app: bool = True) -> Images:
     if with_app:
         base = base_image()
         build = base_image("build", BUILD_PACKAGES, apt=True)
-        proxy = dockerfile_image(PROXY_REPO, REPO / "proxy" / "Dockerfile", base, build)
-        operator = dockerfile_image(OPERATOR_REPO, REPO / "operator" / "Dockerfile", base)
+        proxy = dockerfile_image(PROXY_REPO, "proxy", base, build)
+        operator = dockerfile_image(OPERATOR_REPO, "operator", base, build)
         postgresql = postgres_image()
     say(f"images ready in {int(time.monotonic() - started)}s")
     return Images(pause=pause, proxy=proxy, operator=operator, postgresql=postgresql)

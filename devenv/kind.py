@@ -15,7 +15,8 @@ from devenv import binaries
 from devenv.cluster_client import ClusterClient
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGES = {"sipsockets/proxy:dev": "proxy/Dockerfile", "sipsockets/operator:dev": "operator/Dockerfile"}
+# Image tag -> the Dockerfile target it is built from.
+IMAGES = {"sipsockets/proxy:dev": "proxy", "sipsockets/operator:dev": "operator"}
 
 
 def _need(tool: str) -> str:
@@ -50,8 +51,8 @@ class KindCluster(ClusterClient):
             check=True,
         )
         self.server = str(self._current_cluster()["server"])
-        for tag, dockerfile in IMAGES.items():
-            subprocess.run([docker, "build", "-t", tag, "-f", str(REPO / dockerfile), str(REPO)], check=True)
+        for tag, target in IMAGES.items():
+            subprocess.run([docker, "build", "--target", target, "-t", tag, str(REPO)], check=True)
             subprocess.run([kind, "load", "docker-image", tag, "--name", self.name], check=True)
 
     def stop(self) -> None:

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "sipsockets"
 RELEASE = "sipsockets"  # the release name the operator's RBAC is rendered with
 OPERATOR_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "operator"}
-IMAGE_UID = 10001  # USER of proxy/Dockerfile and operator/Dockerfile
+IMAGE_UID = 10001  # USER of both Dockerfile targets
 # Readiness checks once a second; a paused proxy stays Ready for this many seconds (see the module doc).
 PROBE_FAILURES_TOLERATED = 600
 T = TypeVar("T")

@@ -1,13 +1,15 @@
-"""Command line: `sipproxy --config FILE` and `sipproxy db init --db-url URL [--table-name sockets]`."""
+"""Command line: `sipproxy --config FILE` and `sipproxy db init [--db-url-file FILE] [--table-name NAME]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from sipproxy.config import Config, ConfigError, load_config
@@ -83,17 +85,62 @@ async def db_init(db_url: str, table_name: str) -> int:
     return 0
 
 
+DB_URL_ENV = "SIPSOCKETS_DB_URL"
+DB_URL_FILE_ENV = "SIPSOCKETS_DB_URL_FILE"
+
+
+def db_url_from(url: str | None, url_file: str | None, environ: Mapping[str, str]) -> str:
+    """The db_url of `sipproxy db init`: --db-url, else --db-url-file, else SIPSOCKETS_DB_URL, else the file
+    SIPSOCKETS_DB_URL_FILE names (the operator's variables). Raises ValueError naming the problem.
+
+    A URL on the command line is readable by every local user (/proc/PID/cmdline) and carries the database
+    password: pods read it from a mounted Secret file instead."""
+    if url:
+        return url
+    source = "--db-url-file"
+    if not url_file:
+        if environ.get(DB_URL_ENV):
+            return environ[DB_URL_ENV]
+        url_file, source = environ.get(DB_URL_FILE_ENV), DB_URL_FILE_ENV
+    if not url_file:
+        raise ValueError(f"a database URL is required: --db-url-file FILE, {DB_URL_FILE_ENV}, {DB_URL_ENV}")
+    try:
+        text = Path(url_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read {url_file}: {exc.strerror or exc}") from None
+    if not text:
+        raise ValueError(f"{source}: {url_file} is empty")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["db"]:
         parser = argparse.ArgumentParser(prog="sipproxy db")
         sub = parser.add_subparsers(dest="command", required=True)
-        init = sub.add_parser("init", help="create the sockets and version tables when missing")
-        init.add_argument("--db-url", required=True, help="OpenSIPS-style db_url")
-        init.add_argument("--table-name", default="sockets")
+        init = sub.add_parser(
+            "init",
+            help="create the sockets and version tables when missing",
+            description="Create the sockets and version tables when missing (never alters existing ones). "
+            f"The database URL comes from --db-url-file, or the environment: {DB_URL_ENV} (the URL) or "
+            f"{DB_URL_FILE_ENV} (a file holding it, e.g. a mounted Secret).",
+        )
+        source = init.add_mutually_exclusive_group()
+        source.add_argument(
+            "--db-url-file",
+            metavar="FILE",
+            help=f"file holding the OpenSIPS-style db_url [env {DB_URL_FILE_ENV}]",
+        )
+        source.add_argument(
+            "--db-url",
+            metavar="URL",
+            help=f"OpenSIPS-style db_url; local use only, as a command line is public [env {DB_URL_ENV}]",
+        )
+        init.add_argument("--table-name", metavar="NAME", default="sockets", help="default: sockets")
         args = parser.parse_args(argv[1:])
         try:
-            return _run(db_init(args.db_url, args.table_name))
+            db_url = db_url_from(args.db_url, args.db_url_file, os.environ)
+            return _run(db_init(db_url, args.table_name))
         except ValueError as exc:
             print(f"sipproxy db init: {exc}", file=sys.stderr)
             return 2

@@ -132,14 +132,11 @@ class ChartWorld:
         return self.sa_kubeconfig
 
     def run_schema_init(self, spec: dict[str, Any]) -> None:
-        """The chart's init step, run as its container would: `sipproxy db init` with the Secret's URL."""
+        """The chart's init step, run as its container would: `sipproxy db init` with the Secret's URL in
+        its volume."""
         init = next(c for c in spec["initContainers"] if c["name"] == "db-init")
-        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"]}
-        ref = env["SIPSOCKETS_DB_URL"]
-        url = base64.b64decode(
-            get_json(self.cp, "secret", ref["name"], "-n", self.namespace)["data"][ref["key"]]
-        ).decode()
-        command = [url if part == "$(SIPSOCKETS_DB_URL)" else part for part in init["command"]]
+        mounts = mount_secrets(self.cp, self.namespace, spec, init, self.workdir / "db-init" / "mounts")
+        command = [localise(part, mounts) for part in init["command"]]
         command[0] = str(Path(sys.executable).parent / command[0])
         subprocess.run(command, check=True, capture_output=True, timeout=60)
 

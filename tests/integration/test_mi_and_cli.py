@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -66,13 +67,16 @@ def test_unreadable_database_leaves_sockets_as_they_were(
     assert "sipproxy_reload_failures_total 1" in proxy.get("/metrics")[1]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sipproxy.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         check=False,
     )
 
@@ -129,6 +133,40 @@ def test_db_init_creates_tables_once_and_never_alters(tmp_path: Path) -> None:
     db.close()
     bad = run_cli("db", "init", "--db-url", "oracle://x/y")
     assert bad.returncode != 0 and "unsupported scheme" in bad.stderr
+
+
+def test_db_init_reads_the_url_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    """As the chart runs it: the URL (and its password) in a mounted Secret file, not on the command line."""
+
+    def tables(name: str) -> list[tuple[str, int]]:
+        db = sqlite3.connect(tmp_path / name)
+        try:
+            return db.execute("SELECT table_name, table_version FROM version").fetchall()
+        finally:
+            db.close()
+
+    url_file = tmp_path / "db-url"
+    url_file.write_text(f"sqlite:///{tmp_path}/from-file.db\n")  # a Secret's value may end in a newline
+    by_flag = run_cli("db", "init", "--db-url-file", str(url_file), "--table-name", "edge")
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert tables("from-file.db") == [("edge", 1)]
+    by_file_env = run_cli("db", "init", env={"SIPSOCKETS_DB_URL_FILE": str(url_file)})
+    assert by_file_env.returncode == 0, by_file_env.stderr
+    assert sorted(tables("from-file.db")) == [("edge", 1), ("sockets", 1)]
+    by_env = run_cli("db", "init", env={"SIPSOCKETS_DB_URL": f"sqlite:///{tmp_path}/from-env.db"})
+    assert by_env.returncode == 0, by_env.stderr
+    assert tables("from-env.db") == [("sockets", 1)]
+
+    missing = run_cli("db", "init", "--db-url-file", str(tmp_path / "absent"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    url_file.write_text("\n")
+    empty = run_cli("db", "init", "--db-url-file", str(url_file))
+    assert empty.returncode == 2 and "is empty" in empty.stderr
+    clean = {"SIPSOCKETS_DB_URL": "", "SIPSOCKETS_DB_URL_FILE": ""}
+    none = run_cli("db", "init", env=clean)
+    assert none.returncode == 2 and "a database URL is required" in none.stderr
+    both = run_cli("db", "init", "--db-url", "sqlite:///x.db", "--db-url-file", str(url_file))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_sigterm_stops_every_process_and_releases_the_sockets(

@@ -132,7 +132,11 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The schema init container: `sipproxy db init` is idempotent (tables created only when missing). */}}
+{{/*
+The schema init container: `sipproxy db init` is idempotent (tables created only when missing). The URL holds
+the database password, so it is read from the pod's db-url Secret volume, never put on the command line
+(readable in /proc/PID/cmdline).
+*/}}
 {{- define "sipsockets.dbInitContainer" -}}
 - name: db-init
   image: {{ include "sipsockets.proxyImage" . }}
@@ -141,16 +145,10 @@ seccompProfile:
     - sipproxy
     - db
     - init
-    - --db-url
-    - $(SIPSOCKETS_DB_URL)
+    - --db-url-file
+    - /etc/sipsockets/db/db-url
     - --table-name
     - {{ .Values.database.tableName | quote }}
-  env:
-    - name: SIPSOCKETS_DB_URL
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "sipsockets.dbSecretName" . }}
-          key: {{ include "sipsockets.dbSecretKey" . }}
   securityContext:
     {{- include "sipsockets.containerSecurityContext" . | nindent 4 }}
   resources:
@@ -163,6 +161,9 @@ seccompProfile:
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    - name: db-url
+      mountPath: /etc/sipsockets/db
+      readOnly: true
 {{- end -}}
 
 {{/* The sipproxy config file (sockets_mgm.db_url is filled in at pod start from the database Secret). */}}

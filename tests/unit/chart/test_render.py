@@ -275,7 +275,7 @@ def test_external_database_replaces_the_bundled_one() -> None:
         refs = [v["secret"] for v in spec["volumes"] if v["name"] == "db-url"]
         assert refs == [{"secretName": "carrier-db", "items": [{"key": "url", "path": "db-url"}]}]
         init = next(c for c in spec["initContainers"] if c["name"] == "db-init")
-        assert env_of(init)["SIPSOCKETS_DB_URL"] == {"secretKeyRef": {"name": "carrier-db", "key": "url"}}
+        assert {"name": "db-url", "mountPath": "/etc/sipsockets/db", "readOnly": True} in init["volumeMounts"]
 
 
 def test_schema_init_step_runs_sipproxy_db_init() -> None:
@@ -283,16 +283,22 @@ def test_schema_init_step_runs_sipproxy_db_init() -> None:
     for w in r.workloads():
         if w["metadata"]["name"].endswith("-postgresql"):
             continue
-        init = next(c for c in pod_spec(w)["initContainers"] if c["name"] == "db-init")
+        spec = pod_spec(w)
+        init = next(c for c in spec["initContainers"] if c["name"] == "db-init")
+        # The URL from the pod's db-url Secret volume, as the operator and the proxy read it.
         assert init["command"] == [
             "sipproxy",
             "db",
             "init",
-            "--db-url",
-            "$(SIPSOCKETS_DB_URL)",
+            "--db-url-file",
+            "/etc/sipsockets/db/db-url",
             "--table-name",
             "carrier_sockets",
         ]
+        mount = next(m for m in init["volumeMounts"] if m["mountPath"] == "/etc/sipsockets/db")
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["items"] == [{"key": "db-url", "path": "db-url"}]
+        assert volume["secret"]["secretName"] == f"{RELEASE}-db-url"
     off = rendered(OPTION_SETS["everythingOff"])
     for w in off.workloads():
         assert "db-init" not in [c["name"] for c in pod_spec(w).get("initContainers", [])]
