@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from sipproxy.shared.channel import Channel, ChannelClosed, make_pair
 from sipproxy.shared.control import (
@@ -244,6 +245,8 @@ class WorkerPool:
                         self._answered(w, msg.seq, msg)
                     case Error():
                         log.error("worker %s cannot take socket %s: %s", w.name, msg.sid, msg.error)
+                    case _:
+                        assert_never(msg)
         except ChannelClosed:
             pass
         if w.channel is channel:

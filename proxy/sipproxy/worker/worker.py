@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import assert_never
 
 from sipproxy.shared.channel import Channel, ChannelClosed
 from sipproxy.shared.control import (
@@ -192,6 +193,8 @@ class Worker:
                 await self.channel.send(StatsReply(cmd.seq, dict(items)))
             case Stop():
                 return False
+            case _:
+                assert_never(cmd)
         return True
 
     async def run(self) -> None:
