@@ -22,7 +22,7 @@ from sipoperator.proxies import Fleet, Listed, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, SpecError, row_key, same_row, validate
 from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
-from sipproxy.socketspec import parse_row
+from sipproxy.shared.socketspec import parse_row
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sipproxy.socketspec import (
+from sipproxy.shared.socketspec import (
     DEFAULT_PORTS,
     FLAGS,
     PROTOCOLS,

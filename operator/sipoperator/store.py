@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from sipoperator.spec import Row, same_row
-from sipproxy.db.schema import init_db, sockets_table
-from sipproxy.db.url import to_sqlalchemy_url
+from sipproxy.shared.db_url import to_sqlalchemy_url
+from sipproxy.shared.schema import init_db, sockets_table
 
 OWNERS_TABLE = "sipsockets_owners"
 log = logging.getLogger(__name__)

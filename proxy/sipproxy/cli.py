@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from sipproxy.config import Config, ConfigError, load_config
+from sipproxy.supervisor.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sipproxy")
 
@@ -27,10 +27,10 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def serve(config: Config, token: str | None) -> int:
-    from sipproxy.mi.methods import make_methods, metrics_text
-    from sipproxy.mi.server import make_app
-    from sipproxy.mi.server import serve as serve_mi
-    from sipproxy.supervisor import Supervisor
+    from sipproxy.supervisor.mi.methods import make_methods, metrics_text
+    from sipproxy.supervisor.mi.server import make_app
+    from sipproxy.supervisor.mi.server import serve as serve_mi
+    from sipproxy.supervisor.supervisor import Supervisor
 
     sup = Supervisor(config, config.log_level)
     stop = asyncio.Event()
@@ -73,8 +73,8 @@ async def serve(config: Config, token: str | None) -> int:
 
 
 async def db_init(db_url: str, table_name: str) -> int:
-    from sipproxy.db.reader import make_engine
-    from sipproxy.db.schema import init_db
+    from sipproxy.shared.schema import init_db
+    from sipproxy.supervisor.db_reader import make_engine
 
     engine = make_engine(db_url)
     try:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        from sipproxy.mi.token import load_token
+        from sipproxy.supervisor.mi.token import load_token
 
         try:
             token = load_token(config.mi.token_file)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from sipproxy.worker import raise_fd_limit
+    from sipproxy.shared.fdlimit import raise_fd_limit
 
     raise_fd_limit()
     return _run(serve(config, token))

@@ -23,8 +23,8 @@ import yaml
 from sqlalchemy import MetaData, delete, insert, text, update
 
 from devenv.databases import MariaDBServer, PostgresServer
-from sipproxy.db.reader import make_engine
-from sipproxy.db.schema import sockets_table
+from sipproxy.shared.schema import sockets_table
+from sipproxy.supervisor.db_reader import make_engine
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).parent / "scenarios"

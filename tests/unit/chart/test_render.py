@@ -190,7 +190,7 @@ def run_render_config(
 
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
 def test_render_config_step_gives_a_config_the_proxy_accepts(option_set: str, tmp_path: Path) -> None:
-    from sipproxy.config import parse_config
+    from sipproxy.supervisor.config import parse_config
 
     url = "postgres://u:secret@db.voip.svc:5432/sipsockets"
     result = run_render_config(OPTION_SETS[option_set], url + "\n", tmp_path, pod_ip="10.244.1.7")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sipoperator.spec import Row, SpecError, endpoint_key, row_key, same_row, validate
-from sipproxy.socketspec import parse_row
+from sipproxy.shared.socketspec import parse_row
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.config import ConfigError, load_config, parse_config
+from sipproxy.supervisor.config import ConfigError, load_config, parse_config
 
 
 def test_defaults() -> None:

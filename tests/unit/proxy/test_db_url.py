@@ -2,7 +2,7 @@
 
 import pytest
 
-from sipproxy.db.url import to_sqlalchemy_url
+from sipproxy.shared.db_url import to_sqlalchemy_url
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Counters summed across workers and rendered in the Prometheus text format."""
 
-from sipproxy.metrics import SocketCounters, render_prometheus, sum_counters
+from sipproxy.shared.counters import SocketCounters
+from sipproxy.supervisor.metrics import render_prometheus, sum_counters
 
 
 def test_counters_survive_the_wire_and_sum_per_socket() -> None:

@@ -1,9 +1,9 @@
 """The sockets_list entry shape: OpenSIPS fields first (empty ones left out), then ours."""
 
-from sipproxy.db.reader import Row
-from sipproxy.mi.methods import entry_dict
-from sipproxy.socketspec import parse_row
-from sipproxy.supervisor import Entry
+from sipproxy.shared.socketspec import parse_row
+from sipproxy.supervisor.db_reader import Row
+from sipproxy.supervisor.entries import Entry
+from sipproxy.supervisor.mi.methods import entry_dict
 
 
 def test_listening_entry_field_order_and_values() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sipproxy.mi.rpc import Method, MIError, Params, no_params
-from sipproxy.mi.server import make_app
+from sipproxy.supervisor.mi.rpc import Method, MIError, Params, no_params
+from sipproxy.supervisor.mi.server import make_app
 
 
 async def echo(params: Params) -> Any:

@@ -1,7 +1,7 @@
 """The reload diff matches rows on every compared column, as OpenSIPS."""
 
-from sipproxy.reload_diff import Diff, diff_sockets
-from sipproxy.socketspec import parse_row
+from sipproxy.shared.socketspec import parse_row
+from sipproxy.supervisor.reload_diff import Diff, diff_sockets
 
 
 def test_identical_rows_are_kept_new_added_gone_removed() -> None:

@@ -1,6 +1,6 @@
 """FIFO slot rotation: a freed slot is reused only after every other free one."""
 
-from sipproxy.slots import Slots
+from sipproxy.supervisor.slots import Slots
 
 
 def test_slots_are_handed_out_in_order_and_run_out() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sipproxy.socketspec import (
+from sipproxy.shared.socketspec import (
     RowError,
     format_socket,
     parse_row,

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from sipproxy.db.url import to_sqlalchemy_url
-from sipproxy.socketspec import RowError, SocketSpec, parse_static_socket
+from sipproxy.shared.db_url import to_sqlalchemy_url
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_static_socket
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -1,13 +1,18 @@
-"""The per-worker control channel: a SOCK_SEQPACKET socketpair, one JSON message per packet, at most one
-file descriptor attached (SCM_RIGHTS). Each worker has its own pair, so no worker can take a descriptor
-meant for another."""
+"""The per-worker control channel: a SOCK_SEQPACKET socketpair, one control message
+(`sipproxy.shared.control`) per packet, at most one file descriptor attached (SCM_RIGHTS). Each worker has its
+own pair, so no worker can take a descriptor meant for another."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from sipproxy.shared.control import Message, ProtocolError, encode
+
+In = TypeVar("In")
 
 # Above the kernel's default socket buffer limit (wmem_max), so any message that could be sent fits.
 MAX_MESSAGE = 256 << 10
@@ -29,18 +34,20 @@ class ChannelClosed(ConnectionError):
     pass
 
 
-class Channel:
-    """Async send/receive of (message, fd) over one end of the pair."""
+class Channel(Generic[In]):
+    """Async send/receive of (message, fd) over one end of the pair. `decode` reads what this end receives
+    (`decode_reply` in the supervisor, `decode_command` in a worker)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, decode: Callable[[bytes], In]) -> None:
         self.sock = sock
+        self._decode = decode
         sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
         self._send_lock = asyncio.Lock()
         self.closed = False
 
-    async def send(self, message: dict[str, Any], fd: int | None = None) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode()
+    async def send(self, message: Message, fd: int | None = None) -> None:
+        data = encode(message)
         async with self._send_lock:
             while True:
                 if self.closed:
@@ -57,7 +64,9 @@ class Channel:
                     self.closed = True
                     raise ChannelClosed(str(exc)) from exc
 
-    async def recv(self) -> tuple[dict[str, Any], int | None]:
+    async def recv(self) -> tuple[In, int | None]:
+        """The next message and its descriptor; raises ProtocolError (the descriptor closed) for one that
+        cannot be decoded, ChannelClosed when the peer is gone."""
         while True:
             if self.closed:
                 raise ChannelClosed("control channel closed")
@@ -76,7 +85,13 @@ class Channel:
                 raise ChannelClosed("peer closed the control channel")
             for extra in fds[1:]:
                 socket.close(extra)
-            return json.loads(data), (fds[0] if fds else None)
+            fd = fds[0] if fds else None
+            try:
+                return self._decode(data), fd
+            except ProtocolError:
+                if fd is not None:
+                    os.close(fd)
+                raise
 
     async def _wait(self, writable: bool) -> None:
         fut: asyncio.Future[None] = self._loop.create_future()

@@ -8,8 +8,8 @@ from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from sipproxy.db.schema import sockets_table
-from sipproxy.db.url import to_sqlalchemy_url
+from sipproxy.shared.db_url import to_sqlalchemy_url
+from sipproxy.shared.schema import sockets_table
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,10 @@
-"""Traffic counters: kept per socket in each worker, summed in the supervisor, rendered for Prometheus."""
+"""Counters summed across workers and rendered in the Prometheus text format."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-
-@dataclass
-class SocketCounters:
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    fwd_packets: int = 0
-    fwd_bytes: int = 0
-    drops: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
-    def to_wire(self) -> list[Any]:
-        return [self.rx_packets, self.rx_bytes, self.fwd_packets, self.fwd_bytes, self.drops]
-
-    @classmethod
-    def from_wire(cls, data: list[Any]) -> SocketCounters:
-        return cls(int(data[0]), int(data[1]), int(data[2]), int(data[3]), dict(data[4]))
-
-    def add(self, other: SocketCounters) -> None:
-        self.rx_packets += other.rx_packets
-        self.rx_bytes += other.rx_bytes
-        self.fwd_packets += other.fwd_packets
-        self.fwd_bytes += other.fwd_bytes
-        for reason, n in other.drops.items():
-            self.drops[reason] = self.drops.get(reason, 0) + n
+from sipproxy.shared.counters import SocketCounters
 
 
 def sum_counters(snapshots: Iterable[Mapping[str, SocketCounters]]) -> dict[str, SocketCounters]:

@@ -6,7 +6,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from sipproxy.socketspec import SocketSpec
+from sipproxy.shared.socketspec import SocketSpec
 
 K = TypeVar("K", bound=Hashable)
 

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from sipproxy.mi.rpc import Method, handle_body
-from sipproxy.mi.token import authorized
+from sipproxy.supervisor.mi.rpc import Method, handle_body
+from sipproxy.supervisor.mi.token import authorized
 
 MAX_BODY = 1 << 20
 

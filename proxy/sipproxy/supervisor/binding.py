@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sipproxy.socketspec import SocketSpec
+from sipproxy.shared.socketspec import SocketSpec
 
 LISTEN_BACKLOG = 1024
 UDP_BUFFER = 4 << 20

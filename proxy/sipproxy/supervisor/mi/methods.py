@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sipproxy.metrics import render_prometheus
-from sipproxy.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
-
-if TYPE_CHECKING:
-    from sipproxy.supervisor import Entry, ReloadResult, Supervisor
+from sipproxy.supervisor.entries import Entry, ReloadResult
+from sipproxy.supervisor.metrics import render_prometheus
+from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
+from sipproxy.supervisor.supervisor import ReloadError, Supervisor
 
 
 def entry_dict(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
@@ -83,8 +82,6 @@ def _wanted_stats(params: Params) -> list[str]:
 
 
 def make_methods(sup: Supervisor) -> dict[str, Method]:
-    from sipproxy.supervisor import ReloadError
-
     async def sockets_reload(params: Params) -> Any:
         no_params(params)
         try:

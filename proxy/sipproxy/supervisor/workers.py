@@ -1,0 +1,310 @@
+"""The workers as the supervisor sees them: which sockets each serves, starting and replacing their processes,
+and the control requests the supervisor waits on.
+
+Workers are `python -m sipproxy.worker` processes, each with its own control channel. Every change of the
+socket set is sent to every worker followed by a `Sync`; the change is applied once each worker has
+acknowledged that Sync (or died: a replacement starts from the full current set). The messages are those of
+`sipproxy.shared.control`; this module never imports the worker's code."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import assert_never
+
+from sipproxy.shared.channel import Channel, ChannelClosed, make_pair
+from sipproxy.shared.control import (
+    Ack,
+    Add,
+    Command,
+    Error,
+    Init,
+    ProtocolError,
+    Remove,
+    Reply,
+    Stats,
+    StatsPart,
+    StatsReply,
+    Stop,
+    Sync,
+    decode_reply,
+)
+from sipproxy.shared.counters import SocketCounters
+from sipproxy.shared.socketspec import SocketSpec
+from sipproxy.sip.listeners import Listener
+from sipproxy.supervisor.entries import Entry
+from sipproxy.supervisor.metrics import sum_counters
+
+log = logging.getLogger("sipproxy.supervisor")
+
+SYNC_TIMEOUT = 60.0
+STATS_TIMEOUT = 3.0
+
+
+@dataclass
+class WorkerHandle:
+    name: str
+    kind: str  # "udp" (a static socket's own worker) | "udp_pool" | "tcp"
+    static_sid: int | None = None
+    proc: asyncio.subprocess.Process | None = None
+    channel: Channel[Reply] | None = None
+    alive: bool = False
+    # Answers awaited, by seq; None when the worker died first.
+    waiters: dict[int, asyncio.Future[Reply | None]] = field(default_factory=dict)
+    last_stats: dict[str, SocketCounters] = field(default_factory=dict)  # by socket label
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    started: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def serves(self, entry: Entry) -> bool:
+        if entry.spec is None or entry.state != "listening":
+            return False
+        if self.kind == "udp":
+            return entry.sid == self.static_sid
+        if self.kind == "udp_pool":
+            return entry.kind == "dynamic" and entry.spec.layer == "udp"
+        return entry.spec.layer == "tcp"
+
+    def needs_fd(self, entry: Entry) -> bool:
+        # Every worker may send out of any UDP socket; only TCP workers accept on TCP listeners.
+        assert entry.spec is not None
+        return entry.spec.layer == "udp" or self.kind == "tcp"
+
+
+def listener_of(spec: SocketSpec) -> Listener:
+    """The socket as the workers' SIP engine sees it (an advertised port only with its host)."""
+    return Listener(
+        spec.proto,
+        spec.host,
+        spec.port,
+        spec.advertised_host,
+        spec.advertised_port if spec.advertised_host else None,
+        spec.tag,
+    )
+
+
+class WorkerPool:
+    """Every worker process of the proxy. `sockets` gives the current socket set (what a new worker is sent);
+    `lock` is the supervisor's, held while a dead worker is replaced so that no reload runs meanwhile."""
+
+    def __init__(
+        self, init: Init, sockets: Callable[[], Iterable[Entry]], lock: asyncio.Lock, log_level: str
+    ) -> None:
+        self.handles: list[WorkerHandle] = []
+        self.init = init
+        self.sockets = sockets
+        self.lock = lock
+        self.log_level = log_level
+        self.stopping = False
+        self.restarts = 0
+        self.retired: dict[str, SocketCounters] = {}  # counters of workers that died
+        self._seqs = itertools.count(1)
+        # Abstract unix socket names are per network namespace, which several proxies may share (host
+        # network, where each may even be pid 1 of its container): make them unique.
+        self.relay_prefix = f"sipproxy-{os.getpid()}-{secrets.token_hex(4)}"
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self.spawn(w) for w in self.handles))
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for w in self.handles:
+            if w.channel is not None and w.alive:
+                try:
+                    await asyncio.wait_for(w.channel.send(Stop()), 5)
+                except (ChannelClosed, TimeoutError):
+                    pass
+        for w in self.handles:
+            if w.proc is None:
+                continue
+            try:
+                await asyncio.wait_for(w.proc.wait(), 10)
+            except TimeoutError:
+                log.warning("worker %s did not stop, killing it", w.name)
+                w.proc.kill()
+                await w.proc.wait()
+        for w in self.handles:
+            for task in w.tasks:
+                task.cancel()
+            if w.channel is not None:
+                w.channel.close()
+
+    # --- socket changes -------------------------------------------------------------------------------
+
+    async def add(self, entries: list[Entry]) -> None:
+        """Sent to every worker; applied once a following `sync` is answered."""
+        for w in self.handles:
+            for entry in entries:
+                await self._send_add(w, entry)
+
+    async def remove(self, entries: list[Entry]) -> None:
+        """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""
+        for w in self.handles:
+            for entry in entries:
+                await self._send(w, Remove(entry.sid))
+
+    async def sync(self, workers: Iterable[WorkerHandle] | None = None) -> int:
+        """Wait until the workers (all by default) have applied every command sent so far; returns how many
+        did not answer within SYNC_TIMEOUT."""
+        return await self._request(self.handles if workers is None else workers, Sync, SYNC_TIMEOUT)
+
+    async def collect_stats(self) -> dict[str, SocketCounters]:
+        await self._request(self.handles, Stats, STATS_TIMEOUT)
+        snapshots: list[dict[str, SocketCounters]] = [dict(self.retired)]
+        for w in self.handles:
+            snapshots.append(w.last_stats)
+        return sum_counters(snapshots)
+
+    # --- processes ------------------------------------------------------------------------------------
+
+    async def spawn(self, w: WorkerHandle) -> None:
+        parent, child = make_pair()
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sipproxy.worker",
+            "--control-fd",
+            str(child.fileno()),
+            "--name",
+            w.name,
+            "--log-level",
+            self.log_level,
+            "--index",
+            str(self.handles.index(w)),
+            "--relay-prefix",
+            self.relay_prefix,
+            pass_fds=[child.fileno()],
+        )
+        child.close()
+        w.channel = Channel(parent, decode_reply)
+        w.alive = True
+        w.started = time.monotonic()
+        w.last_stats = {}
+        loop = asyncio.get_running_loop()
+        w.tasks = [loop.create_task(self._read(w, w.channel)), loop.create_task(self._watch(w, w.proc))]
+        await self._send(w, self.init)
+        for entry in list(self.sockets()):
+            await self._send_add(w, entry)
+        log.info("worker %s started, pid %s", w.name, w.pid)
+
+    async def _send(self, w: WorkerHandle, msg: Command, fd: int | None = None) -> None:
+        if not w.alive or w.channel is None:
+            return
+        try:
+            await w.channel.send(msg, fd)
+        except ChannelClosed:
+            self._mark_dead(w)
+
+    async def _send_add(self, w: WorkerHandle, entry: Entry) -> None:
+        assert entry.spec is not None
+        msg = Add(entry.sid, listener_of(entry.spec), w.serves(entry))
+        fd = entry.sock.fileno() if w.needs_fd(entry) and entry.sock is not None else None
+        await self._send(w, msg, fd)
+
+    def _mark_dead(self, w: WorkerHandle) -> None:
+        if not w.alive:
+            return
+        w.alive = False
+        for fut in w.waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+        w.waiters.clear()
+        for label, counters in w.last_stats.items():
+            self.retired.setdefault(label, SocketCounters()).add(counters)
+        w.last_stats = {}
+
+    async def _read(self, w: WorkerHandle, channel: Channel[Reply]) -> None:
+        parts: dict[str, SocketCounters] = {}
+        try:
+            while True:
+                try:
+                    msg, fd = await channel.recv()
+                except ProtocolError as exc:
+                    log.error("worker %s sent an unreadable control message: %s", w.name, exc)
+                    continue
+                if fd is not None:
+                    os.close(fd)
+                match msg:
+                    case StatsPart():
+                        parts.update(msg.counters)
+                    case StatsReply():
+                        parts.update(msg.counters)
+                        w.last_stats, parts = parts, {}
+                        self._answered(w, msg.seq, msg)
+                    case Ack():
+                        self._answered(w, msg.seq, msg)
+                    case Error():
+                        log.error("worker %s cannot take socket %s: %s", w.name, msg.sid, msg.error)
+                    case _:
+                        assert_never(msg)
+        except ChannelClosed:
+            pass
+        if w.channel is channel:
+            self._mark_dead(w)
+
+    @staticmethod
+    def _answered(w: WorkerHandle, seq: int, msg: Reply) -> None:
+        fut = w.waiters.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def _watch(self, w: WorkerHandle, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if w.proc is not proc:
+            return
+        self._mark_dead(w)
+        if self.stopping:
+            return
+        log.error("worker %s (pid %s) died with %s; replacing it", w.name, proc.pid, code)
+        self.restarts += 1
+        asyncio.get_running_loop().create_task(self._replace(w))
+
+    async def _replace(self, w: WorkerHandle) -> None:
+        # A worker that dies right after starting (crash loop) is retried at most about once a second.
+        delay = 1.0 - (time.monotonic() - w.started)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with self.lock:
+            if self.stopping:
+                return
+            if w.channel is not None:
+                w.channel.close()
+            try:
+                await self.spawn(w)
+            except Exception:
+                log.exception("cannot start a replacement for %s", w.name)
+                await asyncio.sleep(1.0)
+                asyncio.get_running_loop().create_task(self._replace(w))
+                return
+            await self.sync([w])
+
+    async def _request(
+        self, workers: Iterable[WorkerHandle], request: type[Sync] | type[Stats], limit: float
+    ) -> int:
+        """Send the request to each live worker and wait for their answers; returns how many did not."""
+        seq = next(self._seqs)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for w in workers:
+            if not w.alive:
+                continue
+            fut: asyncio.Future[Reply | None] = loop.create_future()
+            w.waiters[seq] = fut
+            futures.append(fut)
+            await self._send(w, request(seq))
+        if not futures:
+            return 0
+        _done, pending = await asyncio.wait(futures, timeout=limit)
+        if pending:
+            log.warning("%d worker(s) did not answer %s within %ss", len(pending), request.op, limit)
+        return len(pending)

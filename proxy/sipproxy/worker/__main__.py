@@ -1,0 +1,70 @@
+"""A worker process: `python -m sipproxy.worker --control-fd N` (the supervisor starts it so)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from sipproxy.shared.channel import Channel
+from sipproxy.shared.control import decode_command
+from sipproxy.shared.fdlimit import raise_fd_limit
+from sipproxy.worker.worker import Worker
+
+
+async def amain(control_fd: int, name: str, index: int, relay_prefix: str) -> None:
+    sock = socket.socket(fileno=control_fd)
+    channel = Channel(sock, decode_command)
+    worker = Worker(channel, name, index, relay_prefix)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(worker.run())
+    # SIGTERM to the whole group (e.g. a terminal's ^C or a kill of the group): stop like on Stop.
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        await worker.shutdown()
+    channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sipproxy-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--name", default="worker")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--relay-prefix", default=f"sipproxy-{os.getppid()}")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s {args.name}[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    raise_fd_limit()
+    # Development aid: SIPPROXY_PROFILE_DIR=/dir writes a cProfile file per worker when it stops.
+    profile_dir = os.environ.get("SIPPROXY_PROFILE_DIR")
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        import uvloop
+
+        uvloop.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
+    except ImportError:
+        asyncio.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
+    if profiler is not None and profile_dir:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"worker-{args.index}-{os.getpid()}.prof"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

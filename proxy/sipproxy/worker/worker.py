@@ -1,0 +1,231 @@
+"""The worker's main loop: the control commands of its channel, and the one call its transports make per
+message (`Worker.deliver`: engine, then send or relay).
+
+It receives every socket of the proxy over its own control channel (UDP ones to send from, and the ones it
+serves), and acknowledges each batch of changes so that the supervisor knows when a reload is applied
+everywhere (`sipproxy.shared.control`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import assert_never
+
+from sipproxy.shared.channel import Channel, ChannelClosed
+from sipproxy.shared.control import (
+    STATS_PART,
+    Ack,
+    Add,
+    Command,
+    Error,
+    Init,
+    ProtocolError,
+    Remove,
+    Stats,
+    StatsPart,
+    StatsReply,
+    Stop,
+    Sync,
+)
+from sipproxy.shared.socketspec import format_socket
+from sipproxy.sip.engine import SipEngine
+from sipproxy.sip.listeners import Listener
+from sipproxy.sip.routing import parse_routes
+from sipproxy.worker.connection_ids import WorkerConnectionIds
+from sipproxy.worker.counters import WorkerCounters
+from sipproxy.worker.listeners import Listeners
+from sipproxy.worker.relay import Relay
+from sipproxy.worker.sending import Sender
+from sipproxy.worker.tcp import TcpTransport
+from sipproxy.worker.transport import Serving, Transport, TransportHost
+from sipproxy.worker.udp import UdpTransport
+
+
+@dataclass
+class WorkerSocket:
+    sid: int
+    listener: Listener
+    sock: socket.socket | None  # our copy of the bound socket (None: metadata only)
+    server: Serving | None = None
+    serve_fd: tuple[int, int] | None = None  # (descriptor, inode) handed to the serving transport
+
+
+async def wait_fd_closed(fd: int, inode: int) -> None:
+    for attempt in range(400):
+        try:
+            if os.fstat(fd).st_ino != inode:
+                return  # closed, and the number already reused
+        except OSError:
+            return
+        await asyncio.sleep(0 if attempt < 20 else 0.005)
+    logging.getLogger("sipproxy.worker").warning("descriptor %d still open after removal", fd)
+
+
+class Worker:
+    def __init__(self, channel: Channel[Command], name: str, index: int, relay_prefix: str) -> None:
+        self.channel = channel
+        self.name = name
+        self.index = index
+        self.log = logging.getLogger(f"sipproxy.worker.{name}")
+        self.listeners = Listeners()
+        self.connection_ids = WorkerConnectionIds(index)
+        self.engine = SipEngine([], self.listeners, connections=self.connection_ids)
+        self.counters = WorkerCounters()
+        host = TransportHost(
+            deliver=self.deliver,
+            counters_for=self.counters.for_sid,
+            register_connection=self.connection_ids.register,
+            forget_connection=self.connection_ids.forget,
+            log=self.log,
+        )
+        self.tcp = TcpTransport(host)
+        # The transport serving each protocol; the sockets of any other are only sent from.
+        self.transports: dict[str, Transport] = {"udp": UdpTransport(host), "tcp": self.tcp}
+        self.sender = Sender(self.listeners, self.counters, self.tcp)
+        self.dispatch = self.sender.dispatch  # bound once: called per message
+        self.relay = Relay(relay_prefix, index, self.relayed, self.log)
+        self.listeners_dirty = False
+        self.sockets: dict[int, WorkerSocket] = {}
+
+    # --- the hot path -------------------------------------------------------------------------------
+
+    def deliver(
+        self, data: bytes, listener: Listener, src: tuple[str, int], sid: int, conn: object | None = None
+    ) -> None:
+        """Run the engine on one message and send what it says (or relay it to the connection's owner)."""
+        outcome = self.engine.handle(data, listener, src, conn)
+        ids = self.connection_ids
+        if ids.relay_to is not None:
+            owner, ids.relay_to = ids.relay_to, None
+            if self.relay.send(owner, data, listener, src):
+                return
+        self.dispatch(outcome, sid)
+
+    def relayed(self, data: bytes, listener: Listener, src: tuple[str, int]) -> None:
+        """A message another worker relayed here: the connection it must go out on is ours."""
+        sid = self.listeners.sid_of(listener)
+        if sid is None:
+            return
+        self.log.debug("relayed message from %s:%s on %s", src[0], src[1], listener)
+        outcome = self.engine.handle(data, listener, src)
+        self.connection_ids.relay_to = None  # never bounce a relayed message on
+        self.dispatch(outcome, sid)
+
+    # --- control -------------------------------------------------------------------------------------
+
+    async def add_socket(self, cmd: Add, fd: int | None) -> None:
+        sid, listener = cmd.sid, cmd.listener
+        if sid in self.sockets:
+            await self.remove_socket(sid)
+        self.counters.name(sid, format_socket(listener.proto, listener.host, listener.port))
+        sock = socket.socket(fileno=fd) if fd is not None else None
+        entry = WorkerSocket(sid, listener, sock)
+        self.sockets[sid] = entry
+        self.listeners.add(listener, sid)
+        if sock is not None and listener.proto == "udp":
+            sock.setblocking(False)
+            self.sender.udp_send[listener] = sock
+        if sock is not None and cmd.serve:
+            transport = self.transports.get(listener.proto)
+            if transport is None:
+                raise ValueError(f"no {listener.proto} transport in this worker")
+            # The transport gets its own descriptor of the same open socket, so that closing either never
+            # pulls the other out from under it.
+            serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+            entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
+            entry.server = await transport.serve(serve_sock, listener, sid)
+        self.listeners_dirty = True
+
+    async def remove_socket(self, sid: int) -> None:
+        entry = self.sockets.pop(sid, None)
+        if entry is None:
+            return
+        self.counters.retire(sid)
+        self.listeners.remove(entry.listener)
+        udp_send = self.sender.udp_send
+        if entry.sock is not None and udp_send.get(entry.listener) is entry.sock:
+            del udp_send[entry.listener]
+        if entry.server is not None:
+            entry.server.close()  # a TCP listener stops accepting; established connections carry on
+        if entry.sock is not None:
+            entry.sock.close()
+        self.listeners_dirty = True
+        if entry.serve_fd is not None:
+            # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
+            # address as soon as we acknowledge, so wait until it is really closed.
+            await wait_fd_closed(*entry.serve_fd)
+
+    async def apply(self, cmd: Command, fd: int | None) -> bool:
+        """Apply one control command; False when told to stop."""
+        if fd is not None and not isinstance(cmd, Add):
+            os.close(fd)  # only an Add carries a descriptor
+        match cmd:
+            case Init():
+                self.engine = SipEngine(
+                    parse_routes(list(cmd.routes)),
+                    self.listeners,
+                    record_route=cmd.record_route,
+                    connections=self.connection_ids,
+                )
+                self.tcp.idle_timeout = cmd.tcp_idle_timeout
+            case Add():
+                try:
+                    await self.add_socket(cmd, fd)
+                except Exception as exc:
+                    self.log.exception("cannot take socket %s", cmd.listener)
+                    await self.channel.send(Error(cmd.sid, str(exc)))
+            case Remove():
+                await self.remove_socket(cmd.sid)
+            case Sync():
+                # The engine's listener snapshot is rebuilt once per batch of changes, not per socket.
+                if self.listeners_dirty:
+                    self.listeners_dirty = False
+                    self.engine.listeners_changed()
+                await self.channel.send(Ack(cmd.seq))
+            case Stats():
+                items = list(self.counters.snapshot().items())
+                while len(items) > STATS_PART:
+                    part, items = items[:STATS_PART], items[STATS_PART:]
+                    await self.channel.send(StatsPart(dict(part)))
+                await self.channel.send(StatsReply(cmd.seq, dict(items)))
+            case Stop():
+                return False
+            case _:
+                assert_never(cmd)
+        return True
+
+    async def run(self) -> None:
+        sweeper = asyncio.get_running_loop().create_task(self.tcp.sweep())
+        try:
+            await self.relay.open()
+        except OSError as exc:
+            self.log.warning("no relay socket (TCP responses via other workers disabled): %s", exc)
+        try:
+            while True:
+                try:
+                    cmd, fd = await self.channel.recv()
+                except ProtocolError as exc:
+                    self.log.error("unreadable control message: %s", exc)
+                    continue
+                try:
+                    if not await self.apply(cmd, fd):
+                        break
+                except ChannelClosed:
+                    raise
+                except Exception:
+                    # One bad command must not take the worker (and every socket it serves) down.
+                    self.log.exception("control command %s failed", cmd.op)
+        except ChannelClosed:
+            self.log.info("supervisor gone, exiting")
+        finally:
+            sweeper.cancel()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for sid in list(self.sockets):
+            await self.remove_socket(sid)
+        self.tcp.close_all()
+        await asyncio.sleep(0)

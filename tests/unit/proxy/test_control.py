@@ -1,0 +1,199 @@
+"""The supervisor-worker control protocol: every message survives the wire, anything else is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+
+import pytest
+
+from sipproxy.shared.channel import Channel, make_pair
+from sipproxy.shared.control import (
+    COMMANDS,
+    REPLIES,
+    Ack,
+    Add,
+    Command,
+    Error,
+    Init,
+    ProtocolError,
+    Remove,
+    Reply,
+    Stats,
+    StatsPart,
+    StatsReply,
+    Stop,
+    Sync,
+    decode_command,
+    decode_reply,
+    encode,
+    listener_from_wire,
+    listener_to_wire,
+)
+from sipproxy.shared.counters import SocketCounters
+from sipproxy.sip.listeners import Listener
+
+UDP = Listener("udp", "127.0.0.1", 5060)
+TCP6 = Listener("tcp", "2001:db8::1", 5070, "sip.example.com", 5080, "core")
+
+COMMAND_SAMPLES: list[Command] = [
+    Init(routes=(), tcp_idle_timeout=120.0),
+    Init(
+        routes=({"match": {"ruri_user_prefix": "+44"}, "to": "10.0.0.1:5060"}, {"to": "[::1]:5062"}),
+        tcp_idle_timeout=0.5,
+        record_route=False,
+    ),
+    Add(1, UDP, serve=True),
+    Add(7, TCP6, serve=False),
+    Remove(7),
+    Sync(3),
+    Stats(4),
+    Stop(),
+]
+REPLY_SAMPLES: list[Reply] = [
+    Ack(3),
+    StatsPart({}),
+    StatsPart({"udp:127.0.0.1:5060": SocketCounters(1, 2, 3, 4, {"parse_error": 5})}),
+    StatsReply(4, {"tcp:[2001:db8::1]:5070": SocketCounters(), "udp:127.0.0.1:5060": SocketCounters(9, 9)}),
+    Error(7, "[Errno 9] Bad file descriptor"),
+]
+
+
+def test_the_samples_cover_every_message() -> None:
+    assert {type(m) for m in COMMAND_SAMPLES} == set(COMMANDS)
+    assert {type(m) for m in REPLY_SAMPLES} == set(REPLIES)
+
+
+@pytest.mark.parametrize("message", COMMAND_SAMPLES, ids=repr)
+def test_every_command_round_trips(message: Command) -> None:
+    assert decode_command(encode(message)) == message
+
+
+@pytest.mark.parametrize("message", REPLY_SAMPLES, ids=repr)
+def test_every_reply_round_trips(message: Reply) -> None:
+    assert decode_reply(encode(message)) == message
+
+
+@pytest.mark.parametrize("listener", [UDP, TCP6, Listener("udp", "::1", 5060, None, None, "edge")], ids=repr)
+def test_a_listener_round_trips_and_keeps_its_identity(listener: Listener) -> None:
+    back = listener_from_wire(json.loads(json.dumps(listener_to_wire(listener))))
+    assert back == listener
+    assert hash(back) == hash(listener)
+
+
+ADD = {"op": "add", "sid": 1, "listener": listener_to_wire(UDP), "serve": True}
+
+
+def _with(base: dict[str, object], **changes: object) -> bytes:
+    out = {**base, **changes}
+    return json.dumps({k: v for k, v in out.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"{not json", "control message is not JSON"),
+        (b"\xff\xfe", "control message is not JSON"),
+        (b"[1, 2]", "control message must be a JSON object, not list"),
+        (b'{"sid": 1}', "control message has no op"),
+        (b'{"op": 3}', "control message has no op"),
+        (b'{"op": "frobnicate"}', "unknown control message 'frobnicate'"),
+        (b'{"op": "ack", "seq": 1}', "control message 'ack' does not go supervisor to worker"),
+        (_with(ADD, sid=...), "control message 'add': field 'sid' is missing"),
+        (_with(ADD, sid="1"), "control message 'add': field 'sid' must be an integer >= 0, not '1'"),
+        (_with(ADD, sid=True), "control message 'add': field 'sid' must be an integer >= 0, not True"),
+        (_with(ADD, serve=1), "control message 'add': field 'serve' must be true or false, not 1"),
+        (_with(ADD, colour="blue"), "control message 'add': unexpected field 'colour'"),
+        (_with(ADD, listener=[]), "control message 'add': field 'listener': listener must be an object"),
+        (
+            _with(ADD, listener={**listener_to_wire(UDP), "port": "5060"}),
+            "control message 'add': field 'listener': listener: field 'port' must be an integer >= 0",
+        ),
+        (
+            _with(ADD, listener={k: v for k, v in listener_to_wire(UDP).items() if k != "tag"}),
+            "control message 'add': field 'listener': listener: field 'tag' is missing",
+        ),
+        (b'{"op": "sync", "seq": -1}', "control message 'sync': field 'seq' must be an integer >= 0, not -1"),
+        (b'{"op": "remove"}', "control message 'remove': field 'sid' is missing"),
+        (
+            b'{"op": "init", "routes": {}, "tcp_idle_timeout": 1, "record_route": true}',
+            "control message 'init': field 'routes' must be a list",
+        ),
+        (
+            b'{"op": "init", "routes": [], "tcp_idle_timeout": 0, "record_route": true}',
+            "control message 'init': field 'tcp_idle_timeout' must be a number of seconds > 0",
+        ),
+        (b'{"op": "stop", "now": true}', "control message 'stop': unexpected field 'now'"),
+    ],
+)
+def test_a_malformed_command_is_refused_naming_the_problem(data: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_command(data)
+    assert str(info.value).startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b'{"op": "sync", "seq": 1}', "control message 'sync' does not go worker to supervisor"),
+        (b'{"op": "stats_reply", "seq": 1}', "control message 'stats_reply': field 'counters' is missing"),
+        (
+            b'{"op": "stats_part", "counters": []}',
+            "control message 'stats_part': field 'counters' must be an object of counters by socket label",
+        ),
+        (
+            b'{"op": "stats_reply", "seq": 1, "counters": {"udp:127.0.0.1:5060": [1, 2, 3]}}',
+            "control message 'stats_reply': field 'counters': socket 'udp:127.0.0.1:5060': "
+            "counters must be a list of 5 items",
+        ),
+        (
+            b'{"op": "stats_part", "counters": {"udp:127.0.0.1:5060": [1, 2, 3, 4, {"parse_error": "x"}]}}',
+            "control message 'stats_part': field 'counters': socket 'udp:127.0.0.1:5060': "
+            "counters: drops must map reasons to integers >= 0",
+        ),
+        (
+            b'{"op": "error", "sid": 1, "error": null}',
+            "control message 'error': field 'error' must be a string",
+        ),
+    ],
+)
+def test_a_malformed_reply_is_refused_naming_the_problem(data: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_reply(data)
+    assert str(info.value).startswith(problem)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_the_channel_carries_a_descriptor_and_closes_one_sent_with_a_refused_message() -> None:
+    parent_sock, child_sock = make_pair()
+    bound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bound.bind(("127.0.0.1", 0))
+    supervisor = Channel(parent_sock, decode_reply)
+    worker = Channel(child_sock, decode_command)
+    try:
+        await supervisor.send(Add(5, UDP, serve=True), bound.fileno())
+        msg, fd = await asyncio.wait_for(worker.recv(), 5)
+        assert msg == Add(5, UDP, serve=True)
+        assert fd is not None
+        with socket.socket(fileno=fd) as received:
+            assert received.getsockname() == bound.getsockname()
+
+        before = _open_fds()
+        socket.send_fds(parent_sock, [b'{"op": "add", "sid": "x"}'], [bound.fileno()])
+        with pytest.raises(ProtocolError, match="control message 'add': field 'listener' is missing"):
+            await asyncio.wait_for(worker.recv(), 5)
+        assert _open_fds() == before  # the descriptor that came with it is closed, not leaked
+
+        await supervisor.send(Sync(9))  # and the channel goes on
+        assert await asyncio.wait_for(worker.recv(), 5) == (Sync(9), None)
+        await worker.send(Ack(9))
+        assert await asyncio.wait_for(supervisor.recv(), 5) == (Ack(9), None)
+    finally:
+        supervisor.close()
+        worker.close()
+        bound.close()
