@@ -134,6 +134,8 @@ async def tls_options(
     )
     try:
         local = writer.get_extra_info("sockname")
+        if local is None:  # TLS 1.3: the server's refusal of our certificate may come right after connecting
+            raise ConnectionResetError("the server closed the connection after the handshake")
         target = target or f"sip:{peer.host}:{peer.tls_port};transport=tls"
         writer.write(options(target, f"SIP/2.0/TLS {local[0]}:{local[1]}", f"c{local[1]}"))
         await writer.drain()
