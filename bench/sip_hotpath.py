@@ -153,7 +153,7 @@ def response_shapes(engine: SipEngine) -> list[tuple[str, bytes, tuple[str, int]
 def response_path(engine: SipEngine, data: bytes) -> str:
     """Which path of `engine.process` answers this response."""
     scanned = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
-    if scanned is not None and scanned_path.response(engine, scanned) is not None:
+    if scanned is not None and scanned_path.response(engine.state, scanned) is not None:
         return "scanned"
     return "general"
 

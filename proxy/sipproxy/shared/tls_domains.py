@@ -76,7 +76,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from sipproxy.db.schema import version_table
+from sipproxy.shared.schema import version_table
 
 TLS_MGM_TABLE_VERSION = 3
 CLIENT_DOMAIN = 1

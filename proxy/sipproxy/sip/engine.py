@@ -23,19 +23,17 @@ import time
 from collections.abc import Callable, Sequence
 
 from sipproxy.sip import general_path, scanned_path
-from sipproxy.sip.connections import ConnectionIds, LocalConnectionIds
-from sipproxy.sip.listeners import Listener, ListenerIndex, ListenerView
+from sipproxy.sip.connections import ConnectionIds
+from sipproxy.sip.listeners import Listener, ListenerView
 from sipproxy.sip.message import ParseError, parse_message
 from sipproxy.sip.outcome import Outcome, Send, drop
 from sipproxy.sip.routing import Route
 from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE, ScannedRequest, ScannedResponse
+from sipproxy.sip.state import EngineState
 from sipproxy.sip.uri import normalize_host
 
 __all__ = ["Listener", "ListenerView", "Outcome", "Send", "SipEngine"]
 
-# How often a lookup miss may trigger a rebuild of the listener snapshot (a stray packet must not cost
-# a rebuild each time).
-_REFRESH_INTERVAL = 1.0
 _INTERNAL_ERROR_LOG_INTERVAL = 10.0
 log = logging.getLogger(__name__)
 
@@ -52,13 +50,7 @@ class SipEngine:
         connections: ConnectionIds | None = None,
     ) -> None:
         """`scan=False` leaves every message to the general path (tests compare the two)."""
-        self.routes = list(routes)
-        self.listeners = listeners
-        self.record_route = record_route
-        # The listener snapshot both paths look sockets up in; replaced whole, never changed in place.
-        self.index = ListenerIndex(listeners.all())
-        self._index_time = time.monotonic()
-        self.connections: ConnectionIds = connections if connections is not None else LocalConnectionIds()
+        self.state = EngineState(routes, listeners, record_route, connections)
         self._last_internal_error_log = -_INTERNAL_ERROR_LOG_INTERVAL
         self._scan_request: Callable[[bytes, str, int], ScannedRequest | None] | None = None
         self._scan_response: Callable[[bytes], ScannedResponse | None] | None = None
@@ -70,28 +62,18 @@ class SipEngine:
 
     def listeners_changed(self) -> None:
         """Rebuild the listener snapshot now (call after sockets were added or removed)."""
-        self.index = ListenerIndex(self.listeners.all())
-        self._index_time = time.monotonic()
-
-    def refresh_if_stale(self) -> bool:
-        """Rebuild the listener snapshot after a lookup missed, at most once per interval; True if rebuilt."""
-        now = time.monotonic()
-        if now - self._index_time < _REFRESH_INTERVAL:
-            return False
-        self.index = ListenerIndex(self.listeners.all())
-        self._index_time = now
-        return True
+        self.state.listeners_changed()
 
     def register_connection(self, conn: object) -> int:
         """Give a stream connection an id that our Via can carry; idempotent."""
-        return self.connections.register(conn)
+        return self.state.connections.register(conn)
 
     def forget_connection(self, conn: object) -> None:
         """The connection closed: responses for it will go over a new connection instead."""
-        self.connections.forget(conn)
+        self.state.connections.forget(conn)
 
     def connection(self, cid: int) -> object | None:
-        return self.connections.lookup(cid)
+        return self.state.connection(cid)
 
     # ----------------------------------------------------------------- entry point
 
@@ -124,7 +106,7 @@ class SipEngine:
             if scan_response is not None:
                 scanned = scan_response(data)
                 if scanned is not None:
-                    done = scanned_path.response(self, scanned)
+                    done = scanned_path.response(self.state, scanned)
                     if done is not None:
                         return done
         else:
@@ -132,7 +114,7 @@ class SipEngine:
             if scan_request is not None:
                 found = scan_request(data, normalize_host(src[0]), src[1])
                 if found is not None:
-                    done = scanned_path.request(self, data, found, listener, connection)
+                    done = scanned_path.request(self.state, data, found, listener, connection)
                     if done is not None:
                         return done
         try:
@@ -140,5 +122,5 @@ class SipEngine:
         except ParseError:
             return drop("parse_error")
         if msg.is_request:
-            return general_path.request(self, msg, listener, src, connection)
-        return general_path.response(self, msg)
+            return general_path.request(self.state, msg, listener, src, connection)
+        return general_path.response(self.state, msg)

@@ -4,13 +4,9 @@ where a response goes back to."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sipproxy.sip.listeners import Listener, fits
+from sipproxy.sip.state import EngineState
 from sipproxy.sip.uri import SipUri, host_family
-
-if TYPE_CHECKING:
-    from sipproxy.sip.engine import SipEngine
 
 # RFC 3261 18.1.1: above this size (path MTU unknown) a request should use a congestion-controlled transport.
 UDP_SIZE_LIMIT = 1300
@@ -34,7 +30,7 @@ def next_hop_of(uri: SipUri) -> Target:
 
 
 def outbound(
-    engine: SipEngine,
+    state: EngineState,
     inbound: Listener,
     out_tag: str | None,
     hint: tuple[str, int | None, str | None] | None,
@@ -44,9 +40,9 @@ def outbound(
     """The socket a request leaves from (issue 3: the named one, else the inbound one when it fits,
     else the first that fits); a str is the phrase of the 503 that says why there is none."""
     if out_tag is not None:
-        tagged = engine.listeners.by_tag(out_tag)
+        tagged = state.listeners.by_tag(out_tag)
         return tagged if tagged is not None else f"Service Unavailable (no socket tagged {out_tag})"
-    index = engine.index
+    index = state.index
     out: Listener | None = None
     if hint is not None:
         out = index.by_address(hint[0], hint[1], hint[2] or "udp")
@@ -54,15 +50,15 @@ def outbound(
             out = None
     if out is None:
         out = inbound if fits(inbound, want, family) else index.pick(want, family)
-    if out is None and engine.refresh_if_stale():
-        out = engine.index.pick(want, family)
+    if out is None and state.refresh_if_stale():
+        out = state.index.pick(want, family)
     if out is None:
         return f"Service Unavailable (no {want} socket for the next hop)"
     return out
 
 
 def tcp_instead(
-    engine: SipEngine,
+    state: EngineState,
     data: bytes,
     out: Listener,
     inbound: Listener,
@@ -74,18 +70,18 @@ def tcp_instead(
     if len(data) <= UDP_SIZE_LIMIT or out.proto != "udp" or out_tag is not None or target[2] is not None:
         return None
     family = host_family(target[0])
-    return inbound if fits(inbound, "tcp", family) else engine.index.pick("tcp", family)
+    return inbound if fits(inbound, "tcp", family) else state.index.pick("tcp", family)
 
 
-def via_sk(engine: SipEngine, inbound_key: bytes, conn: object | None) -> bytes:
+def via_sk(state: EngineState, inbound_key: bytes, conn: object | None) -> bytes:
     """The `sk` of our Via: the inbound socket, and for streams the connection to answer on."""
     if conn is None:
         return inbound_key
-    return inbound_key + b"-%x" % engine.connections.register(conn)
+    return inbound_key + b"-%x" % state.connections.register(conn)
 
 
 def our_lines(
-    engine: SipEngine,
+    state: EngineState,
     sender: Listener,
     inbound: Listener,
     branch: bytes,
@@ -95,9 +91,9 @@ def our_lines(
 ) -> bytes:
     """The lines we put on top of a request leaving from `sender`, CRLF between them and none after: our
     Via, then our Record-Route where it can matter (requests outside a dialog that may create one)."""
-    index = engine.index
+    index = state.index
     wire = index.wire(sender)
-    if not engine.record_route or in_dialog or method == b"REGISTER":
+    if not state.record_route or in_dialog or method == b"REGISTER":
         return b"".join([wire.via_head, branch, b";sk=", sk])
     if sender is not inbound and sender != inbound:
         # RFC 5658: one entry per side, the top one facing the next hop.
@@ -107,7 +103,7 @@ def our_lines(
 
 
 def response_destination(
-    engine: SipEngine,
+    state: EngineState,
     key: bytes | None,
     cid: int | None,
     transport: str,
@@ -121,11 +117,11 @@ def response_destination(
     inbound: Listener | None = None
     conn: object | None = None
     if key:
-        inbound = engine.index.by_key(key)
-        if inbound is None and engine.refresh_if_stale():
-            inbound = engine.index.by_key(key)
+        inbound = state.index.by_key(key)
+        if inbound is None and state.refresh_if_stale():
+            inbound = state.index.by_key(key)
         if cid is not None:
-            conn = engine.connection(cid)
+            conn = state.connection(cid)
     proto = inbound.proto if inbound is not None else transport.lower()
     host = received or via_host
     if proto == "udp":
@@ -134,7 +130,7 @@ def response_destination(
     else:
         port = via_port or (5061 if proto in ("tls", "wss") else 5060)
     if inbound is None:
-        inbound = engine.index.pick(proto, host_family(host))
+        inbound = state.index.pick(proto, host_family(host))
         if inbound is None:
             return "no_socket"
     return inbound, host, port, proto, conn

@@ -6,7 +6,6 @@ the usual ones faster, with the same outcome."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from sipproxy.sip.branch import OUR_BRANCH_PREFIX, loop_key, loop_part, make_branch, transaction_key
 from sipproxy.sip.forwarding import (
@@ -25,25 +24,23 @@ from sipproxy.sip.message import SipMessage
 from sipproxy.sip.outcome import Outcome, Send, drop
 from sipproxy.sip.replies import OPTIONS_HEADERS, REASON_PHRASES, answer, header_name
 from sipproxy.sip.routing import Route, select_route
+from sipproxy.sip.state import EngineState
 from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
 from sipproxy.sip.validate import RequestFacts, inspect_request
 from sipproxy.sip.via import Via, fix_received, parse_via
 
-if TYPE_CHECKING:
-    from sipproxy.sip.engine import SipEngine
-
 
 def request(
-    engine: SipEngine, msg: SipMessage, listener: Listener, src: tuple[str, int], conn: object | None
+    state: EngineState, msg: SipMessage, listener: Listener, src: tuple[str, int], conn: object | None
 ) -> Outcome:
     """A request received on `listener` from `src` (on `conn`, a stream): rejected by the checks of RFC
     3261 16.3, answered by the proxy (OPTIONS to us, Max-Forwards 0, a reply rule, a loop), or forwarded by
     the rules, its Route set or its Request-URI."""
-    in_wire = engine.index.known_wire(listener)
+    in_wire = state.index.known_wire(listener)
     if in_wire is None:
         # A socket this snapshot has not seen: sockets were added since.
-        engine.refresh_if_stale()
-        in_wire = engine.index.wire(listener)
+        state.refresh_if_stale()
+        in_wire = state.index.wire(listener)
     facts = inspect_request(msg)
     headers = msg.headers
     src_ip = normalize_host(src[0])
@@ -67,7 +64,7 @@ def request(
     if rejection is not None:
         return reply(rejection.status, rejection.phrase, rejection.reason, rejection.extra_headers)
 
-    index = engine.index
+    index = state.index
     ruri_raw = msg.ruri
     ruri = facts.ruri
     route_pos = msg.index.get(b"route")
@@ -112,7 +109,7 @@ def request(
     # Requests inside a dialog that were loose-routed to us follow their route set, not the rules.
     rule: Route | None = None
     if not (route_pos and facts.to_tag is not None):
-        rule = select_route(engine.routes, listener.tag, ruri_raw.decode("latin-1"))
+        rule = select_route(state.routes, listener.tag, ruri_raw.decode("latin-1"))
     target: Target
     out_tag: str | None = None
     if rule is not None and rule.reply is not None:
@@ -152,29 +149,29 @@ def request(
     if (
         (len(via_positions) > 1 or len(facts.top_via_values) > 1)
         and OUR_BRANCH_PREFIX in b"".join([headers[p][1] for p in via_positions])
-        and _looped(engine, msg, facts, loop_part(branch))
+        and _looped(state, msg, facts, loop_part(branch))
     ):
         return reply(482, "Loop Detected", "loop")
 
     family = host_family(target[0])
     want = target[2] or "udp"
     facing = (hint.host, hint.port, hint.transport) if hint is not None else None
-    out = outbound(engine, listener, out_tag, facing, want, family)
+    out = outbound(state, listener, out_tag, facing, want, family)
     if isinstance(out, str):
         return reply(503, out, "no_socket")
-    sk = via_sk(engine, in_wire.sk, conn)
+    sk = via_sk(state, in_wire.sk, conn)
     start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
 
     def build(sender: Listener) -> bytes:
         return _build_request(
-            engine, msg, facts, start_line, sender, listener, branch, sk, top_line, routes_changed, routes
+            state, msg, facts, start_line, sender, listener, branch, sk, top_line, routes_changed, routes
         )
 
-    return _send_request(engine, build, out, listener, target, out_tag)
+    return _send_request(state, build, out, listener, target, out_tag)
 
 
 def _send_request(
-    engine: SipEngine,
+    state: EngineState,
     build: Callable[[Listener], bytes],
     out: Listener,
     inbound: Listener,
@@ -182,16 +179,16 @@ def _send_request(
     out_tag: str | None,
 ) -> Outcome:
     data = build(out)
-    tcp = tcp_instead(engine, data, out, inbound, target, out_tag)
+    tcp = tcp_instead(state, data, out, inbound, target, out_tag)
     if tcp is not None:
         out = tcp
         data = build(out)
     return Outcome([Send(data, out, target[0], target[1], out.proto)])
 
 
-def _looped(engine: SipEngine, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
+def _looped(state: EngineState, msg: SipMessage, facts: RequestFacts, lp: bytes | None) -> bool:
     """RFC 3261 16.3 step 4: one of our Vias carries the loop hash this request would get again."""
-    index = engine.index
+    index = state.index
     headers = msg.headers
     for pos in facts.via_positions:
         try:
@@ -210,7 +207,7 @@ def _looped(engine: SipEngine, msg: SipMessage, facts: RequestFacts, lp: bytes |
 
 
 def _build_request(
-    engine: SipEngine,
+    state: EngineState,
     msg: SipMessage,
     facts: RequestFacts,
     start_line: bytes,
@@ -225,7 +222,7 @@ def _build_request(
     headers = msg.headers
     hindex = msg.index
     proto = out.proto
-    parts = [start_line, our_lines(engine, out, inbound, branch, sk, msg.method, facts.to_tag is not None)]
+    parts = [start_line, our_lines(state, out, inbound, branch, sk, msg.method, facts.to_tag is not None)]
     overrides: dict[int, bytes | None] = {}
     if top_line is not None:
         overrides[facts.via_positions[0]] = top_line
@@ -263,7 +260,7 @@ def _build_request(
     return b"\r\n".join(parts) + b"\r\n\r\n" + body
 
 
-def response(engine: SipEngine, msg: SipMessage) -> Outcome:
+def response(state: EngineState, msg: SipMessage) -> Outcome:
     """A response whose top Via is ours goes back by the next Via without ours; any other is dropped."""
     if not msg.start_line_ok or msg.version.upper() != b"SIP/2.0":
         return drop("parse_error")
@@ -281,8 +278,8 @@ def response(engine: SipEngine, msg: SipMessage) -> Outcome:
     branch = ours.branch
     if branch is None or not branch.startswith(OUR_BRANCH_PREFIX):
         return drop("response_not_ours")
-    if not engine.index.is_ours(ours.host, ours.port) and not (
-        engine.refresh_if_stale() and engine.index.is_ours(ours.host, ours.port)
+    if not state.index.is_ours(ours.host, ours.port) and not (
+        state.refresh_if_stale() and state.index.is_ours(ours.host, ours.port)
     ):
         return drop("response_not_ours")
     cseq = msg.first(b"cseq")
@@ -318,7 +315,7 @@ def response(engine: SipEngine, msg: SipMessage) -> Outcome:
     if nxt is None:
         return drop("parse_error")
 
-    target = _back_by_via(engine, ours.params.get(b"sk"), nxt)
+    target = _back_by_via(state, ours.params.get(b"sk"), nxt)
     if isinstance(target, str):
         return drop(target)
     inbound, host, port, proto, conn = target
@@ -345,6 +342,6 @@ def response(engine: SipEngine, msg: SipMessage) -> Outcome:
     return Outcome([Send(data, inbound, host, port, proto, conn)])
 
 
-def _back_by_via(engine: SipEngine, sk: bytes | None, nxt: Via) -> Back | str:
+def _back_by_via(state: EngineState, sk: bytes | None, nxt: Via) -> Back | str:
     key, cid = parse_socket_key(sk) if sk else (None, None)
-    return response_destination(engine, key, cid, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)
+    return response_destination(state, key, cid, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)

@@ -4,21 +4,17 @@ and None whenever it would need anything only the general path does: the general
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sipproxy.sip.forwarding import next_hop, our_lines, outbound, response_destination, tcp_instead, via_sk
 from sipproxy.sip.listeners import STREAM_PROTOS, Listener
 from sipproxy.sip.outcome import Outcome, Send, drop
 from sipproxy.sip.routing import Route, select_route
 from sipproxy.sip.scan import ScannedRequest, ScannedResponse
+from sipproxy.sip.state import EngineState
 from sipproxy.sip.uri import host_family, ip_literal, transport_param
-
-if TYPE_CHECKING:
-    from sipproxy.sip.engine import SipEngine
 
 
 def request(
-    engine: SipEngine, data: bytes, scanned: ScannedRequest, listener: Listener, conn: object | None
+    state: EngineState, data: bytes, scanned: ScannedRequest, listener: Listener, conn: object | None
 ) -> Outcome | None:
     """A request forwarded as the general path would. None when it needs anything only that path does
     (a reply, a route set not ours alone, an unknown socket)."""
@@ -36,7 +32,7 @@ def request(
         head_end,
         route_set,
     ) = scanned
-    index = engine.index
+    index = state.index
     in_wire = index.known_wire(listener)
     if in_wire is None:
         return None
@@ -57,7 +53,7 @@ def request(
                 return None
             facing = (host, port, transport)
     else:
-        rule = select_route(engine.routes, listener.tag, ruri_raw.decode("latin-1"))
+        rule = select_route(state.routes, listener.tag, ruri_raw.decode("latin-1"))
     if rule is None:
         target = next_hop(ruri_host, ruri_port, transport_param(ruri_params) if ruri_params else None)
     elif rule.forward is not None:
@@ -66,26 +62,26 @@ def request(
         out_tag = rule.socket
     else:
         return None
-    out = outbound(engine, listener, out_tag, facing, target[2] or "udp", host_family(target[0]))
+    out = outbound(state, listener, out_tag, facing, target[2] or "udp", host_family(target[0]))
     if isinstance(out, str):
         return None
-    sk = via_sk(engine, in_wire.sk, conn)
+    sk = via_sk(state, in_wire.sk, conn)
     body_at = head_end + 4
     body = data[body_at : body_at + content_length] if content_length >= 0 else data[body_at:]
     head = data[: start_end + 2]  # the start line, unchanged
     add_length = content_length < 0
-    spliced = _spliced(engine, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body)
-    tcp = tcp_instead(engine, spliced, out, listener, target, out_tag)
+    spliced = _spliced(state, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body)
+    tcp = tcp_instead(state, spliced, out, listener, target, out_tag)
     if tcp is not None:
         out = tcp
         spliced = _spliced(
-            engine, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body
+            state, head, out, listener, branch, sk, method, has_to_tag, lines, add_length, body
         )
     return Outcome([Send(spliced, out, target[0], target[1], out.proto)])
 
 
 def _spliced(
-    engine: SipEngine,
+    state: EngineState,
     head: bytes,
     sender: Listener,
     inbound: Listener,
@@ -99,20 +95,20 @@ def _spliced(
 ) -> bytes:
     """A scanned request as it leaves: its start line, our Via (and Record-Route), its own header lines,
     its body; no line split out."""
-    ours = our_lines(engine, sender, inbound, branch, sk, method, in_dialog)
+    ours = our_lines(state, sender, inbound, branch, sk, method, in_dialog)
     if add_length and sender.proto in STREAM_PROTOS:
         return b"".join([head, ours, b"\r\n", lines, b"Content-Length: %d\r\n\r\n" % len(body), body])
     return b"".join([head, ours, b"\r\n", lines, b"\r\n", body])
 
 
-def response(engine: SipEngine, scanned: ScannedResponse) -> Outcome | None:
+def response(state: EngineState, scanned: ScannedResponse) -> Outcome | None:
     """A response with our Via already cut out by the scan, sent back by the next Via; None when the Via
     the scan cut is not one we write."""
     prefix, key, cid, forwarded, transport, host, port, received, rport = scanned
-    if not engine.index.is_our_via_prefix(prefix):
+    if not state.index.is_our_via_prefix(prefix):
         return None
     received_ip = ip_literal(received) if received else None
-    back = response_destination(engine, key, cid, transport, host, port, received_ip, rport)
+    back = response_destination(state, key, cid, transport, host, port, received_ip, rport)
     if isinstance(back, str):
         return drop(back)
     inbound, to_host, to_port, proto, conn = back

@@ -20,7 +20,7 @@ from sqlalchemy import MetaData, insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import CreateTable
 
-from sipproxy.db.schema import version_table
+from sipproxy.shared.schema import version_table
 from sipproxy.shared.tls_domains import (
     CLIENT_DOMAIN,
     SERVER_DOMAIN,

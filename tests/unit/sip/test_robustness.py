@@ -122,8 +122,8 @@ def test_an_internal_error_is_a_drop_not_an_exception(caplog: pytest.LogCaptureF
             return None
 
     eng = SipEngine([], StaticListeners([UDP4]))
-    eng.listeners = BrokenView()
-    eng._index_time -= 10  # let the engine try a refresh for the unknown socket
+    eng.state.listeners = BrokenView()
+    eng.state._index_time -= 10  # let the engine try a refresh for the unknown socket
     stranger = Listener("udp", "127.0.0.77", 5060)
     with caplog.at_level("ERROR"):
         out = eng.handle(request(), stranger, UAC)

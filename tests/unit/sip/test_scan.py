@@ -74,9 +74,9 @@ def agree(
 def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tuple[str, int]) -> bool:
     if data.startswith(b"SIP/"):
         response = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
-        return response is not None and scanned_path.response(eng, response) is not None
+        return response is not None and scanned_path.response(eng.state, response) is not None
     found = SCAN_REQUEST(data, src[0], src[1]) if SCAN_REQUEST is not None else None
-    return found is not None and scanned_path.request(eng, data, found, listener, None) is not None
+    return found is not None and scanned_path.request(eng.state, data, found, listener, None) is not None
 
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
