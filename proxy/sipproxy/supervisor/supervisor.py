@@ -17,6 +17,7 @@ from typing import Any
 from sipproxy.shared.control import Init
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.supervisor.binding import bind_socket
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
@@ -85,13 +86,21 @@ class Supervisor:
             assert entry.spec is not None
             if entry.spec.layer == "udp":
                 n = entry.spec.use_workers or cfg.udp_workers
+                fds = create_pool_fds(f"udp{entry.sid}")
                 for i in range(n):
                     self.workers.append(
-                        WorkerHandle(f"udp[{entry.spec.socket_str}]#{i}", "udp", static_sid=entry.sid)
+                        WorkerHandle(
+                            f"udp[{entry.spec.socket_str}]#{i}",
+                            "udp",
+                            static_sid=entry.sid,
+                            udp_pool=fds,
+                            pool_member=i,
+                        )
                     )
         if cfg.sockets_mgm is not None:
+            fds = create_pool_fds("pool")
             for i in range(cfg.sockets_mgm.processes):
-                self.workers.append(WorkerHandle(f"udp-pool#{i}", "udp_pool"))
+                self.workers.append(WorkerHandle(f"udp-pool#{i}", "udp_pool", udp_pool=fds, pool_member=i))
         has_static_tcp = any(e.spec is not None and e.spec.layer == "tcp" for e in self.entries.values())
         if cfg.sockets_mgm is not None or has_static_tcp:
             for i in range(cfg.tcp_workers):

@@ -38,6 +38,7 @@ from sipproxy.shared.control import (
 )
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import SocketSpec
+from sipproxy.shared.udp_pool import PoolFds
 from sipproxy.sip.listeners import Listener
 from sipproxy.supervisor.entries import Entry
 from sipproxy.supervisor.metrics import sum_counters
@@ -61,6 +62,10 @@ class WorkerHandle:
     last_stats: dict[str, SocketCounters] = field(default_factory=dict)  # by socket label
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = 0.0
+    # A UDP worker's pool (shared with the other workers of its static socket, or of the dynamic pool) and
+    # its place in it: member 0 always serves, the others when the load needs them (worker/udp_loop.py).
+    udp_pool: PoolFds | None = None
+    pool_member: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -133,11 +138,14 @@ class WorkerPool:
                 log.warning("worker %s did not stop, killing it", w.name)
                 w.proc.kill()
                 await w.proc.wait()
+        pools = {w.udp_pool for w in self.handles if w.udp_pool is not None}
         for w in self.handles:
             for task in w.tasks:
                 task.cancel()
             if w.channel is not None:
                 w.channel.close()
+        for pool in pools:
+            pool.close()
 
     # --- socket changes -------------------------------------------------------------------------------
 
@@ -169,10 +177,7 @@ class WorkerPool:
 
     async def spawn(self, w: WorkerHandle) -> None:
         parent, child = make_pair()
-        w.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sipproxy.worker",
+        argv = [
             "--control-fd",
             str(child.fileno()),
             "--name",
@@ -183,7 +188,13 @@ class WorkerPool:
             str(self.handles.index(w)),
             "--relay-prefix",
             self.relay_prefix,
-            pass_fds=[child.fileno()],
+        ]
+        pass_fds = [child.fileno()]
+        if w.udp_pool is not None:
+            argv += ["--udp-pool", w.udp_pool.to_arg(), "--pool-member", str(w.pool_member)]
+            pass_fds += [w.udp_pool.recruit, w.udp_pool.heartbeat]
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sipproxy.worker", *argv, pass_fds=pass_fds
         )
         child.close()
         w.channel = Channel(parent, decode_reply)

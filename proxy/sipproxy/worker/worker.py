@@ -42,6 +42,7 @@ from sipproxy.worker.sending import Sender
 from sipproxy.worker.tcp import TcpTransport
 from sipproxy.worker.transport import Serving, Transport, TransportHost
 from sipproxy.worker.udp import UdpTransport
+from sipproxy.worker.udp_loop import PoolSelector
 
 
 @dataclass
@@ -65,7 +66,14 @@ async def wait_fd_closed(fd: int, inode: int) -> None:
 
 
 class Worker:
-    def __init__(self, channel: Channel[Command], name: str, index: int, relay_prefix: str) -> None:
+    def __init__(
+        self,
+        channel: Channel[Command],
+        name: str,
+        index: int,
+        relay_prefix: str,
+        selector: PoolSelector | None = None,
+    ) -> None:
         self.channel = channel
         self.name = name
         self.index = index
@@ -83,7 +91,7 @@ class Worker:
         )
         self.tcp = TcpTransport(host)
         # The transport serving each protocol; the sockets of any other are only sent from.
-        self.transports: dict[str, Transport] = {"udp": UdpTransport(host), "tcp": self.tcp}
+        self.transports: dict[str, Transport] = {"udp": UdpTransport(host, selector), "tcp": self.tcp}
         self.sender = Sender(self.listeners, self.counters, self.tcp)
         self.dispatch = self.sender.dispatch  # bound once: called per message
         self.relay = Relay(relay_prefix, index, self.relayed, self.log)
