@@ -61,7 +61,7 @@ class Supervisor:
         self._sids = itertools.count(1)
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
         init = Init(routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout)
-        self.pool = WorkerPool(init, self.entries.values, self.lock, log_level)
+        self.pool = WorkerPool(init, self.entries.values, self.lock, log_level, self._replaced)
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -177,9 +177,12 @@ class Supervisor:
         }
         diff = diff_sockets(running, wanted)
         removed = [self.entries.pop(sid) for sid in diff.removed]
+        ack_timeout = self.config.worker_ack_timeout
         if removed:
             await self.pool.remove(removed)
-            await self.pool.sync()
+            # A worker that did not close them in time still holds them: it goes, and its descriptors with it.
+            for w in await self.pool.sync(limit=ack_timeout):
+                await self.pool.replace_unresponsive(w)
             for entry in removed:
                 entry.sock.close()
                 entry.sock = None
@@ -204,10 +207,23 @@ class Supervisor:
             added.append(entry)
         if added:
             await self.pool.add(added)
-            await self.pool.sync()
+            for w in await self.pool.sync(limit=ack_timeout):
+                reason = (
+                    f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
+                    "it is being replaced"
+                )
+                for entry in added:
+                    if w.serves(entry):
+                        entry.lagging[w.name] = reason
+                await self.pool.replace_unresponsive(w)
         self.failed = failed
         kept = [self.entries[sid] for sid in diff.kept]
         return ReloadResult(added, removed, kept, failed)
+
+    def _replaced(self, w: WorkerHandle) -> None:
+        """A replacement worker has every current socket: it no longer lags on any."""
+        for entry in self.entries.values():
+            entry.lagging.pop(w.name, None)
 
     # --- introspection -------------------------------------------------------------------------------
 
