@@ -41,10 +41,8 @@ def _emit(body: kopf.Body, changed: list[Condition]) -> None:
 
 def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
     """The pod's service account, else the kubeconfig: for kopf's client and the operator's own alike."""
-    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
-        settings=settings
-    ) or kopf.login_with_kubeconfig(settings=settings)
-    return info
+    in_cluster: kopf.ConnectionInfo | None = kopf.login_with_service_account(settings=settings)
+    return in_cluster or kopf.login_with_kubeconfig(settings=settings)
 
 
 def configure(settings: kopf.OperatorSettings, peering: str) -> None:
