@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -12,10 +13,12 @@ import kopf
 from aiohttp import web
 
 from sipoperator import handlers
+from sipoperator.kube import KubeClient
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet
 from sipoperator.reconciler import Reconciler
 from sipoperator.settings import Settings, SettingsError, load, split_listen
+from sipoperator.status import StatusWriter
 from sipoperator.store import Store
 from sipoperator.webhook import Webhook, tls_context
 
@@ -49,11 +52,12 @@ async def run(settings: Settings) -> None:
     metrics = Metrics()
     store = Store(settings.db_url, settings.table_name)
     fleet = Fleet(settings, metrics)
-    rec = Reconciler(settings, store, fleet, metrics)
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings, settings.peering)
-    handlers.register(registry, rec, settings.peering, kopf_settings)
+    kube = KubeClient(functools.partial(handlers.login, kopf_settings))
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    handlers.register(registry, rec, settings.peering)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]
     if settings.webhook_listen:
@@ -79,6 +83,7 @@ async def run(settings: Settings) -> None:
         for runner in runners:
             await runner.cleanup()
         await fleet.client.close()
+        await kube.close()
         await store.close()
 
 

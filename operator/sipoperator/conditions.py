@@ -126,6 +126,37 @@ def conditions(outcome: Outcome) -> list[Condition]:
     return [accepted, programmed, _ready(outcome.pods)]
 
 
+def refused(reason: str, message: str) -> Outcome:
+    return Outcome(False, reason, message)
+
+
+# Refusals that stand while the database is down: what held the endpoint or the slots still does, and the
+# object must not flap to Accepted because the table cannot be read for a while.
+STANDING_REFUSALS = ("EndpointConflict", "CapacityExceeded")
+
+
+def standing_refusal(previous_accepted: Mapping[str, Any] | None) -> Outcome | None:
+    if (
+        previous_accepted
+        and previous_accepted.get("status") == "False"
+        and previous_accepted.get("reason") in STANDING_REFUSALS
+    ):
+        return refused(str(previous_accepted["reason"]), str(previous_accepted.get("message", "")))
+    return None
+
+
+def database_down(error: str, pods: Sequence[PodResult]) -> Outcome:
+    """The spec is fine but nothing could be checked or written: the proxies keep what they have."""
+    return Outcome(
+        True,
+        accepted_message="spec is valid (endpoint conflicts unchecked: database unavailable)",
+        programmed=False,
+        programmed_reason="DatabaseUnavailable",
+        programmed_message=f"the proxy database is unavailable ({error}); retrying",
+        pods=pods,
+    )
+
+
 def merge(
     previous: Sequence[Mapping[str, Any]] | None,
     new: Sequence[Condition],

@@ -1,4 +1,4 @@
-"""Who holds an endpoint (pure): the deterministic winner among SipSockets asking for the same one.
+"""Who holds an endpoint (pure): the deterministic winner among SipSockets asking for overlapping ones.
 
 Order: something the operator does not own (a hand-made row, a proxy's static socket) always holds; then a
 SipSocket already programmed at that endpoint keeps it; then the oldest; then namespace/name.
@@ -10,6 +10,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sipoperator.spec import EndpointKey, describe_key
+
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def overlaps(a: EndpointKey, b: EndpointKey) -> bool:
+    """Could the kernel not bind both? Same transport layer and port, and the same address or a wildcard of
+    the other's family (a socket bound to 0.0.0.0:5060 takes port 5060 on every IPv4 address, so a later
+    bind of 10.0.0.1:5060 fails with EADDRINUSE). `::` covers IPv6 only: the proxy binds every IPv6 socket
+    with IPV6_V6ONLY (sipproxy/binding.py), so `::` and `0.0.0.0` on one port coexist."""
+    if a[0] != b[0] or a[2] != b[2]:
+        return False
+    if a[1] == b[1]:
+        return True
+    if (":" in a[1]) != (":" in b[1]):
+        return False
+    return a[1] in WILDCARDS or b[1] in WILDCARDS
 
 
 @dataclass(frozen=True)
@@ -47,30 +63,66 @@ def _rank(claim: Claim) -> tuple[bool, str, str, str, str]:
     return (not claim.programmed, claim.created, claim.namespace, claim.name, claim.uid)
 
 
+def _contenders(me: Claim, claims: Iterable[Claim]) -> list[Claim]:
+    """`me` and the other claims that can interact with it (same layer and port), one per (uid, endpoint):
+    an object may appear from the watch and from its row, and then programmed wins."""
+    unique: dict[tuple[str, EndpointKey], Claim] = {}
+    for claim in claims:
+        if claim.key[0] != me.key[0] or claim.key[2] != me.key[2]:
+            continue
+        if claim.uid == me.uid:
+            if claim.key == me.key and claim.programmed and not me.programmed:
+                me = claim
+            continue
+        prior = unique.get((claim.uid, claim.key))
+        if prior is None or (claim.programmed and not prior.programmed):
+            unique[(claim.uid, claim.key)] = claim
+    return [me, *unique.values()]
+
+
 def decide(me: Claim, claims: Iterable[Claim], foreign: Iterable[Foreign]) -> Verdict:
-    """Is `me` the holder of its endpoint? `claims` may include `me` and duplicates of one uid."""
-    for item in foreign:
-        if item.key == me.key:
+    """Does `me` get its endpoint? `claims` may include `me` and duplicates of one uid.
+
+    With wildcards overlap is not transitive (0.0.0.0 overlaps 10.0.0.1 and 10.0.0.2, which do not overlap
+    each other), so the winners are picked greedily in rank order: a claim holds when it overlaps nothing
+    the operator does not own and no claim of another object that already holds. Every object decides
+    from the same inputs, so they agree, and nobody is refused because of a claim that itself lost.
+    """
+    blockers = [f for f in foreign if f.key[0] == me.key[0] and f.key[2] == me.key[2]]
+    for item in blockers:
+        if overlaps(item.key, me.key):
             return Verdict(
                 False,
                 item.what,
                 f"{describe_key(me.key)} is already taken by {item.what}; choose another port",
             )
-    merged: dict[str, Claim] = {me.uid: me}
-    for claim in claims:
-        if claim.key != me.key:
+    held: list[Claim] = []
+    for claim in sorted(_contenders(me, claims), key=_rank):
+        if any(overlaps(item.key, claim.key) for item in blockers):
             continue
-        prior = merged.get(claim.uid)
-        # One object may appear from the watch and from its row: programmed wins.
-        if prior is None or (claim.programmed and not prior.programmed):
-            merged[claim.uid] = claim
-    winner = min(merged.values(), key=_rank)
-    if winner.uid == me.uid:
-        return Verdict(True, None, f"{describe_key(me.key)} is free for this SipSocket")
-    why = "already programmed" if winner.programmed else "older"
+        holder = next((h for h in held if h.uid != claim.uid and overlaps(h.key, claim.key)), None)
+        if claim.uid == me.uid:
+            if holder is None:
+                return Verdict(True, None, f"{describe_key(me.key)} is free for this SipSocket")
+            return _lost(claim, holder)
+        if holder is None:
+            held.append(claim)
+    raise AssertionError("unreachable: `me` is always among the contenders")  # pragma: no cover
+
+
+def _lost(me: Claim, holder: Claim) -> Verdict:
+    why = "already programmed" if holder.programmed else "older"
+    if holder.key == me.key:
+        return Verdict(
+            False,
+            holder.ref,
+            f"{describe_key(me.key)} is already held by {holder.ref} ({why}); "
+            "this SipSocket is accepted automatically once it is released",
+        )
+    held = f"{holder.ref} ({describe_key(holder.key)})"
     return Verdict(
         False,
-        winner.ref,
-        f"{describe_key(me.key)} is already held by {winner.ref} ({why}); "
+        held,
+        f"{describe_key(me.key)} overlaps {describe_key(holder.key)}, already held by {holder.ref} ({why}); "
         "this SipSocket is accepted automatically once it is released",
     )

@@ -8,15 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kopf._cogs.clients import api as kopf_api  # kopf's own API access, for status patches from daemons
-from kopf._cogs.clients import errors as kopf_errors
 
 from sipoperator.conditions import Condition
+from sipoperator.kube import KubeError
 from sipoperator.proxies import mi_port_of
 from sipoperator.reconciler import Reconciler
+from sipoperator.status import GROUP, PLURAL, VERSION
 from sipoperator.store import DatabaseUnavailable
 
-GROUP, VERSION, PLURAL = "sipsockets.io", "v1alpha1", "sipsockets"
 FINALIZER = "sipsockets.io/finalizer"
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,10 @@ def _emit(body: kopf.Body, changed: list[Condition]) -> None:
         )
 
 
-def _apply(patch: kopf.Patch, body: kopf.Body, status: Mapping[str, Any]) -> None:
-    current = body.get("status") or {}
-    for key, value in status.items():
-        if current.get(key) != value:  # a resync that finds nothing new costs no API call
-            patch.status[key] = value
+def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's service account, else the kubeconfig: for kopf's client and the operator's own alike."""
+    in_cluster: kopf.ConnectionInfo | None = kopf.login_with_service_account(settings=settings)
+    return in_cluster or kopf.login_with_kubeconfig(settings=settings)
 
 
 def configure(settings: kopf.OperatorSettings, peering: str) -> None:
@@ -65,34 +63,7 @@ def configure(settings: kopf.OperatorSettings, peering: str) -> None:
         settings.peering.stealth = True  # keep-alives every few seconds are not worth a log line
 
 
-async def _patch_status(
-    settings: kopf.OperatorSettings,
-    resource: kopf.Resource,
-    body: kopf.Body,
-    status: Mapping[str, Any],
-    logger: Any,
-) -> None:
-    """Outside kopf's handler cycle (the keeper daemon), through kopf's own API client and credentials."""
-    current = body.get("status") or {}
-    changed = {k: v for k, v in status.items() if current.get(k) != v}
-    if not changed:
-        return
-    url = resource.get_url(namespace=body.metadata.namespace, name=body.metadata.name, subresource="status")
-    try:
-        await kopf_api.patch(
-            url=url,
-            headers={"Content-Type": "application/merge-patch+json"},
-            payload={"status": changed},
-            settings=settings,
-            logger=logger,
-        )
-    except kopf_errors.APINotFoundError:
-        pass  # deleted meanwhile
-
-
-def register(
-    registry: kopf.OperatorRegistry, rec: Reconciler, peering: str, kopf_settings: kopf.OperatorSettings
-) -> None:
+def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> None:
     selector = rec.settings.selector_labels
 
     @kopf.on.startup(registry=registry)
@@ -104,8 +75,8 @@ def register(
             log.warning("database not reachable at start-up (will retry in reconcile): %s", exc)
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    def kopf_login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        return login(settings)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def watch_sipsockets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
@@ -117,17 +88,14 @@ def register(
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, backoff=3)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, backoff=3, field="spec")
-    async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        result = await rec.reconcile(body)
-        _apply(patch, body, result.status)
+    async def reconcile(body: kopf.Body, **_: Any) -> None:
+        result = await rec.reconcile(body)  # writes the status itself; kopf retries if that failed
         _emit(body, result.changed)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=1.0, backoff=3)
-    async def keeper(
-        body: kopf.Body, resource: kopf.Resource, stopped: kopf.DaemonStopped, logger: Any, **_: Any
-    ) -> None:
+    async def keeper(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Per SipSocket: sleeps until a resync or retry is due or the fleet or table changed (no polling,
-        so a thousand idle SipSockets cost nothing), then runs a pass and patches the status itself."""
+        so a thousand idle SipSockets cost nothing), then runs a pass (which writes the status)."""
         uid = str(body.metadata.uid)
         wake = rec.waker(uid)
         while not stopped:
@@ -139,8 +107,12 @@ def register(
             wake.clear()
             if stopped or body.metadata.get("deletionTimestamp") or not rec.due(uid):
                 continue
-            result = await rec.reconcile(body)
-            await _patch_status(kopf_settings, resource, body, result.status, logger)
+            try:
+                result = await rec.reconcile(body)
+            except KubeError as exc:
+                # The pass counts as failed: the next one comes with backoff and writes the status again.
+                log.warning("%s/%s: status not written: %s", body.metadata.namespace, body.metadata.name, exc)
+                continue
             _emit(body, result.changed)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, backoff=3)

@@ -1,8 +1,16 @@
-"""Reconcile one SipSocket: validate -> conflicts -> capacity -> owned row -> reload -> listeners -> status.
+"""Reconcile one SipSocket, as a flat chain:
 
-I/O orchestration only; each decision is a pure function of `spec`, `conflicts` and `conditions`.
-Level-triggered: every pass recomputes the whole status from the spec, the table and the proxies, so a pass
-interrupted anywhere (operator killed) is simply repeated.
+(a) gather a read-only `Snapshot`: the object, the table rows, the fleet's static sockets and capacity, the
+    other known objects;
+(b) run `checks.CHAIN` on it (spec -> endpoint conflict -> capacity);
+(c) write: the owned row, or its removal (and rows whose SipSocket is gone, `orphans`);
+(d) observe the fleet: `sockets_reload` where needed (`drift`), `sockets_list` per ready pod;
+(e) write the status through the one `StatusSink`.
+
+Only "read the table, decide conflicts, write the row" (a's table part to c) runs under the table lock, so two
+objects cannot both win an endpoint; no MI call is made while it is held. Decisions are pure functions of
+`checks`, `orphans`, `drift`, `schedule` and `conditions`; this module only wires them to I/O.
+Level-triggered: every pass recomputes the whole status, so a pass interrupted anywhere is simply repeated.
 """
 
 from __future__ import annotations
@@ -11,58 +19,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from sipoperator import conditions as cond
-from sipoperator.conflicts import Claim, Foreign, Verdict, decide
+from sipoperator import orphans, schedule
+from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal
+from sipoperator.drift import needs_reload, table_sockets
 from sipoperator.metrics import Metrics
-from sipoperator.proxies import Fleet, Listed, MIError, ProxyPod, Unreachable
+from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
-from sipoperator.spec import DesiredSocket, EndpointKey, Row, SpecError, row_key, same_row, validate
+from sipoperator.snapshot import Known, Snapshot
+from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
+from sipoperator.status import StatusSink
 from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
-from sipproxy.shared.socketspec import parse_row
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
-
-
-@dataclass
-class Known:
-    """What the watch last said about a SipSocket."""
-
-    uid: str
-    namespace: str
-    name: str
-    created: str
-    spec: Mapping[str, Any]
-    deleting: bool = False
-    wanted: DesiredSocket | None = None  # validated once per spec: conflict checks consult every object
-
-    def __post_init__(self) -> None:
-        try:
-            self.wanted = validate(self.spec)
-        except SpecError:
-            self.wanted = None
-
-    def desired(self) -> DesiredSocket | None:
-        return self.wanted
-
-
-@dataclass
-class Memo:
-    """Per-object scheduling state of the periodic check."""
-
-    last_run: float = 0.0
-    fleet_epoch: int = -1
-    table_epoch: int = -1
-    healthy: bool = False
-    blocked: bool = False  # not accepted: waits for an endpoint or a slot to free up
-    failures: int = 0
-    last_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # What this process last wrote: the watched body may not show our own latest patch yet.
-    written_conditions: list[dict[str, Any]] | None = None
+Memo = schedule.Memo
 
 
 @dataclass(frozen=True)
@@ -71,29 +47,43 @@ class Result:
     changed: list[cond.Condition]
 
 
+@dataclass(frozen=True)
+class TableStep:
+    """What (a)-(c) found and did under the table lock."""
+
+    rows: Sequence[TableRow] | None  # the table after our writes; None when it could not be read
+    refusal: Refusal | None
+    written: Written | None = None  # our row, when accepted and written (or found as wanted)
+    removed: bool = False  # rows were removed (ours or orphans): the proxies need a reload
+    error: str | None = None  # the database failed somewhere in the step
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics, status: StatusSink
+    ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
         self.metrics = metrics
+        self.status = status
         self.known: dict[str, Known] = {}
         self.memos: dict[str, Memo] = {}
         self.table_epoch = 0
         self.started = time.monotonic()
-        self._write_lock = asyncio.Lock()  # conflict decision + row write are one step across all objects
-        # The table as last read, kept current with our own writes (under the write lock): a thousand passes
+        self.table_lock = asyncio.Lock()  # conflict decision + row write are one step across all objects
+        # The table as last read, kept current with our own writes (under the table lock): a thousand passes
         # at start-up share a few reads; hand edits are seen within TABLE_CACHE_SECONDS.
         self._table: list[TableRow] | None = None
         self._table_at = 0.0
         self._object_locks: dict[str, asyncio.Lock] = {}
         self._wakers: dict[str, asyncio.Event] = {}
         fleet.on_change = self.wake_all
-        self._last_gc = time.monotonic()
+        self._last_sweep = self.started
         metrics.conditions_source = self.condition_counts
 
     # -- bookkeeping from the watch ------------------------------------------------------------------
@@ -105,14 +95,7 @@ class Reconciler:
         if prior is not None and prior.spec == spec:
             prior.deleting = bool(meta.get("deletionTimestamp"))
             return prior
-        known = Known(
-            uid=str(meta.get("uid")),
-            namespace=str(meta.get("namespace")),
-            name=str(meta.get("name")),
-            created=str(meta.get("creationTimestamp") or ""),
-            spec=spec,
-            deleting=bool(meta.get("deletionTimestamp")),
-        )
+        known = Known.from_body(body)
         self.known[known.uid] = known
         return known
 
@@ -132,20 +115,20 @@ class Reconciler:
                 counts[(ctype, status, reason)] = counts.get((ctype, status, reason), 0) + 1
         return counts
 
+    # -- scheduling (the decisions are schedule.py's) ------------------------------------------------
+
     def waker(self, uid: str) -> asyncio.Event:
         return self._wakers.setdefault(uid, asyncio.Event())
 
     def wake_all(self) -> None:
-        """Something every SipSocket may care about changed (proxy fleet, table): each checks `due`."""
+        """Something every SipSocket may care about changed (the proxy fleet): each checks `due`."""
         for event in self._wakers.values():
             event.set()
 
     def _table_changed(self) -> None:
-        """Only SipSockets waiting for an endpoint or a slot care; waking all would cost a thousand wake-ups
-        per write at start-up."""
         self.table_epoch += 1
         for uid, memo in self.memos.items():
-            if memo.blocked and uid in self._wakers:
+            if schedule.woken_by_table_change(memo) and uid in self._wakers:
                 self._wakers[uid].set()
 
     def busy(self, uid: str) -> bool:
@@ -153,217 +136,171 @@ class Reconciler:
         return lock is not None and lock.locked()
 
     def seconds_until_due(self, uid: str) -> float:
-        memo = self.memo(uid)
-        resync = self.settings.resync_period
-        if memo.last_run == 0.0:
-            return resync
-        wait = resync if memo.healthy else min(2.0 ** min(memo.failures, 5), 30.0, resync)
-        return max(0.05, memo.last_run + wait - time.monotonic())
+        return schedule.seconds_until_due(self.memo(uid), time.monotonic(), self.settings.resync_period)
 
     def due(self, uid: str) -> bool:
-        """Should the periodic check run a full pass for this object now?"""
-        memo = self.memo(uid)
-        lock = self._object_locks.get(uid)
-        if lock is not None and lock.locked():
-            return False  # a pass is running right now
-        elapsed = time.monotonic() - memo.last_run
-        if memo.last_run == 0.0:
-            return False  # never reconciled here: kopf's resume/create handler is about to run
-        if elapsed >= self.settings.resync_period or memo.fleet_epoch != self.fleet.epoch:
-            return True
-        if memo.blocked and memo.table_epoch != self.table_epoch:
-            return True
-        if not memo.healthy:
-            return elapsed >= min(2.0 ** min(memo.failures, 5), 30.0)
-        return False
+        """Should the keeper run a full pass for this object now?"""
+        return schedule.due(
+            self.memo(uid),
+            time.monotonic(),
+            self.settings.resync_period,
+            self.fleet.epoch,
+            self.table_epoch,
+            running=self.busy(uid),
+        )
 
     # -- the pass ------------------------------------------------------------------------------------
 
     async def reconcile(self, body: Mapping[str, Any]) -> Result:
         known = self.observe(body)
-        lock = self._object_locks.setdefault(known.uid, asyncio.Lock())
-        async with lock:
+        async with self._object_locks.setdefault(known.uid, asyncio.Lock()):
             memo = self.memo(known.uid)
-            memo.fleet_epoch, memo.table_epoch = self.fleet.epoch, self.table_epoch
-            memo.last_run = time.monotonic()
-            try:
-                outcome, socket = await self._outcome(known, body)
-            finally:
-                memo.last_run = time.monotonic()
-            status = body.get("status") or {}
+            schedule.started(memo, time.monotonic(), self.fleet.epoch, self.table_epoch)
             generation = int(body.get("metadata", {}).get("generation") or 0)
-            new = cond.conditions(outcome)
-            previous = memo.written_conditions
-            if previous is None:
-                previous = status.get("conditions")
-            merged, changed = cond.merge(previous, new, generation, now_rfc3339())
-            memo.written_conditions = merged
-            ready = next(c for c in new if c.type == cond.READY)
-            memo.healthy = ready.status == "True"
-            memo.blocked = not outcome.accepted and outcome.accepted_reason != "InvalidSpec"
-            memo.failures = 0 if memo.healthy else memo.failures + 1
-            memo.last_conditions = {c.type: (c.status, c.reason) for c in new}
-            self.metrics.reconciles.inc(result="ready" if memo.healthy else "not_ready")
-            if not memo.healthy:
-                self.metrics.errors.inc(reason=ready.reason)
-            new_status: dict[str, Any] = {
-                "observedGeneration": generation,
-                "port": parse_row(socket, None, None, None, None).port if socket else None,
-                "socket": socket,
-                "conditions": merged,
-                "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
-            }
-            return Result(new_status, changed)
+            await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
+            step = await self._decide_and_write(known, generation)  # (a) the table's part, (b), (c)
+            outcome = await self._observe(known, step, body)  # (d)
+            return await self._report(known, body, memo, outcome)  # (e)
 
-    async def _outcome(self, known: Known, body: Mapping[str, Any]) -> tuple[cond.Outcome, str | None]:
-        try:
-            desired = validate(known.spec)
-        except SpecError as exc:
-            await self._drop_row(known.uid)
-            return cond.Outcome(False, "InvalidSpec", str(exc)), None
-
-        await self.fleet.discover_all()
-        try:
-            async with self._write_lock:
-                rows = await self._drop_orphans_locked(await self._rows_locked())
-                verdict = self._verdict(known, desired, rows)
-                if not verdict.accepted:
-                    outcome = cond.Outcome(False, "EndpointConflict", verdict.message)
-                    await self._drop_row_locked(known.uid)
-                    return outcome, desired.socket
-                full = self._capacity_exceeded(known.uid, rows)
-                if full is not None:
-                    await self._drop_row_locked(known.uid)
-                    return cond.Outcome(False, "CapacityExceeded", full), desired.socket
-                generation = int(body.get("metadata", {}).get("generation") or 0)
-                mine = [r for r in rows if r.owner_uid == known.uid]
-                if len(mine) == 1 and same_row(mine[0].columns(), desired.row):
-                    written = Written(mine[0].id, changed=False)
-                else:
-                    written = await self.store.write(
-                        known.uid, known.namespace, known.name, generation, desired.row
+    async def _decide_and_write(self, known: Known, generation: int) -> TableStep:
+        async with self.table_lock:
+            removed, rows, error = False, None, None
+            try:
+                rows = await self._read_table_locked()
+                gone = self._orphans(rows)
+                for row in gone:
+                    log.warning(
+                        "removing row %s (%s) of SipSocket %s/%s uid %s, which no longer exists",
+                        row.id,
+                        row.socket,
+                        row.owner_namespace,
+                        row.owner_name,
+                        row.owner_uid,
                     )
-                    self._cache_write(known, written.row_id, desired.row)
-                if written.changed:
-                    # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
-                    self._table_changed()
-                wanted_sockets = {r.socket for r in rows if r.owner_uid != known.uid} | {desired.socket}
-        except DatabaseUnavailable as exc:
-            self._table = None
-            log.warning("database unavailable while reconciling %s/%s: %s", known.namespace, known.name, exc)
-            previous = _condition(body, cond.ACCEPTED)
-            if (
-                previous
-                and previous.get("status") == "False"
-                and previous.get("reason")
-                in (
-                    "EndpointConflict",
-                    "CapacityExceeded",
-                )
-            ):
-                return cond.Outcome(False, str(previous["reason"]), str(previous.get("message", ""))), (
-                    desired.socket
-                )
-            pods = await self._observe_pods(desired, None, force_reload=False)
-            return (
-                cond.Outcome(
-                    True,
-                    accepted_message="spec is valid (endpoint conflicts unchecked: database unavailable)",
-                    programmed=False,
-                    programmed_reason="DatabaseUnavailable",
-                    programmed_message=f"the proxy database is unavailable ({exc}); retrying",
-                    pods=pods,
-                ),
-                desired.socket,
+                    removed = await self._remove_locked(str(row.owner_uid)) or removed
+                rows = [r for r in rows if r not in gone]
+            except DatabaseUnavailable as exc:
+                rows, error = None, str(exc)
+            snap = Snapshot(
+                subject=known,
+                rows=rows,
+                static=self.fleet.static_sockets(),
+                capacity=self.fleet.capacity(),
+                others=MappingProxyType(self.known),
+                table_name=self.settings.table_name,
             )
-        pods = await self._observe_pods(desired, wanted_sockets, force_reload=written.changed)
-        return (
-            cond.Outcome(
-                True,
-                accepted_message=verdict.message,
-                programmed=True,
-                programmed_message=f"row {written.row_id} of {self.settings.table_name}: {desired.socket}",
-                pods=pods,
-            ),
-            desired.socket,
+            refusal = first_refusal(snap)
+            try:
+                if refusal is not None or known.wanted is None:
+                    if rows is None or any(r.owner_uid == known.uid for r in rows):
+                        removed = await self._remove_locked(known.uid) or removed
+                    return TableStep(rows, refusal, removed=removed, error=error)
+                if rows is None:
+                    return TableStep(rows, refusal, removed=removed, error=error)
+                written = await self._write_locked(known, known.wanted, rows, generation)
+            except DatabaseUnavailable as exc:
+                return TableStep(rows, refusal, removed=removed, error=str(exc))
+            kept = [r for r in rows if r.owner_uid != known.uid]
+            return TableStep(kept, refusal, written=written, removed=removed, error=error)
+
+    async def _observe(self, known: Known, step: TableStep, body: Mapping[str, Any]) -> cond.Outcome:
+        """(d): the fleet after the table lock is released."""
+        wanted, refusal = known.wanted, step.refusal
+        if refusal is not None and (refusal.reason == INVALID_SPEC or step.error is None):
+            if step.removed:
+                await self.fleet.reload_all()
+            return cond.refused(refusal.reason, refusal.message)
+        assert wanted is not None  # every spec that is not valid is refused by the chain
+        if step.error is not None or step.rows is None or step.written is None:
+            log.warning(
+                "database unavailable while reconciling %s/%s: %s", known.namespace, known.name, step.error
+            )
+            standing = cond.standing_refusal(_condition(body, cond.ACCEPTED))
+            if step.removed:
+                await self.fleet.reload_all()
+            if standing is not None:
+                return standing
+            pods = await self._observe_pods(wanted, None, force_reload=False)
+            return cond.database_down(step.error or "unknown error", pods)
+        table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
+        pods = await self._observe_pods(wanted, table, force_reload=step.written.changed or step.removed)
+        return cond.Outcome(
+            True,
+            accepted_message=accepted_message(wanted),
+            programmed=True,
+            programmed_message=f"row {step.written.row_id} of {self.settings.table_name}: {wanted.socket}",
+            pods=pods,
         )
 
-    def _verdict(self, known: Known, desired: DesiredSocket, rows: Sequence[TableRow]) -> Verdict:
-        me_programmed = any(r.owner_uid == known.uid and row_key(r.socket) == desired.key for r in rows)
-        me = Claim(known.uid, known.namespace, known.name, known.created, desired.key, me_programmed)
-        return self.verdict_among(me, rows, self.known)
-
-    def verdict_among(self, me: Claim, rows: Sequence[TableRow], known: Mapping[str, Known]) -> Verdict:
-        """Does `me` get its endpoint, given the table, the proxies' static sockets and the other objects?"""
-        claims: list[Claim] = []
-        foreign: list[Foreign] = []
-        for row in rows:
-            key = row_key(row.socket)
-            if key is None:
-                continue
-            if row.owner_uid is None:
-                foreign.append(
-                    Foreign(
-                        key,
-                        f"row {row.id} of table {self.settings.table_name} ({row.socket}, "
-                        "not managed by the operator)",
-                    )
-                )
-            elif row.owner_uid != me.uid:
-                other = known.get(row.owner_uid)
-                claims.append(
-                    Claim(
-                        row.owner_uid,
-                        row.owner_namespace or "",
-                        row.owner_name or "",
-                        other.created if other else "",
-                        key,
-                        programmed=True,
-                    )
-                )
-        for pod, text in self.fleet.static_sockets():
-            key = row_key(text)
-            if key is not None:
-                foreign.append(Foreign(key, f"static socket {text} of proxy pod {pod}"))
-        for other in known.values():
-            if other.uid == me.uid or other.deleting:
-                continue
-            wanted = other.desired()
-            if wanted is not None:
-                claims.append(Claim(other.uid, other.namespace, other.name, other.created, wanted.key))
-        return decide(me, claims, foreign)
-
-    def _capacity_exceeded(self, uid: str, rows: Sequence[TableRow]) -> str | None:
-        capacity = self.fleet.capacity()
-        if capacity is None or any(r.owner_uid == uid for r in rows):
-            return None
-        distinct = {(r.socket, r.advertised, r.tag, r.flags, r.tos) for r in rows}
-        if len(distinct) + 1 > capacity:
-            return (
-                f"the proxies have max_sockets={capacity} and {len(distinct)} sockets are in the table; "
-                "delete a SipSocket or raise sockets_mgm.max_sockets"
-            )
-        return None
-
-    async def _drop_row(self, uid: str) -> None:
+    async def _report(
+        self, known: Known, body: Mapping[str, Any], memo: Memo, outcome: cond.Outcome
+    ) -> Result:
+        """(e): conditions, metrics and the status, written once."""
+        current = body.get("status") or {}
+        generation = int(body.get("metadata", {}).get("generation") or 0)
+        new = cond.conditions(outcome)
+        previous = memo.written_status.get("conditions") if memo.written_status else current.get("conditions")
+        merged, changed = cond.merge(previous, new, generation, now_rfc3339())
+        schedule.finished(memo, time.monotonic(), new)
+        self.metrics.reconciles.inc(result="ready" if memo.healthy else "not_ready")
+        if not memo.healthy:
+            self.metrics.errors.inc(reason=next(c.reason for c in new if c.type == cond.READY))
+        wanted = known.wanted
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "port": wanted.port if wanted else None,
+            "socket": wanted.socket if wanted else None,
+            "conditions": merged,
+            "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
+        }
+        seen = [current] if memo.written_status is None else [current, memo.written_status]
         try:
-            async with self._write_lock:
-                await self._drop_row_locked(uid)
-        except DatabaseUnavailable as exc:
-            log.warning("cannot remove the row of %s: %s", uid, exc)
+            await self.status.write(known.namespace, known.name, status, seen)
+        except Exception:
+            memo.written_status = None  # what the API has is unknown now: compare with the body next time
+            memo.healthy = False
+            raise
+        memo.written_status = status
+        return Result(status, changed)
 
-    async def _drop_row_locked(self, uid: str) -> None:
-        if await self.store.remove(uid):
-            self._cache_remove(uid)
-            self._table_changed()
-            await self.fleet.reload_all()
+    # -- the table, under the table lock -------------------------------------------------------------
 
-    async def _rows_locked(self) -> list[TableRow]:
+    async def _read_table_locked(self) -> list[TableRow]:
         if self._table is None or time.monotonic() - self._table_at > TABLE_CACHE_SECONDS:
             self._table = None
-            self._table = await self.store.snapshot()
+            try:
+                self._table = await self.store.snapshot()
+            except DatabaseUnavailable:
+                self._table = None
+                raise
             self._table_at = time.monotonic()
         return self._table
+
+    async def _write_locked(
+        self, known: Known, wanted: DesiredSocket, rows: Sequence[TableRow], generation: int
+    ) -> Written:
+        mine = [r for r in rows if r.owner_uid == known.uid]
+        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row):
+            return Written(mine[0].id, changed=False)
+        written = await self.store.write(known.uid, known.namespace, known.name, generation, wanted.row)
+        self._cache_write(known, written.row_id, wanted.row)
+        if written.changed:
+            # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
+            self._table_changed()
+        return written
+
+    async def _remove_locked(self, uid: str) -> bool:
+        """Delete the row `uid` owns; the caller reloads the proxies once the lock is released."""
+        try:
+            removed = await self.store.remove(uid)
+        except DatabaseUnavailable as exc:
+            log.warning("cannot remove the row of %s: %s", uid, exc)
+            self._table = None
+            raise
+        if removed:
+            self._cache_remove(uid)
+            self._table_changed()
+        return removed
 
     def _cache_remove(self, uid: str) -> None:
         if self._table is not None:
@@ -377,81 +314,41 @@ class Reconciler:
         kept.append(TableRow(row_id, **row.as_dict(), **owner))
         self._table = kept
 
+    def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
+        now = time.monotonic()
+        sweep = orphans.sweep_due(now, self.started, self._last_sweep, self.settings.resync_period)
+        if sweep:
+            self._last_sweep = now
+        return orphans.orphaned(rows, self.known, self.settings.namespace, sweep)
+
+    # -- the fleet, outside the table lock -----------------------------------------------------------
+
     async def _observe_pods(
-        self, desired: DesiredSocket, table: set[str | None] | None, force_reload: bool
+        self, wanted: DesiredSocket, table: frozenset[str] | None, force_reload: bool
     ) -> list[cond.PodResult]:
         """`table`: the socket texts the table has (None when unknown: the database is down)."""
-        wanted = {t for t in table if row_key(t) is not None} if table is not None else None
 
         async def one(pod: ProxyPod) -> cond.PodResult:
             try:
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
-                if wanted is not None and self._needs_reload(listed, desired, wanted, force_reload):
+                if needs_reload(listed, wanted, table, reloaded=force_reload):
                     await pod.reload()
                     listed = await pod.listing()
             except (Unreachable, MIError) as exc:
                 return cond.PodResult(pod.name, reachable=False, error=str(exc))
-            state, error = listed.state_of(desired.socket, desired.key)
+            state, error = listed.state_of(wanted.socket, wanted.key)
             return cond.PodResult(pod.name, reachable=True, state=state, error=error)
 
         return list(await asyncio.gather(*(one(p) for p in self.fleet.ready())))
-
-    @staticmethod
-    def _needs_reload(
-        listed: Listed, desired: DesiredSocket, wanted: set[str | None] | None, done: bool
-    ) -> bool:
-        if done:
-            return listed.state_of(desired.socket, desired.key)[0] == cond.PENDING
-        if listed.state_of(desired.socket, desired.key)[0] != cond.LISTENING:
-            return True
-        # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
-        return wanted is not None and {t for t in listed.entries if row_key(t) is not None} != wanted
-
-    def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
-        """Rows owned by SipSockets of our namespace that no longer exist (finalizer removed by force, or
-        the database kept while the cluster was rebuilt). Certain at once when the name now belongs to
-        another uid; otherwise only after a resync period of uptime, so the watch has listed every object."""
-        now = time.monotonic()
-        warm = now - self.started >= self.settings.resync_period
-        sweep = warm and now - self._last_gc >= self.settings.resync_period
-        if sweep:
-            self._last_gc = now
-        names = {(k.namespace, k.name) for k in self.known.values()}
-        return [
-            r
-            for r in rows
-            if r.owner_uid is not None
-            and r.owner_namespace == self.settings.namespace
-            and r.owner_uid not in self.known
-            and (sweep or (r.owner_namespace, r.owner_name) in names)
-        ]
-
-    async def _drop_orphans_locked(self, rows: list[TableRow]) -> list[TableRow]:
-        orphans = self._orphans(rows)
-        for row in orphans:
-            log.warning(
-                "removing row %s (%s) of SipSocket %s/%s uid %s, which no longer exists",
-                row.id,
-                row.socket,
-                row.owner_namespace,
-                row.owner_name,
-                row.owner_uid,
-            )
-            await self._drop_row_locked(str(row.owner_uid))
-        if orphans:
-            self._table = None
-            return await self._rows_locked()
-        return rows
 
     # -- deletion ------------------------------------------------------------------------------------
 
     async def finalize(self, uid: str) -> dict[str, str]:
         """Remove the row and reload the proxies. Raises DatabaseUnavailable (the finalizer stays)."""
-        lock = self._object_locks.setdefault(uid, asyncio.Lock())
-        async with lock:
-            async with self._write_lock:
+        async with self._object_locks.setdefault(uid, asyncio.Lock()):
+            async with self.table_lock:
                 try:
                     removed = await self.store.remove(uid)
                 except DatabaseUnavailable:

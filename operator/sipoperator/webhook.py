@@ -1,5 +1,6 @@
-"""Validating admission webhook (`POST /validate-sipsocket`): refuses invalid and conflicting SipSockets at
-`kubectl apply` time. Fast feedback only; reconcile stays the authority (it re-checks everything)."""
+"""Validating admission webhook (`POST /validate-sipsocket`): refuses at `kubectl apply` time what reconcile
+would not accept (invalid spec, endpoint conflict, no free slot), by running reconcile's chain of checks.
+Fast feedback only; reconcile stays the authority (it re-checks everything, and decides races)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from sipoperator.conflicts import Claim, Verdict
+from sipoperator.checks import ENDPOINT_CONFLICT, INVALID_SPEC, Refusal, first_refusal
 from sipoperator.reconciler import Reconciler
-from sipoperator.spec import SpecError, validate
-from sipoperator.spec import describe_key as _describe
+from sipoperator.snapshot import NEWCOMER_CREATED, Known, for_admission
+from sipoperator.spec import describe_key
 from sipoperator.store import DatabaseUnavailable, TableRow
 
 PATH = "/validate-sipsocket"
@@ -23,8 +24,22 @@ log = logging.getLogger(__name__)
 def review_response(uid: str, allowed: bool, message: str = "", code: int = 200) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
-        response["status"] = {"code": code, "message": message, "reason": "Invalid" if code == 422 else ""}
+        reason = {422: "Invalid", 500: "InternalError"}.get(code, "")
+        response["status"] = {"code": code, "message": message, "reason": reason}
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def refusal_message(subject: Known, refusal: Refusal) -> str:
+    ref = f"SipSocket {subject.namespace}/{subject.name}"
+    if refusal.reason == INVALID_SPEC:
+        return f"{ref} is invalid: {refusal.message}"
+    if refusal.reason == ENDPOINT_CONFLICT and subject.wanted is not None:
+        holder = refusal.holder or "another socket"
+        return (
+            f"{ref}: {describe_key(subject.wanted.key)} is already used by {holder}; "
+            "choose another address or port"
+        )
+    return f"{ref}: {refusal.message}"
 
 
 class Webhook:
@@ -33,41 +48,41 @@ class Webhook:
         self._rows: list[TableRow] = []
 
     async def decide(self, request: Mapping[str, Any]) -> tuple[bool, str]:
+        """The chain reconcile runs (`checks.CHAIN`), on the object as a newcomer."""
         if request.get("operation") not in ("CREATE", "UPDATE"):
             return True, ""
         obj = request.get("object") or {}
-        meta = obj.get("metadata") or {}
-        name = str(meta.get("name") or request.get("name") or "")
-        namespace = str(meta.get("namespace") or request.get("namespace") or "")
-        try:
-            desired = validate(obj.get("spec"))
-        except SpecError as exc:
-            return False, f"SipSocket {namespace}/{name} is invalid: {exc}"
         if request.get("operation") == "UPDATE" and (request.get("oldObject") or {}).get("spec") == obj.get(
             "spec"
         ):
             return True, ""  # metadata or status only: never block finalizer removal and the like
-        try:
-            self._rows = await self.rec.store.snapshot()
-        except DatabaseUnavailable as exc:
-            log.warning("webhook: database unavailable, checking against the last table seen: %s", exc)
-        uid = str(meta.get("uid") or f"new:{namespace}/{name}")
-        # The newcomer ranks after everything that exists: whoever is there keeps the endpoint.
-        me = Claim(uid, namespace, name, "9999-12-31T23:59:59Z", desired.key)
-        rows = [
-            r
-            for r in self._rows
-            if r.owner_uid != uid and (r.owner_namespace, r.owner_name) != (namespace, name)
-        ]
-        known = {k: v for k, v in self.rec.known.items() if (v.namespace, v.name) != (namespace, name)}
-        verdict: Verdict = self.rec.verdict_among(me, rows, known)
-        if verdict.accepted:
-            return True, ""
-        holder = verdict.holder or "another socket"
-        return False, (
-            f"SipSocket {namespace}/{name}: {_describe(desired.key)} is already used by {holder}; "
-            "choose another address or port"
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec")
+        name = str(meta.get("name") or request.get("name") or "")
+        namespace = str(meta.get("namespace") or request.get("namespace") or "")
+        subject = Known(
+            uid=str(meta.get("uid") or f"new:{namespace}/{name}"),
+            namespace=namespace,
+            name=name,
+            created=NEWCOMER_CREATED,
+            spec=spec if isinstance(spec, Mapping) else {},
         )
+        if subject.wanted is not None:  # an invalid spec needs no table to be refused
+            try:
+                self._rows = await self.rec.store.snapshot()
+            except DatabaseUnavailable as exc:
+                log.warning("webhook: database unavailable, checking against the last table seen: %s", exc)
+        fleet = self.rec.fleet
+        snap = for_admission(
+            subject,
+            self._rows,
+            fleet.static_sockets(),
+            fleet.capacity(),
+            self.rec.known,
+            self.rec.settings.table_name,
+        )
+        refusal = first_refusal(snap)
+        return (True, "") if refusal is None else (False, refusal_message(subject, refusal))
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
@@ -78,9 +93,13 @@ class Webhook:
             return web.json_response({"error": "expected an admission.k8s.io/v1 AdmissionReview"}, status=400)
         try:
             allowed, message = await self.decide(req)
-        except Exception:  # never block the API on our own bug; reconcile re-checks
-            log.exception("webhook failed; allowing")
-            allowed, message = True, ""
+        except Exception as exc:
+            # failurePolicy Fail: what could not be checked is not let through, and the person applying it
+            # learns why (an unreachable webhook is refused by the API server in the same way).
+            log.exception("webhook: the admission check failed; denying")
+            why = f"{type(exc).__name__}: {exc}".rstrip(": ")[:300]
+            message = f"the sipsockets admission check could not run ({why}); retry, or see the operator log"
+            return web.json_response(review_response(uid, False, message, 500))
         return web.json_response(review_response(uid, allowed, message, 422 if not allowed else 200))
 
     def app(self) -> web.Application:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -201,3 +202,64 @@ def test_race_without_webhook_has_exactly_one_winner(env: Env) -> None:
         return ready[0] if len(ready) == 1 else None
 
     wait_for(new_winner, "a former loser Ready", timeout=120)
+
+
+def _free_udp_port() -> int:
+    """A port no socket of this host holds on any address: a wildcard SipSocket will take it everywhere."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def test_webhook_refuses_an_address_overlapping_a_wildcard_naming_the_holder(env: Env, webhook: int) -> None:
+    """udp 0.0.0.0:X holds X on every IPv4 address (the proxy would fail the second bind with EADDRINUSE):
+    whichever comes second is refused, naming the first; IPv6's wildcard is another family."""
+    cp, ns = env.cp, env.namespace
+    env.pod("sipproxy-0")
+    addr = env.addresses.next()
+
+    port = _free_udp_port()
+    assert apply(cp, ns, sipsocket("wild", "udp", "0.0.0.0", port)).returncode == 0
+    wait_condition(cp, ns, "wild", "Accepted", "True")
+    out = apply(cp, ns, sipsocket("one", "udp", addr, port), check=False)
+    assert out.returncode != 0
+    assert f"UDP {addr}:{port} is already used by SipSocket {ns}/wild (UDP 0.0.0.0:{port})" in out.stderr, (
+        out.stderr
+    )
+    assert get(cp, ns, "one") is None
+    # The IPv6 wildcard does not cover IPv4 (the proxy binds IPv6 sockets V6ONLY).
+    assert apply(cp, ns, sipsocket("six", "udp", "::", port), check=False).returncode == 0
+
+    # The other way round: the address first, then the wildcard is refused naming it.
+    other = _free_udp_port()
+    assert apply(cp, ns, sipsocket("two", "udp", addr, other)).returncode == 0
+    wait_condition(cp, ns, "two", "Accepted", "True")
+    out = apply(cp, ns, sipsocket("wild2", "udp", "0.0.0.0", other), check=False)
+    assert out.returncode != 0
+    assert f"UDP 0.0.0.0:{other} is already used by SipSocket {ns}/two (UDP {addr}:{other})" in out.stderr, (
+        out.stderr
+    )
+    assert get(cp, ns, "wild2") is None
+
+
+def test_reconcile_gives_an_address_and_a_wildcard_over_it_to_exactly_one(env: Env) -> None:
+    """Without the webhook both objects exist; reconcile accepts one and names it in the other's reason."""
+    cp, ns = env.cp, env.namespace
+    env.pod("sipproxy-0")
+    env.operator()
+    addr, port = env.addresses.next(), _free_udp_port()
+    apply(cp, ns, sipsocket("wild", "udp", "0.0.0.0", port), sipsocket("one", "udp", addr, port))
+
+    def settled() -> list[dict[str, Any]] | None:
+        objs = [get(cp, ns, n) for n in ("wild", "one")]
+        decided = all(condition(o, "Accepted").get("status") in ("True", "False") for o in objs)
+        return [o for o in objs if o] if decided else None
+
+    objs = wait_for(settled, "both decided")
+    winners = [o["metadata"]["name"] for o in objs if condition(o, "Accepted")["status"] == "True"]
+    losers = [o for o in objs if condition(o, "Accepted")["status"] == "False"]
+    assert len(winners) == 1 and len(losers) == 1, objs
+    c = condition(losers[0], "Accepted")
+    assert c["reason"] == "EndpointConflict"
+    assert f"SipSocket {ns}/{winners[0]}" in c["message"]
+    wait_condition(cp, ns, winners[0], "Ready", "True")

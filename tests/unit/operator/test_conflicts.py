@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipoperator.conflicts import Claim, Foreign, decide
+from sipoperator.conflicts import Claim, Foreign, decide, overlaps
 
 KEY = ("udp", "10.0.0.1", 5060)
 
@@ -60,3 +60,70 @@ def test_tls_and_tcp_on_one_port_conflict() -> None:
     tcp = claim("tcp", "2026-01-01T00:00:00Z", key=("tcp", "10.0.0.1", 5061))
     tls = claim("tls", "2026-01-02T00:00:00Z", key=("tcp", "10.0.0.1", 5061))
     assert not decide(tls, [tcp], []).accepted
+
+
+def at(address: str, port: int = 5060, layer: str = "udp") -> tuple[str, str, int]:
+    return (layer, address, port)
+
+
+def test_a_wildcard_overlaps_every_address_of_its_family_on_that_layer_and_port() -> None:
+    assert overlaps(at("0.0.0.0"), at("10.0.0.1"))
+    assert overlaps(at("10.0.0.1"), at("0.0.0.0"))
+    assert overlaps(at("::"), at("2001:db8::1"))
+    assert overlaps(at("0.0.0.0"), at("0.0.0.0"))
+    assert not overlaps(at("0.0.0.0"), at("10.0.0.1", 5061))
+    assert not overlaps(at("0.0.0.0", layer="tcp"), at("10.0.0.1"))
+    assert not overlaps(at("10.0.0.1"), at("10.0.0.2"))
+
+
+def test_the_ipv6_wildcard_leaves_ipv4_alone_because_the_proxy_binds_v6only() -> None:
+    assert not overlaps(at("::"), at("10.0.0.1"))
+    assert not overlaps(at("::"), at("0.0.0.0"))
+    assert not overlaps(at("0.0.0.0"), at("2001:db8::1"))
+
+
+def test_the_younger_of_a_wildcard_and_an_address_is_refused_naming_the_holder_and_its_endpoint() -> None:
+    wild = claim("wild", "2026-01-01T00:00:00Z", key=at("0.0.0.0"))
+    one = claim("one", "2026-01-02T00:00:00Z", key=at("10.0.0.1"))
+    assert decide(wild, [one], []).accepted
+    verdict = decide(one, [wild], [])
+    assert not verdict.accepted
+    assert verdict.holder == "SipSocket voip/wild (UDP 0.0.0.0:5060)"
+    assert "overlaps UDP 0.0.0.0:5060" in verdict.message and "SipSocket voip/wild" in verdict.message
+    # And the other way round: an address held first keeps the wildcard out.
+    assert decide(claim("one", "2026-01-01T00:00:00Z", key=at("10.0.0.1")), [wild], []).accepted
+
+
+def test_a_wildcard_row_not_managed_by_the_operator_holds_every_address() -> None:
+    me = claim("a", "2026-01-01T00:00:00Z", programmed=True, key=at("10.0.0.1"))
+    verdict = decide(me, [], [Foreign(at("0.0.0.0"), "static socket udp:0.0.0.0:5060 of proxy pod p")])
+    assert not verdict.accepted
+    assert verdict.holder == "static socket udp:0.0.0.0:5060 of proxy pod p"
+
+
+def test_no_address_is_refused_because_of_a_wildcard_that_lost_itself() -> None:
+    """a (10.0.0.1) is older than the wildcard, which is older than b (10.0.0.2): the wildcard loses to a,
+    so it holds nothing and b is free. Every side agrees; no two holders overlap."""
+    a = claim("a", "2026-01-01T00:00:00Z", key=at("10.0.0.1"))
+    wild = claim("wild", "2026-01-02T00:00:00Z", key=at("0.0.0.0"))
+    b = claim("b", "2026-01-03T00:00:00Z", key=at("10.0.0.2"))
+    everyone = [a, wild, b]
+    assert [c.name for c in everyone if decide(c, everyone, []).accepted] == ["a", "b"]
+    assert decide(wild, everyone, []).holder == "SipSocket voip/a (UDP 10.0.0.1:5060)"
+
+
+def test_a_wildcard_blocked_by_a_foreign_row_frees_the_addresses_it_would_cover() -> None:
+    wild = claim("wild", "2026-01-01T00:00:00Z", key=at("0.0.0.0"))
+    b = claim("b", "2026-01-02T00:00:00Z", key=at("10.0.0.2"))
+    foreign = [
+        Foreign(at("10.0.0.1"), "row 3 of table sockets (udp:10.0.0.1:5060, not managed by the operator)")
+    ]
+    assert not decide(wild, [b], foreign).accepted
+    assert decide(b, [wild], foreign).accepted
+
+
+def test_an_object_moving_between_overlapping_endpoints_does_not_block_itself() -> None:
+    """Its old row (programmed at 10.0.0.1) and its new wish (0.0.0.0) are one object."""
+    row = claim("m", "2026-01-01T00:00:00Z", programmed=True, key=at("10.0.0.1"))
+    moving = claim("m", "2026-01-01T00:00:00Z", key=at("0.0.0.0"))
+    assert decide(moving, [row, moving], []).accepted

@@ -1,0 +1,92 @@
+"""What one decision about a SipSocket looks at: the object, the table, the fleet, the other objects.
+
+Gathered by reconcile (under its table lock) and by the webhook alike, then judged by the same chain of checks
+(`checks.py`); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sipoperator.spec import DesiredSocket, SpecError, validate
+from sipoperator.store import TableRow
+
+
+@dataclass
+class Known:
+    """What the watch last said about a SipSocket, its spec validated once per spec."""
+
+    uid: str
+    namespace: str
+    name: str
+    created: str
+    spec: Mapping[str, Any]
+    deleting: bool = False
+    checked: DesiredSocket | SpecError = field(init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.checked = validate(self.spec)
+        except SpecError as exc:
+            self.checked = exc
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], **overrides: Any) -> Known:
+        meta = body.get("metadata") or {}
+        fields: dict[str, Any] = {
+            "uid": str(meta.get("uid")),
+            "namespace": str(meta.get("namespace")),
+            "name": str(meta.get("name")),
+            "created": str(meta.get("creationTimestamp") or ""),
+            "spec": dict(body.get("spec") or {}),
+            "deleting": bool(meta.get("deletionTimestamp")),
+        }
+        fields.update(overrides)
+        return cls(**fields)
+
+    @property
+    def wanted(self) -> DesiredSocket | None:
+        return self.checked if isinstance(self.checked, DesiredSocket) else None
+
+    @property
+    def invalid(self) -> SpecError | None:
+        return self.checked if isinstance(self.checked, SpecError) else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Read-only inputs of one decision. `rows` is None when the table could not be read."""
+
+    subject: Known
+    rows: Sequence[TableRow] | None
+    static: Sequence[tuple[str, str]]  # (proxy pod, static socket text)
+    capacity: int | None  # the fleet's smallest max_sockets; None: not enforced
+    others: Mapping[str, Known]  # uid -> every SipSocket the watch knows (may include the subject)
+    table_name: str = "sockets"
+
+
+# The webhook's newcomer ranks after everything that exists: whoever is there keeps the endpoint.
+NEWCOMER_CREATED = "9999-12-31T23:59:59Z"
+
+
+def for_admission(
+    subject: Known,
+    rows: Sequence[TableRow],
+    static: Sequence[tuple[str, str]],
+    capacity: int | None,
+    known: Mapping[str, Known],
+    table_name: str,
+) -> Snapshot:
+    """The snapshot the webhook judges: the object as it would be after the change, so its own row and its
+    own watched state (the old spec, when it is an update) are left out."""
+    me = (subject.namespace, subject.name)
+    return Snapshot(
+        subject=subject,
+        rows=[r for r in rows if r.owner_uid != subject.uid and (r.owner_namespace, r.owner_name) != me],
+        static=static,
+        capacity=capacity,
+        others={uid: k for uid, k in known.items() if (k.namespace, k.name) != me},
+        table_name=table_name,
+    )

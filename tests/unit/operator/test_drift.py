@@ -1,0 +1,50 @@
+"""When a proxy pod needs a `sockets_reload`: its listing against what the table says."""
+
+from __future__ import annotations
+
+from sipoperator.drift import needs_reload, table_sockets
+from sipoperator.proxies import parse_listing
+from sipoperator.spec import validate
+
+MINE = validate({"protocol": "udp", "address": "10.0.0.1", "port": 5070})
+TABLE = table_sockets(["udp:10.0.0.1:5070", "udp:10.0.0.2:5070"])
+
+
+def listing(*sockets: str, failed: str = "") -> object:
+    entries = [{"socket": s, "state": "listening"} for s in sockets]
+    if failed:
+        entries.append({"socket": failed, "state": "failed", "error": "[Errno 98] Address already in use"})
+    return entries
+
+
+def test_a_pod_listing_exactly_the_table_is_left_alone() -> None:
+    listed = parse_listing(listing("udp:10.0.0.1:5070", "udp:10.0.0.2:5070"))
+    assert not needs_reload(listed, MINE, TABLE, reloaded=False)
+
+
+def test_our_socket_missing_or_failed_asks_for_a_reload() -> None:
+    assert needs_reload(parse_listing(listing("udp:10.0.0.2:5070")), MINE, TABLE, reloaded=False)
+    failed = parse_listing(listing("udp:10.0.0.2:5070", failed="udp:10.0.0.1:5070"))
+    assert needs_reload(failed, MINE, TABLE, reloaded=False)
+
+
+def test_a_socket_the_table_no_longer_has_asks_for_a_reload() -> None:
+    """A reload missed after a delete: the pod still serves a removed row."""
+    listed = parse_listing(listing("udp:10.0.0.1:5070", "udp:10.0.0.2:5070", "udp:10.0.0.9:5070"))
+    assert needs_reload(listed, MINE, TABLE, reloaded=False)
+    lacking = parse_listing(listing("udp:10.0.0.1:5070"))
+    assert needs_reload(lacking, MINE, TABLE, reloaded=False)
+
+
+def test_after_this_pass_reloaded_only_a_socket_still_unlisted_is_worth_another() -> None:
+    assert needs_reload(parse_listing(listing()), MINE, TABLE, reloaded=True)
+    failed = parse_listing(listing(failed="udp:10.0.0.1:5070"))
+    assert not needs_reload(failed, MINE, TABLE, reloaded=True)  # the bind error is the answer
+
+
+def test_without_the_table_no_reload_is_asked_for() -> None:
+    assert not needs_reload(parse_listing(listing()), MINE, None, reloaded=False)
+
+
+def test_rows_the_proxy_cannot_parse_are_not_expected_in_its_listing() -> None:
+    assert table_sockets(["udp:10.0.0.1:5070", "garbage", None]) == frozenset({"udp:10.0.0.1:5070"})
