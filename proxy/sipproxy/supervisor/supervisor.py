@@ -246,5 +246,16 @@ class Supervisor:
         ]
         for i, w in enumerate(self.workers, start=1):
             sockets = [e.spec.socket_str for e in self.entries.values() if e.spec and w.serves(e)]
-            procs.append({"ID": i, "PID": w.pid, "Type": w.kind, "Name": w.name, "Sockets": sockets})
+            # What it read, as of the last statistics collected (get_statistics, /metrics): the load share.
+            received = sum(c.rx_packets for c in w.last_stats.values())
+            procs.append(
+                {
+                    "ID": i,
+                    "PID": w.pid,
+                    "Type": w.kind,
+                    "Name": w.name,
+                    "Sockets": sockets,
+                    "Received": received,
+                }
+            )
         return procs
