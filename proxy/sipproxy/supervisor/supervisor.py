@@ -35,14 +35,24 @@ class ReloadError(Exception):
     """The table could not be read: nothing was changed."""
 
 
-def parse_rows(rows: Iterable[Row]) -> list[tuple[Row, SocketSpec | RowError]]:
+def parse_rows(
+    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None
+) -> tuple[list[tuple[Row, SocketSpec | RowError]], dict[Row, SocketSpec | RowError]]:
+    """Each row parsed, reusing what `known` (the last reload's results) says of identical rows; also the
+    results to pass next time (only the rows seen now, so it never grows beyond the table)."""
+    known = known or {}
+    seen: dict[Row, SocketSpec | RowError] = {}
     out: list[tuple[Row, SocketSpec | RowError]] = []
     for row in rows:
-        try:
-            out.append((row, parse_row(row.socket, row.advertised, row.tag, row.flags, row.tos)))
-        except RowError as exc:
-            out.append((row, exc))
-    return out
+        parsed = seen.get(row) or known.get(row)
+        if parsed is None:
+            try:
+                parsed = parse_row(row.socket, row.advertised, row.tag, row.flags, row.tos)
+            except RowError as exc:
+                parsed = exc
+        seen[row] = parsed
+        out.append((row, parsed))
+    return out, seen
 
 
 class Supervisor:
@@ -59,6 +69,7 @@ class Supervisor:
         self.reload_failures = 0
         self.reload_seconds = 0.0
         self._sids = itertools.count(1)
+        self._parsed: dict[Row, SocketSpec | RowError] = {}  # the last reload's rows, parsed
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
         init = Init(routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout)
         self.pool = WorkerPool(init, self.entries.values, self.lock, log_level, self._replaced)
@@ -146,7 +157,7 @@ class Supervisor:
                 self.reload_failures += 1
                 log.error("cannot read table %s: %s", mgm.table_name, exc)
                 raise ReloadError(str(exc)) from exc
-            parsed = await asyncio.to_thread(parse_rows, rows)
+            parsed, self._parsed = parse_rows(rows, self._parsed)
             result = await self._apply(parsed)
             self.reloads += 1
             self.reload_seconds += time.monotonic() - t0
