@@ -109,13 +109,19 @@ class SipProxy:
 
 
 async def start_sipproxy(
-    procs: Processes, workdir: Path, name: str, config: dict[str, Any], limit: float = START_TIMEOUT
+    procs: Processes,
+    workdir: Path,
+    name: str,
+    config: dict[str, Any],
+    limit: float = START_TIMEOUT,
+    python: str = sys.executable,
 ) -> SipProxy:
+    """`python`: the interpreter whose installed sipproxy runs (another checkout's venv to compare builds)."""
     cfg = workdir / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     host, port = str(config["mi"]["listen"]).rsplit(":", 1)
     base = f"http://{host}:{port}"
-    proc = await procs.start(name, [sys.executable, "-m", "sipproxy.cli", "--config", str(cfg)])
+    proc = await procs.start(name, [python, "-m", "sipproxy.cli", "--config", str(cfg)])
     deadline = time.monotonic() + limit
     async with aiohttp.ClientSession() as session:
         while True:
