@@ -151,5 +151,3 @@ async def read_domains(
         result = await conn.execute(select(table).order_by(table.c.id))
         rows = [dict(row) for row in result.mappings()]
     return parse_domains(rows)
-
-
