@@ -272,6 +272,12 @@ def select_client_domain(
     )
 
 
+def candidates(domains: Sequence[TlsDomain], kind: int, ip: str, port: int) -> list[TlsDomain]:
+    """The domains of `kind` that serve ip:port before SNI is looked at: those listing it, else those
+    listing `*` (empty: every connection there fails)."""
+    return _pool(domains, kind, address_key(ip, port))
+
+
 def _pool(domains: Sequence[TlsDomain], kind: int, where: str) -> list[TlsDomain]:
     of_kind = [d for d in domains if d.type == kind]
     exact = [d for d in of_kind if where in d.match_addresses]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from sipproxy.shared.channel import Channel, ChannelClosed, make_pair
+from sipproxy.shared.channel import Channel, ChannelClosed, make_pair, memory_file
 from sipproxy.shared.control import (
     Ack,
     Add,
@@ -34,6 +34,7 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    TlsDomains,
     decode_reply,
 )
 from sipproxy.shared.counters import SocketCounters
@@ -112,6 +113,8 @@ class WorkerPool:
         # Abstract unix socket names are per network namespace, which several proxies may share (host
         # network, where each may even be pid 1 of its container): make them unique.
         self.relay_prefix = f"sipproxy-{os.getpid()}-{secrets.token_hex(4)}"
+        # The current TLS domains (a TlsDomains message and its memfd), sent to every worker after Init.
+        self.tls: tuple[TlsDomains, int] | None = None
 
     async def start(self) -> None:
         await asyncio.gather(*(self.spawn(w) for w in self.handles))
@@ -138,6 +141,9 @@ class WorkerPool:
                 task.cancel()
             if w.channel is not None:
                 w.channel.close()
+        if self.tls is not None:
+            os.close(self.tls[1])
+            self.tls = None
 
     # --- socket changes -------------------------------------------------------------------------------
 
@@ -152,6 +158,16 @@ class WorkerPool:
         for w in self.handles:
             for entry in entries:
                 await self._send(w, Remove(entry.sid))
+
+    async def set_tls(self, generation: int, document: bytes) -> None:
+        """New TLS domains for every worker (and every worker started later); applied once a following
+        `sync` is answered. One memory file serves them all."""
+        fd = memory_file(document)
+        old, self.tls = self.tls, (TlsDomains(generation, len(document)), fd)
+        for w in self.handles:
+            await self._send(w, self.tls[0], fd)
+        if old is not None:
+            os.close(old[1])
 
     async def sync(self, workers: Iterable[WorkerHandle] | None = None) -> int:
         """Wait until the workers (all by default) have applied every command sent so far; returns how many
@@ -193,6 +209,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         w.tasks = [loop.create_task(self._read(w, w.channel)), loop.create_task(self._watch(w, w.proc))]
         await self._send(w, self.init)
+        if self.tls is not None:
+            await self._send(w, *self.tls)
         for entry in list(self.sockets()):
             await self._send_add(w, entry)
         log.info("worker %s started, pid %s", w.name, w.pid)
