@@ -419,7 +419,7 @@ static const char NUL = '\0';
 /* ------------------------------------------------------------------ responses */
 
 static const char OUR_BRANCH[] = "z9hG4bKsps";
-#define MAX_FLOW_TOKEN 72 /* flowtoken.MAX_TOKEN_LENGTH */
+#define MAX_FLOW_TOKEN 68 /* flowtoken.MAX_TOKEN_LENGTH */
 
 /* After `;branch=` of our Via: `z9hG4bKsps<hex>.<hex>;sk=<a-z><hex>-<hex>[-<hex>]` and nothing else.
  * key: the socket part of sk; cid: the flow token naming the connection (empty when none). */

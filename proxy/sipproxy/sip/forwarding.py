@@ -212,6 +212,9 @@ def response_destination(
             conn, authentic = flow_connection(state, token)
             if not authentic:
                 return "flow_token_forged"
+            if inbound is None and conn is not None:
+                # The socket was removed; its established connections carry on (and answer on themselves).
+                inbound = listener_of(conn)
     if inbound is None:
         inbound = state.index.pick(proto, host_family(host))
         if inbound is None:
