@@ -240,3 +240,19 @@ def test_a_token_of_another_proxy_does_not_reach_this_ones_connections() -> None
     ours.handle(browser_invite(), WSS, BROWSER, conn)  # the same connection id exists here too
     outcome = ours.handle(uas_bye(record_routes(theirs_fwd)), UDP4, UAS)
     assert outcome.drop_reason == "flow_token_forged"
+
+
+@pytest.mark.parametrize("length", [1, 12, 43, 45, 67, 68, 69, 100])
+def test_an_sk_token_of_any_other_shape_is_forged_on_both_paths(length: int) -> None:
+    """The scanner reads at most a token's length of hex; anything it declines the general path refuses alike."""
+    outcomes = []
+    for eng in engines():
+        conn = Connection(TCP, ("127.0.0.10", 40000))
+        data = request(via="SIP/2.0/TCP 127.0.0.10:5061;branch=z9hG4bK-t")
+        forwarded = one(eng.handle(data, TCP, conn.peer, conn)).data
+        sk = vias(parse_message(forwarded))[0].rsplit(b";sk=", 1)[1]
+        key = sk.rsplit(b"-", 1)[0]
+        response = answer(forwarded, 200, "OK").replace(sk, key + b"-" + (b"a" * length))
+        outcomes.append(eng.handle(response, UDP4, UAS))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0].drop_reason == "flow_token_forged"
