@@ -244,7 +244,7 @@ def test_a_token_of_another_proxy_does_not_reach_this_ones_connections() -> None
 
 @pytest.mark.parametrize("length", [1, 12, 43, 45, 67, 68, 69, 100])
 def test_an_sk_token_of_any_other_shape_is_forged_on_both_paths(length: int) -> None:
-    """The scanner reads at most a token's length of hex; anything it declines the general path refuses alike."""
+    """The scanner reads at most a token's length of hex; what it declines the general path refuses alike."""
     outcomes = []
     for eng in engines():
         conn = Connection(TCP, ("127.0.0.10", 40000))
