@@ -401,76 +401,101 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--tls-calls", type=int, default=1000, help="calls over TLS per peer (default 1000)")
     parser.add_argument("--tls-rate", type=float, default=50.0, help="call rate (default 50/s)")
     parser.add_argument("--tls-rounds", type=int, default=2, help="alternated rounds per figure (default 2)")
+    parser.add_argument(
+        "--tls-parts",
+        default="handshakes,idle,calls",
+        help="which figures, comma-separated (default handshakes,idle,calls)",
+    )
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     raise_fd_limit()  # this process holds every idle connection of part 2
     cert, key = make_certificate(workdir, args.tls_key)
     out: dict[str, Any] = {"key": args.tls_key, "handshakes": [], "idle": [], "calls": []}
+    parts = set(args.tls_parts.split(","))
     async with Processes(workdir / "logs") as procs:
-        # 1. Handshakes: one server of each, alternated.
-        ours = await start_ours(procs, workdir, cert, key, None, "sipproxy-server")
-        theirs = await start_kamailio_tls(procs, workdir, cert, key, "", False, "kamailio-server")
-        for rnd in range(args.tls_rounds):
-            for server in (ours, theirs) if rnd % 2 == 0 else (theirs, ours):
-                h = await measure_handshakes(server, args.tls_seconds)
-                out["handshakes"].append({**_plain(h), "cpu_ms_per_handshake": h.cpu_ms_per_handshake})
-                alone = (
-                    f" (the worker alone {h.worker_cpu_s * 1000 / h.handshakes:.3f} ms)"
-                    if h.worker_cpu_s
-                    else ""
-                )
-                print(
-                    f"  handshakes {h.peer:16} {h.handshakes:6d} in {h.seconds:5.1f}s: "
-                    f"{h.cpu_ms_per_handshake:.3f} ms CPU each, {h.per_cpu_second:6.0f} per CPU-second{alone}"
-                )
-        for server in (ours, theirs):
-            await procs.stop(server.proc)
-        # 2. Idle connections: a fresh server for each measurement, so that no transport reuses memory another
-        # one freed.
-        for transport in ("tcp", "tls", "wss"):
-            for peer in ("sipproxy", "kamailio"):
-                if transport == "wss" and peer == "kamailio":
-                    continue
-                name = f"{peer}-idle-{transport}"
-                if peer == "sipproxy":
-                    server = await start_ours(procs, workdir, cert, key, None, name)
-                else:
-                    server = await start_kamailio_tls(procs, workdir, cert, key, "", False, name)
-                m = await measure_idle(server, transport, args.tls_connections)
-                await procs.stop(server.proc)
-                out["idle"].append({**_plain(m), "kib_per_connection": m.kib_per_connection})
-                print(
-                    f"  idle {transport:3} {peer:9} {m.connections} connections: "
-                    f"PSS {m.before_kib / 1024:.1f} -> {m.after_kib / 1024:.1f} MiB, "
-                    f"{m.kib_per_connection:.1f} KiB each"
-                )
-        # 3. Calls: SIPp uac -> front Kamailio (UDP -> TLS) -> server -> SIPp uas.
-        uas_port = free_udp_port(HOST)
-        await procs.start("uas", uas_argv(HOST, uas_port), stdout_to_log=False)
-        uas = f"sip:{HOST}:{uas_port};transport=udp"
-        servers = [
-            await start_ours(procs, workdir, cert, key, uas, "sipproxy-calls"),
-            await start_kamailio_tls(procs, workdir, cert, key, uas, True, "kamailio-calls"),
-        ]
-        fronts = {}
-        for server in servers:
-            hop = f"sip:{HOST}:{server.tls};transport=tls"
-            fronts[server.name] = await start_kamailio_tls(
-                procs, workdir, cert, key, hop, False, f"front-{server.name}"
-            )
-        for rnd in range(args.tls_rounds):
-            for server in servers if rnd % 2 == 0 else servers[::-1]:
-                name = f"uac-{server.name}-{rnd}"
-                c = await measure_calls(
-                    procs, workdir, server, fronts[server.name], args.tls_calls, args.tls_rate, name
-                )
-                out["calls"].append({**_plain(c), "cpu_ms_per_call": c.cpu_ms_per_call})
-                print(
-                    f"  calls over TLS {c.peer:16} {c.successful}/{c.calls} ok, {c.failed} failed: "
-                    f"{c.cpu_ms_per_call:.3f} ms CPU per call"
-                )
+        if "handshakes" in parts:
+            await _handshakes(procs, workdir, cert, key, args, out)
+        if "idle" in parts:
+            await _idle(procs, workdir, cert, key, args, out)
+        if "calls" in parts:
+            await _calls(procs, workdir, cert, key, args, out)
     return out
+
+
+async def _handshakes(
+    procs: Processes, workdir: Path, cert: Path, key: Path, args: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    # 1. Handshakes: one server of each, alternated.
+    ours = await start_ours(procs, workdir, cert, key, None, "sipproxy-server")
+    theirs = await start_kamailio_tls(procs, workdir, cert, key, "", False, "kamailio-server")
+    for rnd in range(args.tls_rounds):
+        for server in (ours, theirs) if rnd % 2 == 0 else (theirs, ours):
+            h = await measure_handshakes(server, args.tls_seconds)
+            out["handshakes"].append({**_plain(h), "cpu_ms_per_handshake": h.cpu_ms_per_handshake})
+            alone = (
+                f" (the worker alone {h.worker_cpu_s * 1000 / h.handshakes:.3f} ms)" if h.worker_cpu_s else ""
+            )
+            print(
+                f"  handshakes {h.peer:16} {h.handshakes:6d} in {h.seconds:5.1f}s: "
+                f"{h.cpu_ms_per_handshake:.3f} ms CPU each, {h.per_cpu_second:6.0f} per CPU-second{alone}"
+            )
+    for server in (ours, theirs):
+        await procs.stop(server.proc)
+
+
+async def _idle(
+    procs: Processes, workdir: Path, cert: Path, key: Path, args: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    # 2. Idle connections: a fresh server for each measurement, so that no transport reuses memory another
+    # one freed.
+    for transport in ("tcp", "tls", "wss"):
+        for peer in ("sipproxy", "kamailio"):
+            if transport == "wss" and peer == "kamailio":
+                continue
+            name = f"{peer}-idle-{transport}"
+            if peer == "sipproxy":
+                server = await start_ours(procs, workdir, cert, key, None, name)
+            else:
+                server = await start_kamailio_tls(procs, workdir, cert, key, "", False, name)
+            m = await measure_idle(server, transport, args.tls_connections)
+            await procs.stop(server.proc)
+            out["idle"].append({**_plain(m), "kib_per_connection": m.kib_per_connection})
+            print(
+                f"  idle {transport:3} {peer:9} {m.connections} connections: "
+                f"PSS {m.before_kib / 1024:.1f} -> {m.after_kib / 1024:.1f} MiB, "
+                f"{m.kib_per_connection:.1f} KiB each"
+            )
+
+
+async def _calls(
+    procs: Processes, workdir: Path, cert: Path, key: Path, args: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    # 3. Calls: SIPp uac -> front Kamailio (UDP -> TLS) -> server -> SIPp uas.
+    uas_port = free_udp_port(HOST)
+    await procs.start("uas", uas_argv(HOST, uas_port), stdout_to_log=False)
+    uas = f"sip:{HOST}:{uas_port};transport=udp"
+    servers = [
+        await start_ours(procs, workdir, cert, key, uas, "sipproxy-calls"),
+        await start_kamailio_tls(procs, workdir, cert, key, uas, True, "kamailio-calls"),
+    ]
+    fronts = {}
+    for server in servers:
+        hop = f"sip:{HOST}:{server.tls};transport=tls"
+        fronts[server.name] = await start_kamailio_tls(
+            procs, workdir, cert, key, hop, False, f"front-{server.name}"
+        )
+    for rnd in range(args.tls_rounds):
+        for server in servers if rnd % 2 == 0 else servers[::-1]:
+            name = f"uac-{server.name}-{rnd}"
+            c = await measure_calls(
+                procs, workdir, server, fronts[server.name], args.tls_calls, args.tls_rate, name
+            )
+            out["calls"].append({**_plain(c), "cpu_ms_per_call": c.cpu_ms_per_call})
+            print(
+                f"  calls over TLS {c.peer:16} {c.successful}/{c.calls} ok, {c.failed} failed: "
+                f"{c.cpu_ms_per_call:.3f} ms CPU per call"
+            )
 
 
 def _plain(result: Handshakes | IdleMemory | TlsCalls) -> dict[str, Any]:
