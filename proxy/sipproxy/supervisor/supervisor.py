@@ -30,8 +30,6 @@ from sipproxy.supervisor.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("sipproxy.supervisor")
 
-UNSUPPORTED = "transport not supported yet"
-
 
 class ReloadError(Exception):
     """The table could not be read: nothing was changed."""
@@ -195,14 +193,9 @@ class Supervisor:
         failed: list[Entry] = []
         wanted: list[SocketSpec] = []
         rows_by_key: dict[object, Row] = {}
-        unsupported_seen: set[object] = set()
         for row, spec in parsed:
             if isinstance(spec, RowError):
                 failed.append(self._new_failed(None, row, str(spec)))
-            elif not spec.supported:
-                if spec.key not in unsupported_seen:
-                    unsupported_seen.add(spec.key)
-                    failed.append(self._new_failed(spec, row, UNSUPPORTED))
             else:
                 rows_by_key.setdefault(spec.key, row)
                 wanted.append(spec)
