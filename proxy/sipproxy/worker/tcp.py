@@ -44,6 +44,7 @@ class SecureLayer(Protocol):
     """TLS over the connection (tls.TlsSession)."""
 
     handshake_done: bool
+    peer_closed: bool  # the peer ended TLS in order (close_notify)
 
     def start(self) -> bytes:
         """What to send as soon as the connection is up (a client's hello; nothing for a server)."""
@@ -193,8 +194,16 @@ class SipStream(asyncio.Protocol):
                 if self.messages is None:
                     self.partial_since = None
                 self._up()
+            if secure.peer_closed:
+                if data:
+                    self._received(data)
+                self.abort_after_write()
+                return
             if not data:
                 return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         if self.messages is not None:
             self._messages_received(data)
         else:

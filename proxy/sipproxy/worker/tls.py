@@ -45,7 +45,7 @@ REFUSAL_LOG_INTERVAL = 10.0
 class TlsSession:
     """One TLS connection over memory BIOs: wire bytes in, plaintext out, and back (a SecureLayer)."""
 
-    __slots__ = ("_in", "_out", "check_peer", "handshake_done", "obj")
+    __slots__ = ("_in", "_out", "check_peer", "handshake_done", "obj", "peer_closed")
 
     def __init__(
         self,
@@ -58,6 +58,7 @@ class TlsSession:
         self._out = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
         self.handshake_done = False
+        self.peer_closed = False
         self.check_peer = check_peer
 
     def start(self) -> bytes:
@@ -85,12 +86,15 @@ class TlsSession:
                 while True:
                     chunk = self.obj.read(READ_SIZE)
                     if not chunk:
+                        # No data raises SSLWantReadError: nothing read means the peer's close_notify, an
+                        # orderly end (what came before it is still served).
+                        self.peer_closed = True
                         break
                     plain.append(chunk)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                raise StreamRefused("tls_closed", self._out.read()) from None
+                self.peer_closed = True
             except ssl.SSLError as exc:
                 raise StreamRefused("tls_error", self._out.read()) from exc
         return b"".join(plain), self._out.read()

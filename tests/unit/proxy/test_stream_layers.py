@@ -200,3 +200,16 @@ def test_a_broken_frame_is_answered_with_its_close_code() -> None:
         codec.receive(encode_frame(OP_TEXT, SIP))  # unmasked
     assert refused.value.reason == "ws_unmasked"
     assert refused.value.reply == encode_close(1002, "client frames must be masked")
+
+
+def test_the_peers_close_notify_is_an_orderly_end_after_what_came_before_it() -> None:
+    tls = contexts(server("a", A))
+    client, srv = client_session("a.example.com"), session_for(tls)
+    handshake(client, srv)
+    last = client.send(b"BYE sip:x SIP/2.0\r\n\r\n")
+    try:
+        client.obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass  # close_notify sent; the answer would come next
+    plain, _ = srv.receive(last + client._out.read())
+    assert plain == b"BYE sip:x SIP/2.0\r\n\r\n" and srv.peer_closed
