@@ -72,16 +72,19 @@ async def serve(config: Config, token: str | None) -> int:
     return code
 
 
-async def db_init(db_url: str, table_name: str) -> int:
+async def db_init(db_url: str, table_name: str, tls_table_name: str = "tls_mgm") -> int:
     from sipproxy.shared.schema import init_db
+    from sipproxy.shared.tls_table import init_tls_mgm
     from sipproxy.supervisor.db_reader import make_engine
 
     engine = make_engine(db_url)
     try:
         created = await init_db(engine, table_name)
+        tls_created = await init_tls_mgm(engine, tls_table_name)
     finally:
         await engine.dispose()
     print(f"sipproxy db init: {'created' if created else 'already present'} ({table_name}, version)")
+    print(f"sipproxy db init: {'created' if tls_created else 'already present'} ({tls_table_name}, version)")
     return 0
 
 
@@ -120,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = parser.add_subparsers(dest="command", required=True)
         init = sub.add_parser(
             "init",
-            help="create the sockets and version tables when missing",
-            description="Create the sockets and version tables when missing (never alters existing ones). "
+            help="create the sockets, tls_mgm and version tables when missing",
+            description="Create the sockets, tls_mgm and version tables when missing (never alters existing "
+            "ones). "
             f"The database URL comes from --db-url-file, or the environment: {DB_URL_ENV} (the URL) or "
             f"{DB_URL_FILE_ENV} (a file holding it, e.g. a mounted Secret).",
         )
@@ -137,10 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             help=f"OpenSIPS-style db_url; local use only, as a command line is public [env {DB_URL_ENV}]",
         )
         init.add_argument("--table-name", metavar="NAME", default="sockets", help="default: sockets")
+        init.add_argument(
+            "--tls-table-name",
+            metavar="NAME",
+            default="tls_mgm",
+            help="the TLS domains table; default: tls_mgm",
+        )
         args = parser.parse_args(argv[1:])
         try:
             db_url = db_url_from(args.db_url, args.db_url_file, os.environ)
-            return _run(db_init(db_url, args.table_name))
+            return _run(db_init(db_url, args.table_name, args.tls_table_name))
         except ValueError as exc:
             print(f"sipproxy db init: {exc}", file=sys.stderr)
             return 2

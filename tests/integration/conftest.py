@@ -455,3 +455,89 @@ def tcp_connect_refused(ip: str, port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+class SippScenario:
+    """SIPp running one of tests/integration/scenarios as a server for `calls` calls, in the background."""
+
+    def __init__(self, scenario: str, calls: int = 1, transport: str = "udp") -> None:
+        self.ip = loopback_ip()
+        self.port = free_port(self.ip)
+        self.proc = subprocess.Popen(
+            [
+                "sipp",
+                "-sf",
+                str(SCENARIOS / scenario),
+                "-i",
+                self.ip,
+                "-p",
+                str(self.port),
+                "-t",
+                "u1" if transport == "udp" else "t1",
+                "-m",
+                str(calls),
+                "-timeout",
+                "60s",
+                "-timeout_error",
+                "-nostdin",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(self._bound, f"sipp {scenario} to listen", 20)
+
+    def _bound(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sipp exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((self.ip, self.port))
+            except OSError:
+                return True
+        return False
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.ip}:{self.port}"
+
+    def wait(self, timeout: float = 90) -> tuple[int, str]:
+        """SIPp's exit code (0: every call as the scenario says) and its output."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out or ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def scenarios() -> Iterator[Callable[..., SippScenario]]:
+    running: list[SippScenario] = []
+
+    def start(scenario: str, calls: int = 1, transport: str = "udp") -> SippScenario:
+        sipp = SippScenario(scenario, calls, transport)
+        running.append(sipp)
+        return sipp
+
+    yield start
+    for sipp in running:
+        sipp.stop()
+
+
+def dropped(proxy: Proxy, reason: str) -> int:
+    """How many messages or connections the proxy dropped for `reason`, over all its sockets (/metrics)."""
+    total = 0
+    for line in proxy.get("/metrics")[1].splitlines():
+        if line.startswith("sipproxy_dropped_packets_total{") and f'reason="{reason}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total

@@ -99,7 +99,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
     try:
         sqlite_table.add(f"udp:{ip}:{busy_port}")
         sqlite_table.add(f"udp:{ip}:{ok_port}")
-        sqlite_table.add(f"tls:{ip}:{ok_port}")
+        sqlite_table.add(f"sctp:{ip}:{ok_port}")
         sqlite_table.add(f"udp:{ip}:0")
         sqlite_table.add(f"udp:{ip}:{extra_port}", flags="turbo")
         sqlite_table.add(f"udp:{ip}:{extra_port}", tos="IPTOS_FAST")
@@ -108,7 +108,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         result = proxy.call("sockets_reload")
         errors = {f["socket"]: f["error"] for f in result["failed"]}
         assert errors[f"udp:{ip}:{busy_port}"] == "[Errno 98] Address already in use"
-        assert errors[f"tls:{ip}:{ok_port}"] == "transport not supported yet"
+        assert errors[f"sctp:{ip}:{ok_port}"].endswith("protocol sctp is not supported")
         assert "out of range" in errors[f"udp:{ip}:0"]
         assert "Cannot assign requested address" in errors["udp:192.0.2.1:5060"]
         assert [e["socket"] for e in result["added"]] == [f"udp:{ip}:{ok_port}"]
@@ -120,7 +120,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         states = [(e["socket"], e["state"]) for e in listed]
         assert (f"udp:{ip}:{ok_port}", "listening") in states
         assert (f"udp:{ip}:{busy_port}", "failed") in states
-        assert (f"tls:{ip}:{ok_port}", "failed") in states
+        assert (f"sctp:{ip}:{ok_port}", "failed") in states
         assert len(listed) == 8
         assert udp_options(ip, ok_port) is not None
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 PROTOCOLS: tuple[str, ...] = ("udp", "tcp", "tls", "ws", "wss")
-# What the proxy can serve today; the rest are accepted and reported "transport not supported yet".
-SUPPORTED_PROTOCOLS: tuple[str, ...] = ("udp", "tcp")
+# What the proxy can serve (every protocol it accepts).
+SUPPORTED_PROTOCOLS: tuple[str, ...] = ("udp", "tcp", "tls", "ws", "wss")
 DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 # Order matters: sockets_list joins flags in this order, as OpenSIPS does.
 FLAGS: tuple[str, ...] = ("anycast", "frag", "reuse_port")

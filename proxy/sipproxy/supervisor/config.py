@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,33 @@ class SocketsMgm:
 
 
 @dataclass(frozen=True)
+class StaticTlsDomain:
+    """A TLS domain of the config file: the tls_mgm row's fields, with file paths for the PEM columns
+    (read at start and at every tls_reload, so a renewed certificate file is picked up by a reload)."""
+
+    domain: str
+    type: int  # 1 client, 2 server (tls_domains.CLIENT_DOMAIN, SERVER_DOMAIN)
+    match_ip_address: str | None = None
+    match_sip_domain: str | None = None
+    method: str | None = None
+    verify_cert: bool = True
+    require_cert: bool = True
+    certificate: str | None = None  # file paths
+    private_key: str | None = None
+    ca_list: str | None = None
+    ca_dir: str | None = None
+    cipher_list: str | None = None
+    dh_params: str | None = None
+    ec_curve: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsMgm:
+    table_name: str = "tls_mgm"  # read from sockets_mgm.db_url when sockets_mgm is configured
+    domains: tuple[StaticTlsDomain, ...] = ()
+
+
+@dataclass(frozen=True)
 class MiConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8888
@@ -47,6 +74,7 @@ class Config:
     tcp_idle_timeout: float = 120.0
     # A worker that has not applied a socket change this long after it was sent is replaced.
     worker_ack_timeout: float = 10.0
+    tls_mgm: TlsMgm = field(default_factory=TlsMgm)
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -88,7 +116,64 @@ _TOP = {
     "log_level",
     "tcp_idle_timeout",
     "worker_ack_timeout",
+    "tls_mgm",
 }
+_DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
+_DOMAIN_FILES = ("certificate", "private_key", "ca_list", "dh_params")
+_DOMAIN_TEXTS = ("match_ip_address", "match_sip_domain", "method", "ca_dir", "cipher_list", "ec_curve")
+_DOMAIN_TYPES = {"client": 1, "server": 2, 1: 1, 2: 2}
+
+
+def _readable(value: object, key: str) -> str:
+    path = _str(value, key)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _tls_mgm(value: object) -> TlsMgm:
+    m = _mapping(value, "tls_mgm", {"table_name", "domains"})
+    table_name = _str(m.get("table_name", "tls_mgm"), "tls_mgm.table_name")
+    raw = m.get("domains")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ConfigError("tls_mgm.domains", "must be a list")
+    domains: list[StaticTlsDomain] = []
+    seen: set[tuple[str, int]] = set()
+    for i, item in enumerate(raw):
+        key = f"tls_mgm.domains[{i}]"
+        d = _mapping(item, key, _DOMAIN_KEYS)
+        if "domain" not in d:
+            raise ConfigError(f"{key}.domain", "is required")
+        name = _str(d["domain"], f"{key}.domain")
+        kind = _DOMAIN_TYPES.get(d.get("type", "client"))
+        if kind is None or isinstance(d.get("type"), bool):
+            raise ConfigError(f"{key}.type", "must be server or client (2 or 1)")
+        if (name, kind) in seen:
+            raise ConfigError(
+                f"{key}.domain", f"a {d.get('type', 'client')} domain {name!r} is already defined"
+            )
+        seen.add((name, kind))
+        values: dict[str, Any] = {"domain": name, "type": kind}
+        for flag in ("verify_cert", "require_cert"):
+            if flag in d:
+                if not isinstance(d[flag], bool) and d[flag] not in (0, 1):
+                    raise ConfigError(f"{key}.{flag}", "must be true or false")
+                values[flag] = bool(d[flag])
+        for text_key in _DOMAIN_TEXTS:
+            if d.get(text_key) is not None:
+                values[text_key] = _str(d[text_key], f"{key}.{text_key}")
+        for file_key in _DOMAIN_FILES:
+            if d.get(file_key) is not None:
+                values[file_key] = _readable(d[file_key], f"{key}.{file_key}")
+        if kind == 2 and ("certificate" not in values or "private_key" not in values):
+            raise ConfigError(key, "a server domain needs certificate and private_key")
+        domains.append(StaticTlsDomain(**values))
+    return TlsMgm(table_name=table_name, domains=tuple(domains))
 
 
 def parse_config(data: object) -> Config:
@@ -106,8 +191,6 @@ def parse_config(data: object) -> Config:
             spec = parse_static_socket(text)
         except RowError as exc:
             raise ConfigError(f"sockets[{i}]", str(exc)) from None
-        if not spec.supported:
-            raise ConfigError(f"sockets[{i}]", f"transport {spec.proto} not supported yet")
         sockets.append(spec)
     mgm = None
     if top.get("sockets_mgm") is not None:
@@ -159,7 +242,9 @@ def parse_config(data: object) -> Config:
     ack = top.get("worker_ack_timeout", 10.0)
     if isinstance(ack, bool) or not isinstance(ack, int | float) or ack <= 0:
         raise ConfigError("worker_ack_timeout", "must be a number of seconds > 0")
+    tls_mgm = _tls_mgm(top["tls_mgm"]) if top.get("tls_mgm") is not None else TlsMgm()
     return Config(
+        tls_mgm=tls_mgm,
         sockets=tuple(sockets),
         udp_workers=_int(top.get("udp_workers", 8), "udp_workers"),
         tcp_workers=_int(top.get("tcp_workers", 8), "tcp_workers"),

@@ -90,13 +90,11 @@ class Sender:
         else:
             stream = self.tcp.pooled(listener, host, port)
             if stream is None:
-                ip = self._resolve_now(host)
-                if not ip:
-                    c.drop("unresolvable_destination")
-                    return
-                stream = self.tcp.pooled(listener, ip, port)
+                # A name is resolved when connecting (a TLS next hop keeps it for SNI and the name check).
+                stream = self.tcp.open_outbound(listener, sid, host, port)
                 if stream is None:
-                    stream = self.tcp.open_outbound(listener, sid, ip, port)
+                    c.drop("connection_gone")  # WebSocket: only the peer opens connections
+                    return
             try:
                 stream.write(data)
             except ConnectionError:

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import assert_never
 
-from sipproxy.shared.channel import Channel, ChannelClosed
+from sipproxy.shared.channel import Channel, ChannelClosed, read_memory_file
 from sipproxy.shared.control import (
     STATS_PART,
     Ack,
@@ -29,6 +29,8 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    TlsDomains,
+    read_tls_domains_document,
 )
 from sipproxy.shared.socketspec import format_socket
 from sipproxy.sip.engine import SipEngine
@@ -40,9 +42,11 @@ from sipproxy.worker.listeners import Listeners
 from sipproxy.worker.relay import Relay
 from sipproxy.worker.sending import Sender
 from sipproxy.worker.tcp import TcpTransport
+from sipproxy.worker.tls import TlsContexts, TlsTransport
 from sipproxy.worker.transport import Serving, Transport, TransportHost
 from sipproxy.worker.udp import UdpTransport
 from sipproxy.worker.udp_loop import PoolSelector
+from sipproxy.worker.ws import WsTransport
 
 
 @dataclass
@@ -90,8 +94,15 @@ class Worker:
             log=self.log,
         )
         self.tcp = TcpTransport(host)
+        self.tls = TlsContexts(self.log)
         # The transport serving each protocol; the sockets of any other are only sent from.
-        self.transports: dict[str, Transport] = {"udp": UdpTransport(host, selector), "tcp": self.tcp}
+        self.transports: dict[str, Transport] = {
+            "udp": UdpTransport(host, selector),
+            "tcp": self.tcp,
+            "tls": TlsTransport(host, self.tcp, self.tls),
+            "ws": WsTransport(host, self.tcp, self.tls, secure=False),
+            "wss": WsTransport(host, self.tcp, self.tls, secure=True),
+        }
         self.sender = Sender(self.listeners, self.counters, self.tcp)
         self.dispatch = self.sender.dispatch  # bound once: called per message
         self.relay = Relay(relay_prefix, index, self.relayed, self.log)
@@ -168,8 +179,8 @@ class Worker:
 
     async def apply(self, cmd: Command, fd: int | None) -> bool:
         """Apply one control command; False when told to stop."""
-        if fd is not None and not isinstance(cmd, Add):
-            os.close(fd)  # only an Add carries a descriptor
+        if fd is not None and not isinstance(cmd, Add | TlsDomains):
+            os.close(fd)  # only an Add and TlsDomains carry a descriptor
         match cmd:
             case Init():
                 self.engine = SipEngine(
@@ -177,8 +188,18 @@ class Worker:
                     self.listeners,
                     record_route=cmd.record_route,
                     connections=self.connection_ids,
+                    flow_key=bytes.fromhex(cmd.flow_key) if cmd.flow_key else None,
                 )
                 self.tcp.idle_timeout = cmd.tcp_idle_timeout
+            case TlsDomains():
+                if fd is None:
+                    self.log.error("TLS domains generation %d came without its document", cmd.generation)
+                else:
+                    try:
+                        document = read_memory_file(fd, cmd.size)
+                    finally:
+                        os.close(fd)
+                    self.tls.apply(cmd.generation, read_tls_domains_document(document))
             case Add():
                 try:
                     await self.add_socket(cmd, fd)
