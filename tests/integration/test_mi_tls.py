@@ -199,3 +199,25 @@ def test_rotated_certificates_are_used_without_a_restart(
     assert status == 200 and served == der_of(server.cert_pem)
     assert proxy.proc.pid == pid and proxy.proc.poll() is None
     assert "do not load, keeping the previous ones" in proxy.log()
+
+
+def test_unusable_tls_files_stop_start_up_naming_the_key(pki: MiPki, tmp_path: Path) -> None:
+    from tests.integration.test_mi_and_cli import run_cli
+
+    def start_with(tls: dict[str, str]) -> str:
+        config = tmp_path / "p.yaml"
+        config.write_text(json.dumps({"udp_workers": 1, "mi": {"listen": "127.0.0.1:1", "tls": tls}}))
+        result = run_cli("--config", str(config))
+        assert result.returncode == 2, result.stderr
+        return result.stderr
+
+    files = pki.proxy_config()
+    assert "config: mi.tls.client_ca: cannot read /nowhere/ca.crt" in start_with(
+        {**files, "client_ca": "/nowhere/ca.crt"}
+    )
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(pki.authority.server().key_pem)
+    assert "config: mi.tls.certificate: " in start_with({**files, "private_key": str(other_key)})
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    assert "config: mi.tls.client_ca: " in start_with({**files, "client_ca": str(not_pem)})
