@@ -1,4 +1,5 @@
-"""The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP).
+"""The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP, or
+HTTPS with the operator's client certificate when `--mi-tls-ca-file` is set: see `mi_tls.py`).
 
 Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
 `list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
@@ -20,6 +21,7 @@ import aiohttp
 
 from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
 from sipoperator.metrics import Metrics
+from sipoperator.mi_tls import reloading_client_context
 from sipoperator.settings import Settings
 from sipoperator.spec import EndpointKey, row_key
 
@@ -47,6 +49,14 @@ class MIClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # Plain HTTP without a CA: OpenSIPS' own MI, and the local environment without the chart.
+        self._tls = (
+            reloading_client_context(
+                settings.mi_tls_ca_file, settings.mi_tls_cert_file, settings.mi_tls_key_file
+            )
+            if settings.mi_tls_ca_file
+            else None
+        )
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -60,7 +70,8 @@ class MIClient:
 
     def url(self, ip: str, port: int | None = None) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{port or self.settings.mi_port}/{self.settings.mi_root}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{port or self.settings.mi_port}/{self.settings.mi_root}"
 
     async def call(self, ip: str, method: str, wait: float | None = None, *, port: int | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -71,18 +82,28 @@ class MIClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         payload = {"jsonrpc": "2.0", "method": method, "params": {}, "id": next(_ids)}
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            # The pod IP is dialled; the certificate is checked for the fixed name (see mi_tls.py).
+            tls = {"ssl": self._tls.current(), "server_hostname": self.settings.mi_tls_server_name}
         try:
             async with self._sess().post(
                 self.url(ip, port),
                 json=payload,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=wait or self.settings.mi_timeout),
+                **tls,
             ) as resp:
                 if resp.status == 401:
                     raise Unreachable("the MI refused the token (HTTP 401); check the MI token file")
                 if resp.status != 200:
                     raise Unreachable(f"{method}: HTTP {resp.status}")
                 body = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise Unreachable(
+                f"{method}: the proxy's MI certificate is not trusted (CA, or name "
+                f"{self.settings.mi_tls_server_name}): {exc.certificate_error}"
+            ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise Unreachable(f"{method}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         except TimeoutError as exc:

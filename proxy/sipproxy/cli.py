@@ -10,9 +10,12 @@ import signal
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sipproxy.supervisor.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from sipproxy.supervisor.mi.listeners import MiAccess
 
 log = logging.getLogger("sipproxy")
 
@@ -26,10 +29,9 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
 
 
-async def serve(config: Config, token: str | None) -> int:
+async def serve(config: Config, access: MiAccess) -> int:
+    from sipproxy.supervisor.mi.listeners import start_listeners
     from sipproxy.supervisor.mi.methods import make_methods, metrics_text
-    from sipproxy.supervisor.mi.server import make_app
-    from sipproxy.supervisor.mi.server import serve as serve_mi
     from sipproxy.supervisor.supervisor import Supervisor
 
     sup = Supervisor(config, config.log_level)
@@ -37,17 +39,16 @@ async def serve(config: Config, token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = make_app(
-        config.mi.root,
-        make_methods(sup),
-        token,
-        ready=lambda: sup.ready and all(w.alive for w in sup.workers),
-        metrics=lambda: metrics_text(sup),
-    )
     try:
-        runner = await serve_mi(app, config.mi.listen_host, config.mi.listen_port)
+        runners = await start_listeners(
+            config,
+            access,
+            make_methods(sup),
+            ready=lambda: sup.ready and all(w.alive for w in sup.workers),
+            metrics=lambda: metrics_text(sup),
+        )
     except OSError as exc:
-        log.error("mi.listen %s:%s: %s", config.mi.listen_host, config.mi.listen_port, exc)
+        log.error("%s", exc)
         return 1
     code = 0
     try:
@@ -67,7 +68,8 @@ async def serve(config: Config, token: str | None) -> int:
             starting.cancel()
         log.info("stopping")
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await sup.stop()
     return code
 
@@ -162,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        from sipproxy.supervisor.mi.token import load_token
+        from sipproxy.supervisor.mi.listeners import load_access
 
-        try:
-            token = load_token(config.mi.token_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("mi.token_file", str(exc)) from None
+        access = load_access(config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from sipproxy.shared.fdlimit import raise_fd_limit
 
     raise_fd_limit()
-    return _run(serve(config, token))
+    return _run(serve(config, access))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -78,8 +79,15 @@ def pid_alive(pid: int) -> bool:
 class Proxy:
     """One `sipproxy --config` process; MI helpers; SIGTERM stop that checks no process is left."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], token: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        token: str | None = None,
+        client_tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.client_tls = client_tls  # how MI calls are made when the config has mi.tls
         self.ip = loopback_ip()
         self.mi_port = free_port(self.ip)
         config = dict(config)
@@ -100,7 +108,18 @@ class Proxy:
 
     @property
     def mi_url(self) -> str:
-        return f"http://{self.config['mi']['listen']}/{self.config['mi'].get('root', 'mi')}"
+        scheme = "https" if self.config["mi"].get("tls") else "http"
+        return f"{scheme}://{self.config['mi']['listen']}/{self.config['mi'].get('root', 'mi')}"
+
+    @property
+    def probe_listen(self) -> str:
+        """Where /healthz, /readyz and /metrics are: the metrics listener when there is one."""
+        listen: str = (self.config.get("metrics") or {}).get("listen") or self.config["mi"]["listen"]
+        return listen
+
+    def probe_url(self, path: str) -> str:
+        tls = self.config["mi"].get("tls") and not self.config.get("metrics")
+        return f"{'https' if tls else 'http'}://{self.probe_listen}{path}"
 
     def start(self, wait_ready: bool = True) -> Proxy:
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -122,7 +141,7 @@ class Proxy:
         if self.proc.poll() is not None:
             raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(f"http://{self.config['mi']['listen']}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(self.probe_url("/readyz"), timeout=5, context=self.client_tls) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -140,7 +159,7 @@ class Proxy:
         hdrs.update(headers or {})
         req = urllib.request.Request(self.mi_url, data=body, headers=hdrs, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=120) as r:
+            with urllib.request.urlopen(req, timeout=120, context=self.client_tls) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -161,7 +180,7 @@ class Proxy:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://{self.config['mi']['listen']}{path}", timeout=30) as r:
+            with urllib.request.urlopen(self.probe_url(path), timeout=30, context=self.client_tls) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -198,8 +217,13 @@ class Proxy:
 def proxies(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def make(config: dict[str, Any], token: str | None = None, start: bool = True) -> Proxy:
-        proxy = Proxy(tmp_path, config, token)
+    def make(
+        config: dict[str, Any],
+        token: str | None = None,
+        start: bool = True,
+        client_tls: ssl.SSLContext | None = None,
+    ) -> Proxy:
+        proxy = Proxy(tmp_path, config, token, client_tls)
         started.append(proxy)
         return proxy.start() if start else proxy
 

@@ -55,11 +55,31 @@ class TlsMgm:
 
 
 @dataclass(frozen=True)
+class MiTls:
+    """The MI over HTTPS: the proxy's certificate and key (PEM files), and with `client_ca` mutual TLS (a
+    client without a certificate signed by that CA is refused during the handshake)."""
+
+    certificate: str
+    private_key: str
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class MiConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8888
     root: str = "mi"
     token_file: str | None = None
+    tls: MiTls | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """A plain-HTTP listener of its own for /metrics, /healthz and /readyz (Prometheus and the kubelet's
+    probes need no client certificate); the MI listener then serves only JSON-RPC."""
+
+    listen_host: str
+    listen_port: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,7 @@ class Config:
     tcp_workers: int = 8
     sockets_mgm: SocketsMgm | None = None
     mi: MiConfig = field(default_factory=MiConfig)
+    metrics: MetricsConfig | None = None
     routes: tuple[Any, ...] = ()  # raw rules, parsed by sipproxy.sip.routing in every worker
     log_level: str = "info"
     tcp_idle_timeout: float = 120.0
@@ -112,6 +133,7 @@ _TOP = {
     "tcp_workers",
     "sockets_mgm",
     "mi",
+    "metrics",
     "routes",
     "log_level",
     "tcp_idle_timeout",
@@ -210,7 +232,7 @@ def parse_config(data: object) -> Config:
         )
     mi = MiConfig()
     if top.get("mi") is not None:
-        m = _mapping(top["mi"], "mi", {"listen", "root", "token_file"})
+        m = _mapping(top["mi"], "mi", {"listen", "root", "token_file", "tls"})
         host, port = _listen(_str(m.get("listen", "127.0.0.1:8888"), "mi.listen"), "mi.listen")
         root = _str(m.get("root", "mi"), "mi.root").strip("/")
         if not root:
@@ -218,7 +240,28 @@ def parse_config(data: object) -> Config:
         token_file = m.get("token_file")
         if token_file is not None:
             token_file = _str(token_file, "mi.token_file")
-        mi = MiConfig(listen_host=host, listen_port=port, root=root, token_file=token_file)
+        tls = None
+        if m.get("tls") is not None:
+            t = _mapping(m["tls"], "mi.tls", {"certificate", "private_key", "client_ca"})
+            for key in ("certificate", "private_key"):
+                if t.get(key) is None:
+                    raise ConfigError(f"mi.tls.{key}", "is required with mi.tls (a PEM file)")
+            client_ca = t.get("client_ca")
+            tls = MiTls(
+                certificate=_str(t["certificate"], "mi.tls.certificate"),
+                private_key=_str(t["private_key"], "mi.tls.private_key"),
+                client_ca=None if client_ca is None else _str(client_ca, "mi.tls.client_ca"),
+            )
+        mi = MiConfig(listen_host=host, listen_port=port, root=root, token_file=token_file, tls=tls)
+    metrics = None
+    if top.get("metrics") is not None:
+        m = _mapping(top["metrics"], "metrics", {"listen"})
+        if m.get("listen") is None:
+            raise ConfigError("metrics.listen", "is required with metrics (host:port)")
+        host, port = _listen(_str(m["listen"], "metrics.listen"), "metrics.listen")
+        if (host, port) == (mi.listen_host, mi.listen_port):
+            raise ConfigError("metrics.listen", "must differ from mi.listen")
+        metrics = MetricsConfig(listen_host=host, listen_port=port)
     routes = top.get("routes", [])
     if routes is None:
         routes = []
@@ -250,6 +293,7 @@ def parse_config(data: object) -> Config:
         tcp_workers=_int(top.get("tcp_workers", 8), "tcp_workers"),
         sockets_mgm=mgm,
         mi=mi,
+        metrics=metrics,
         routes=tuple(routes),
         log_level=log_level,
         tcp_idle_timeout=float(idle),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ import pytest
 from devenv import images
 from devenv.localcluster import LocalCluster, chart
 from devenv.processes import free_port
+from tests.e2e.chart_support import mi_refuses_strangers
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -62,10 +64,11 @@ class Release:
         self.c = cluster
         self.built = built
         self.workdir = workdir
-        self.mi_port = free_port()
+        self.mi_port = free_port(cluster.node_ip)
+        self.metrics_port = free_port(cluster.node_ip)
 
     def values(self, **proxy_overrides: Any) -> dict[str, Any]:
-        return chart.values(self.built, self.mi_port, **proxy_overrides)
+        return chart.values(self.built, self.mi_port, self.metrics_port, **proxy_overrides)
 
     def helm(self, command: str, values: dict[str, Any]) -> None:
         chart.helm(self.c, command, values, self.workdir / f"values-{command}.json", NS, RELEASE)
@@ -141,6 +144,12 @@ def test_sipsocket_applied_with_kubectl_is_answered_on_the_node_address(release:
     assert proxy["status"]["podIP"] == release.c.node_ip
     operator = release.ready_pod("operator")
     assert operator["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
+    # The MI on the node's address answers only the operator's certificate (mutual TLS, the chart's own
+    # CA); the probes and /metrics are plain HTTP on the metrics port.
+    assert mi_refuses_strangers(f"{release.c.node_ip}:{release.mi_port}")
+    metrics = f"http://{release.c.node_ip}:{release.metrics_port}/metrics"
+    with urllib.request.urlopen(metrics, timeout=10) as r:
+        assert r.status == 200 and b"sipproxy_" in r.read()
     port = free_port(release.c.node_ip)
     release.apply_sipsocket("first", port)
     release.sipsocket_ready("first")

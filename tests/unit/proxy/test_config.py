@@ -146,6 +146,18 @@ routes:
         ({"sockets": "udp:127.0.0.1"}, "config: sockets: must be a list"),
         ({"routes": {"a": 1}}, "config: routes: must be a list"),
         ({"log_level": "loud"}, "config: log_level"),
+        ({"mi": {"tls": {"private_key": "/k"}}}, "config: mi.tls.certificate: is required"),
+        ({"mi": {"tls": {"certificate": "/c"}}}, "config: mi.tls.private_key: is required"),
+        (
+            {"mi": {"tls": {"certificate": "/c", "private_key": "/k", "ca": "/a"}}},
+            "config: mi.tls.ca: unknown",
+        ),
+        ({"mi": {"tls": {"certificate": "/c", "private_key": "/k", "client_ca": ""}}}, "mi.tls.client_ca"),
+        ({"mi": {"tls": "on"}}, "config: mi.tls: must be a mapping"),
+        ({"metrics": {}}, "config: metrics.listen: is required"),
+        ({"metrics": {"listen": "x"}}, "config: metrics.listen: must be host:port"),
+        ({"metrics": {"listen": "127.0.0.1:8888"}}, "config: metrics.listen: must differ from mi.listen"),
+        ({"metrics": {"listen": "127.0.0.1:9", "path": "/m"}}, "config: metrics.path: unknown key"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
@@ -173,3 +185,22 @@ def test_the_example_config_is_valid() -> None:
     assert [s.socket_str for s in cfg.sockets] == ["udp:127.0.0.1:5060"]
     assert cfg.sockets_mgm is not None and cfg.sockets_mgm.db_url == "sqlite:///.dev/proxy.db"
     assert (cfg.mi.listen_host, cfg.mi.listen_port) == ("127.0.0.1", 8888)
+
+
+def test_mi_tls_and_the_metrics_listener() -> None:
+    cfg = parse_config(
+        {
+            "mi": {"listen": "[fd00::7]:8888", "tls": {"certificate": "/c.pem", "private_key": "/k.pem"}},
+            "metrics": {"listen": "[fd00::7]:8889"},
+        }
+    )
+    assert cfg.mi.tls is not None
+    assert (cfg.mi.tls.certificate, cfg.mi.tls.private_key, cfg.mi.tls.client_ca) == (
+        "/c.pem",
+        "/k.pem",
+        None,
+    )
+    assert cfg.metrics is not None and (cfg.metrics.listen_host, cfg.metrics.listen_port) == ("fd00::7", 8889)
+    with_ca = parse_config({"mi": {"tls": {"certificate": "/c", "private_key": "/k", "client_ca": "/ca"}}})
+    assert with_ca.mi.tls is not None and with_ca.mi.tls.client_ca == "/ca"
+    assert parse_config({}).metrics is None and parse_config({}).mi.tls is None
