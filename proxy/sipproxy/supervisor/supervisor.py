@@ -16,7 +16,7 @@ from typing import Any
 
 from sipproxy.shared.control import Init
 from sipproxy.shared.counters import SocketCounters
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
 from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.supervisor.binding import bind_socket
 from sipproxy.supervisor.config import Config
@@ -180,6 +180,10 @@ class Supervisor:
                 if spec.key not in unsupported_seen:
                     unsupported_seen.add(spec.key)
                     failed.append(self._new_failed(spec, row, UNSUPPORTED))
+            elif (unreachable := unreachable_reason(spec)) is not None:
+                if spec.key not in unsupported_seen:
+                    unsupported_seen.add(spec.key)
+                    failed.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
             else:
                 rows_by_key.setdefault(spec.key, row)
                 wanted.append(spec)

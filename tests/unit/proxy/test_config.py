@@ -77,6 +77,12 @@ routes:
         ({"sockets": ["udp:127.0.0.1:0"]}, r"config: sockets\[0\]: .*out of range"),
         ({"sockets": ["tls:127.0.0.1:5061"]}, r"config: sockets\[0\]: transport tls not supported yet"),
         ({"sockets": "udp:127.0.0.1"}, "config: sockets: must be a list"),
+        (
+            {"sockets": ["udp:0.0.0.0:5060 tag public"]},
+            r"config: sockets\[0\]: udp:0.0.0.0:5060 tag public: a wildcard address \(0.0.0.0\) needs an "
+            "advertised address",
+        ),
+        ({"sockets": ["tcp:[::]:5060"]}, r"config: sockets\[0\]: .*a wildcard address \(::\)"),
         ({"routes": {"a": 1}}, "config: routes: must be a list"),
         ({"log_level": "loud"}, "config: log_level"),
     ],
@@ -106,3 +112,9 @@ def test_the_example_config_is_valid() -> None:
     assert [s.socket_str for s in cfg.sockets] == ["udp:127.0.0.1:5060"]
     assert cfg.sockets_mgm is not None and cfg.sockets_mgm.db_url == "sqlite:///.dev/proxy.db"
     assert (cfg.mi.listen_host, cfg.mi.listen_port) == ("127.0.0.1", 8888)
+
+
+def test_a_wildcard_socket_with_an_advertised_address_is_accepted() -> None:
+    config = parse_config({"sockets": ["udp:0.0.0.0:5060 as 203.0.113.10 tag public"]})
+    [spec] = config.sockets
+    assert (spec.host, spec.advertised_host, spec.advertised_port) == ("0.0.0.0", "203.0.113.10", 5060)
