@@ -22,8 +22,8 @@ from sipproxy.shared.socketspec import (
     SocketSpec,
     format_socket,
     parse_row,
-    unreachable_reason,
     transport_layer,
+    unreachable_reason,
 )
 
 _HOSTNAME = re.compile(

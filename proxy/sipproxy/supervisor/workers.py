@@ -34,6 +34,7 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    Update,
     decode_reply,
 )
 from sipproxy.shared.counters import SocketCounters
@@ -160,6 +161,13 @@ class WorkerPool:
         for w in self.handles:
             for entry in entries:
                 await self._send_add(w, entry)
+
+    async def update(self, entries: list[Entry]) -> None:
+        """Sent to every worker that has the socket; applied once a following `sync` is answered."""
+        for w in self.handles:
+            for entry in entries:
+                assert entry.spec is not None
+                await self._send(w, Update(entry.sid, listener_of(entry.spec)))
 
     async def remove(self, entries: list[Entry]) -> None:
         """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""
