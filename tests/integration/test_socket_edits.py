@@ -49,7 +49,7 @@ def test_edits_of_advertised_tag_and_tos_keep_the_socket_and_its_calls(
         text=True,
     )  # fmt: skip
     try:
-        edits = [
+        edits: list[dict[str, str | None]] = [
             {"advertised": "203.0.113.7"},
             {"advertised": "203.0.113.8:5999", "tag": "core"},
             {"tos": "IPTOS_LOWDELAY"},
