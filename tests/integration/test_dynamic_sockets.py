@@ -142,7 +142,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
     assert udp_options(ip, busy_port) is not None
 
 
-def test_changed_row_is_replaced_in_a_new_slot(
+def test_changed_row_is_updated_in_place_or_replaced_in_a_new_slot(
     proxies: Callable[..., Proxy], sqlite_table: SocketsTable
 ) -> None:
     proxy = proxies(mgm_config(sqlite_table))
@@ -150,10 +150,17 @@ def test_changed_row_is_replaced_in_a_new_slot(
     port = free_port(ip)
     sqlite_table.add(f"udp:{ip}:{port}", tag="old")
     first = proxy.call("sockets_reload")["added"][0]
+    # Another tag: the same open socket in the same slot (OpenSIPS would rebind it).
     sqlite_table.set(f"udp:{ip}:{port}", tag="new")
     result = proxy.call("sockets_reload")
-    assert [e["tag"] for e in result["removed"]] == ["old"]
-    assert [e["tag"] for e in result["added"]] == ["new"]
+    assert result["removed"] == [] and result["added"] == []
+    assert [(e["tag"], e["slot"]) for e in result["updated"]] == [("new", first["slot"])]
+    assert udp_options(ip, port) is not None
+    # Other flags: the socket is bound anew, in a new slot.
+    sqlite_table.set(f"udp:{ip}:{port}", flags="reuse_port")
+    result = proxy.call("sockets_reload")
+    assert [e["tag"] for e in result["removed"]] == ["new"]
+    assert [e.get("flags") for e in result["added"]] == ["reuse_port"]
     assert result["added"][0]["slot"] != first["slot"]
     assert udp_options(ip, port) is not None
 

@@ -141,6 +141,23 @@ class Add:
 
 
 @dataclass(frozen=True, slots=True)
+class Update:
+    """The socket `sid` now has other advertised address, tag or ToS: the same open socket, so the worker
+    keeps its descriptor and only takes the new listener (no datagram is lost, no connection closed)."""
+
+    op: ClassVar[str] = "update"
+    sid: int
+    listener: Listener
+
+    def wire(self) -> dict[str, Any]:
+        return {"sid": self.sid, "listener": listener_to_wire(self.listener)}
+
+    @classmethod
+    def read(cls, f: _Fields) -> Self:
+        return cls(f.number("sid"), f.listener("listener"))
+
+
+@dataclass(frozen=True, slots=True)
 class Remove:
     op: ClassVar[str] = "remove"
     sid: int
@@ -248,11 +265,11 @@ class Error:
         return cls(f.number("sid"), f.text("error"))
 
 
-Command = Init | Add | Remove | Sync | Stats | Stop | TlsDomains
+Command = Init | Add | Update | Remove | Sync | Stats | Stop | TlsDomains
 Reply = Ack | StatsPart | StatsReply | Error
 Message = Command | Reply
 
-COMMANDS: tuple[type[Command], ...] = (Init, Add, Remove, Sync, Stats, Stop, TlsDomains)
+COMMANDS: tuple[type[Command], ...] = (Init, Add, Update, Remove, Sync, Stats, Stop, TlsDomains)
 REPLIES: tuple[type[Reply], ...] = (Ack, StatsPart, StatsReply, Error)
 _COMMAND_OPS: dict[str, type[Command]] = {cls.op: cls for cls in COMMANDS}
 _REPLY_OPS: dict[str, type[Reply]] = {cls.op: cls for cls in REPLIES}

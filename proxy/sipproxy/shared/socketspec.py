@@ -249,6 +249,29 @@ def parse_row(
     )
 
 
+UNSPECIFIED = frozenset(("0.0.0.0", "::"))
+
+
+def unreachable_reason(spec: SocketSpec) -> str | None:
+    """Why peers could not reach back a socket that the proxy would otherwise serve, or None.
+
+    A wildcard socket (`0.0.0.0`, `::`) receives on every address of the host, but our Via and Record-Route
+    name one address, which must be one peers can reach: without `advertised` they would name 0.0.0.0, and
+    in-dialog requests from the callee would never come back. So it needs an advertised address (parsing
+    stays lenient, as OpenSIPS' is: the operator's conflict checks read such rows too)."""
+    if spec.advertised_host in UNSPECIFIED:
+        return (
+            f"advertised address {spec.advertised_host} is not one a peer can send to; "
+            "advertise the address peers reach this socket on"
+        )
+    if spec.host in UNSPECIFIED and spec.advertised_host is None:
+        return (
+            f"a wildcard address ({spec.host}) needs an advertised address, the one peers reach this socket "
+            f"on: without it our Via and Record-Route would name {spec.host}"
+        )
+    return None
+
+
 def parse_static_socket(text: str, resolve: Resolver = default_resolver) -> SocketSpec:
     """Config syntax: `tcp:10.0.0.1:5060 as 203.0.113.1:5060 tag core use_workers 2 reuse_port`."""
     words = text.split()

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_static_socket
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_static_socket, unreachable_reason
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -213,6 +213,9 @@ def parse_config(data: object) -> Config:
             spec = parse_static_socket(text)
         except RowError as exc:
             raise ConfigError(f"sockets[{i}]", str(exc)) from None
+        unreachable = unreachable_reason(spec)
+        if unreachable is not None:
+            raise ConfigError(f"sockets[{i}]", f"{text}: {unreachable} (`as HOST[:PORT]`)")
         sockets.append(spec)
     mgm = None
     if top.get("sockets_mgm") is not None:

@@ -17,10 +17,10 @@ from typing import Any
 
 from sipproxy.shared.control import Init, tls_domains_document
 from sipproxy.shared.counters import SocketCounters
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
 from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.sip.flowtoken import new_key
-from sipproxy.supervisor.binding import bind_socket
+from sipproxy.supervisor.binding import bind_socket, set_tos
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry, ReloadResult
@@ -213,9 +213,14 @@ class Supervisor:
         failed: list[Entry] = []
         wanted: list[SocketSpec] = []
         rows_by_key: dict[object, Row] = {}
+        unreachable_seen: set[object] = set()
         for row, spec in parsed:
             if isinstance(spec, RowError):
                 failed.append(self._new_failed(None, row, str(spec)))
+            elif (unreachable := unreachable_reason(spec)) is not None:
+                if spec.key not in unreachable_seen:
+                    unreachable_seen.add(spec.key)
+                    failed.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
             else:
                 rows_by_key.setdefault(spec.key, row)
                 wanted.append(spec)
@@ -236,6 +241,14 @@ class Supervisor:
                 if entry.slot is not None:
                     self.slots.release(entry.slot)
                 entry.state = "removed"
+        updated: list[Entry] = []
+        for sid, spec in diff.updated:
+            # The same open socket with other advertised address, tag or ToS: nothing is rebound.
+            entry = self.entries[sid]
+            if entry.spec is not None and spec.tos != entry.spec.tos:
+                set_tos(entry.sock, spec)  # shared by every worker's descriptor of it
+            entry.spec, entry.row = spec, rows_by_key.get(spec.key)
+            updated.append(entry)
         added: list[Entry] = []
         for spec in diff.added:
             spec_row = rows_by_key.get(spec.key)
@@ -252,20 +265,21 @@ class Supervisor:
             entry = Entry(next(self._sids), "dynamic", spec, row=spec_row, slot=slot, sock=sock)
             self.entries[entry.sid] = entry
             added.append(entry)
-        if added:
+        if added or updated:
             await self.pool.add(added)
+            await self.pool.update(updated)
             for w in await self.pool.sync(limit=ack_timeout):
                 reason = (
                     f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
                     "it is being replaced"
                 )
-                for entry in added:
+                for entry in added + updated:
                     if w.serves(entry):
                         entry.lagging[w.name] = reason
                 await self.pool.replace_unresponsive(w)
         self.failed = failed
         kept = [self.entries[sid] for sid in diff.kept]
-        return ReloadResult(added, removed, kept, failed)
+        return ReloadResult(added, removed, kept, failed, updated)
 
     def _replaced(self, w: WorkerHandle) -> None:
         """A replacement worker has every current socket: it no longer lags on any."""

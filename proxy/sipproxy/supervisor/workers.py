@@ -35,6 +35,7 @@ from sipproxy.shared.control import (
     Stop,
     Sync,
     TlsDomains,
+    Update,
     decode_reply,
 )
 from sipproxy.shared.counters import SocketCounters
@@ -166,6 +167,13 @@ class WorkerPool:
         for w in self.handles:
             for entry in entries:
                 await self._send_add(w, entry)
+
+    async def update(self, entries: list[Entry]) -> None:
+        """Sent to every worker that has the socket; applied once a following `sync` is answered."""
+        for w in self.handles:
+            for entry in entries:
+                assert entry.spec is not None
+                await self._send(w, Update(entry.sid, listener_of(entry.spec)))
 
     async def remove(self, entries: list[Entry]) -> None:
         """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""

@@ -30,6 +30,7 @@ from sipproxy.shared.control import (
     Stop,
     Sync,
     TlsDomains,
+    Update,
     read_tls_domains_document,
 )
 from sipproxy.shared.socketspec import format_socket
@@ -148,14 +149,44 @@ class Worker:
             sock.setblocking(False)
             self.sender.udp_send[listener] = sock
         if sock is not None and cmd.serve:
-            transport = self.transports.get(listener.proto)
-            if transport is None:
-                raise ValueError(f"no {listener.proto} transport in this worker")
-            # The transport gets its own descriptor of the same open socket, so that closing either never
-            # pulls the other out from under it.
-            serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
-            entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
-            entry.server = await transport.serve(serve_sock, listener, sid)
+            await self._serve(entry, sock)
+
+    async def _serve(self, entry: WorkerSocket, sock: socket.socket) -> None:
+        transport = self.transports.get(entry.listener.proto)
+        if transport is None:
+            raise ValueError(f"no {entry.listener.proto} transport in this worker")
+        # The transport gets its own descriptor of the same open socket, so that closing either never pulls
+        # the other out from under it.
+        serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+        entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
+        entry.server = await transport.serve(serve_sock, entry.listener, entry.sid)
+
+    async def update_socket(self, cmd: Update) -> None:
+        """Same open socket, new advertised address, tag or ToS: the listener changes, the socket stays."""
+        entry = self.sockets.get(cmd.sid)
+        if entry is None:
+            return
+        old, new = entry.listener, cmd.listener
+        self.listeners.remove(old)
+        if self.listeners.sid_of(old) is None:
+            self.engine.listener_removed(old)
+        self.listeners.add(new, cmd.sid)
+        self.engine.listener_added(new)
+        udp_send = self.sender.udp_send
+        if entry.sock is not None and udp_send.get(old) is entry.sock:
+            del udp_send[old]
+            udp_send[new] = entry.sock
+        entry.listener = new
+        if entry.server is None or entry.sock is None:
+            return
+        # A new descriptor of the same socket is served before the old one is let go: what waits in the socket
+        # (datagrams, connections not yet accepted) stays there for whichever reads first. Connections already
+        # accepted keep the listener they were accepted on.
+        old_server, old_fd = entry.server, entry.serve_fd
+        await self._serve(entry, entry.sock)
+        old_server.close()
+        if old_fd is not None:
+            await wait_fd_closed(*old_fd)
 
     async def remove_socket(self, sid: int) -> None:
         entry = self.sockets.pop(sid, None)
@@ -206,6 +237,8 @@ class Worker:
                 except Exception as exc:
                     self.log.exception("cannot take socket %s", cmd.listener)
                     await self.channel.send(Error(cmd.sid, str(exc)))
+            case Update():
+                await self.update_socket(cmd)
             case Remove():
                 await self.remove_socket(cmd.sid)
             case Sync():

@@ -83,7 +83,10 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     },
     "routesAndTuning": {
         "proxy": {
-            "sockets": ["udp:0.0.0.0:5060 tag public", "tcp:0.0.0.0:5060 tag public"],
+            "sockets": [
+                "udp:0.0.0.0:5060 as 203.0.113.10 tag public",
+                "tcp:0.0.0.0:5060 as 203.0.113.10 tag public",
+            ],
             "udpWorkers": 2,
             "tcpWorkers": 3,
             "socketsMgm": {"processes": 4, "maxSockets": 500},

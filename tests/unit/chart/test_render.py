@@ -143,7 +143,10 @@ def proxy_config(r: Rendered) -> dict[str, Any]:
 def test_proxy_config_is_generated_from_values() -> None:
     config = proxy_config(rendered(OPTION_SETS["routesAndTuning"]))
     assert config == {
-        "sockets": ["udp:0.0.0.0:5060 tag public", "tcp:0.0.0.0:5060 tag public"],
+        "sockets": [
+            "udp:0.0.0.0:5060 as 203.0.113.10 tag public",
+            "tcp:0.0.0.0:5060 as 203.0.113.10 tag public",
+        ],
         "udp_workers": 2,
         "tcp_workers": 3,
         "sockets_mgm": {"db_url": "", "table_name": "carrier_sockets", "processes": 4, "max_sockets": 500},
@@ -252,7 +255,7 @@ def test_a_config_change_rolls_the_proxy_pods() -> None:
     base = checksum({})
     assert checksum({}) == base
     assert checksum({"proxy": {"udpWorkers": 4}}) != base
-    assert checksum({"proxy": {"sockets": ["udp:0.0.0.0:5070"]}}) != base
+    assert checksum({"proxy": {"sockets": ["udp:0.0.0.0:5070 as 203.0.113.10"]}}) != base
 
 
 def test_database_url_comes_from_a_secret_never_a_configmap() -> None:

@@ -88,6 +88,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 def udp(address: str, port: int, **spec: Any) -> dict[str, Any]:
+    if address in ("0.0.0.0", "::"):  # a wildcard needs the address peers reach it on
+        spec.setdefault("advertised", {"address": "203.0.113.10"})
     return {"protocol": "udp", "address": address, "port": port, **spec}
 
 

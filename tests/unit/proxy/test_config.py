@@ -144,6 +144,12 @@ routes:
             r"config: tls_mgm.domains\[0\].certificate_file: unknown key",
         ),
         ({"sockets": "udp:127.0.0.1"}, "config: sockets: must be a list"),
+        (
+            {"sockets": ["udp:0.0.0.0:5060 tag public"]},
+            r"config: sockets\[0\]: udp:0.0.0.0:5060 tag public: a wildcard address \(0.0.0.0\) needs an "
+            "advertised address",
+        ),
+        ({"sockets": ["tcp:[::]:5060"]}, r"config: sockets\[0\]: .*a wildcard address \(::\)"),
         ({"routes": {"a": 1}}, "config: routes: must be a list"),
         ({"log_level": "loud"}, "config: log_level"),
         ({"mi": {"tls": {"private_key": "/k"}}}, "config: mi.tls.certificate: is required"),
@@ -204,3 +210,9 @@ def test_mi_tls_and_the_metrics_listener() -> None:
     with_ca = parse_config({"mi": {"tls": {"certificate": "/c", "private_key": "/k", "client_ca": "/ca"}}})
     assert with_ca.mi.tls is not None and with_ca.mi.tls.client_ca == "/ca"
     assert parse_config({}).metrics is None and parse_config({}).mi.tls is None
+
+
+def test_a_wildcard_socket_with_an_advertised_address_is_accepted() -> None:
+    config = parse_config({"sockets": ["udp:0.0.0.0:5060 as 203.0.113.10 tag public"]})
+    [spec] = config.sockets
+    assert (spec.host, spec.advertised_host, spec.advertised_port) == ("0.0.0.0", "203.0.113.10", 5060)

@@ -61,6 +61,7 @@ def reload_dict(result: ReloadResult, warn: Callable[[Entry], str | None] = lamb
         "added": [entry_dict(e, warning=warn(e)) for e in result.added],
         "removed": [entry_dict(e) for e in result.removed],
         "kept": [entry_dict(e, warning=warn(e)) for e in result.kept],
+        "updated": [entry_dict(e, warning=warn(e)) for e in result.updated],
         "failed": [
             {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
         ],
