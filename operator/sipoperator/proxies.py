@@ -33,10 +33,10 @@ METHOD_NOT_FOUND = -32601
 MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
-# The MI commands the operator needs, each by its names from the oldest OpenSIPS that has it. The 3.6 name comes
-# first: OpenSIPS 3.6, the only release with runtime sockets so far, knows nothing else, and the newer releases
-# (and sipproxy) still answer it as an alias, so every proxy known today answers the first call. The newer
-# name is the fallback for a proxy that has dropped the aliases.
+# The MI commands the operator needs, each by its names, oldest OpenSIPS first. The 3.6 name comes first:
+# OpenSIPS 3.6 knows nothing else, and the newer releases (and sipproxy) still answer it as an alias, so every
+# proxy known today answers the first call. The newer name is the fallback for a proxy that dropped the
+# aliases.
 MI_NAMES: dict[str, tuple[str, ...]] = {
     "reload": ("sockets_reload", "sockets_mgm:reload"),
     "list": ("sockets_list", "sockets_mgm:list"),
@@ -208,8 +208,8 @@ class ProxyPod:
         return await self.client.call(self.ip, method, port=self.mi_port)
 
     async def _call_command(self, command: str) -> Any:
-        """`command` (a key of MI_NAMES) by the name this pod answers to: the known one, else each name in turn
-        while the proxy says -32601 (method not found)."""
+        """`command` (a key of MI_NAMES) by the name this pod answers to: the known one, else each name in
+        turn while the proxy says -32601 (method not found)."""
         known = self.mi_names.get(command)
         if known is not None:
             return await self._call(known)

@@ -1,6 +1,6 @@
-"""OpenSIPS after 3.6 names the sockets_mgm MI commands `sockets_mgm:reload` and `sockets_mgm:list`: the operator
-serves a proxy that knows only those, asking it by the 3.6 name once and then by the name that worked, and a
-proxy that knows the 3.6 names is never asked anything else."""
+"""OpenSIPS after 3.6 names the sockets_mgm MI commands `sockets_mgm:reload` and `sockets_mgm:list`: the
+operator serves a proxy that knows only those, asking it by the 3.6 name once and then by the name that
+worked, and a proxy that knows the 3.6 names is never asked anything else."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from sipoperator.settings import Settings
 from sipoperator.status import StatusWriter
 from sipoperator.store import Store
 from tests.unit.operator.servers import FakeAPI, FakeMI
-
 
 
 @pytest.fixture
