@@ -19,7 +19,8 @@ def test_the_policy_checks_only_creation_and_names_the_release_namespace() -> No
         ["CREATE"],
     )
     [validation] = policy["spec"]["validations"]
-    assert "authorizer.serviceAccount(request.namespace, 'sipsockets-proxy-fleet')" in validation["expression"]
+    expression = validation["expression"]
+    assert "authorizer.serviceAccount(request.namespace, 'sipsockets-proxy-fleet')" in expression
     assert "serves namespace voip" in validation["messageExpression"]
     assert "kubectl apply -n voip" in validation["messageExpression"]
 
@@ -27,7 +28,8 @@ def test_the_policy_checks_only_creation_and_names_the_release_namespace() -> No
 def test_the_marker_grants_a_verb_on_an_api_that_does_not_exist_to_a_name_only() -> None:
     r = rendered()
     role = r.one("Role", "-proxy-fleet")
-    assert role["rules"] == [{"apiGroups": ["sipsockets.io"], "resources": ["proxyfleets"], "verbs": ["serve"]}]
+    marker = {"apiGroups": ["sipsockets.io"], "resources": ["proxyfleets"], "verbs": ["serve"]}
+    assert role["rules"] == [marker]
     binding = r.one("RoleBinding", "-proxy-fleet")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "sipsockets-proxy-fleet", "namespace": "voip"}
