@@ -1,5 +1,5 @@
-"""A SipSocket nobody serves says so at apply time: the chart's ValidatingAdmissionPolicy refuses SipSockets in
-a namespace that no release serves, naming the release's namespace, while two releases never refuse each
+"""A SipSocket nobody serves says so at apply time: the chart's ValidatingAdmissionPolicy refuses SipSockets
+in a namespace that no release serves, naming the release's namespace, while two releases never refuse each
 other's SipSockets; helm uninstall takes the refusal away."""
 
 from __future__ import annotations
