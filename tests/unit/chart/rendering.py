@@ -74,6 +74,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     },
     "monitoring": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "dashboards": {"enabled": True},
         "networkPolicy": {"miExtraFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     },
     "routesAndTuning": {
