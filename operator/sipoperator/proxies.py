@@ -3,6 +3,8 @@ HTTPS with the operator's client certificate when `--mi-tls-ca-file` is set: see
 
 Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
 `list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
+OpenSIPS after 3.6 names the two required commands `sockets_mgm:reload` and `sockets_mgm:list` (the 3.6 names
+stay as aliases); each pod is asked by the 3.6 name first and, on -32601, by the newer one, which it keeps.
 Reloads and listings are coalesced per pod: callers that ask while one is running share the next one, so a
 thousand SipSockets reconciling at once cost a handful of reloads, never a thousand.
 """
@@ -33,6 +35,14 @@ METHOD_NOT_FOUND = -32601
 MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
+# The MI commands the operator needs, each by its names, oldest OpenSIPS first. The 3.6 name comes first:
+# OpenSIPS 3.6 knows nothing else, and the newer releases (and sipproxy) still answer it as an alias, so every
+# proxy known today answers the first call. The newer name is the fallback for a proxy that dropped the
+# aliases.
+MI_NAMES: dict[str, tuple[str, ...]] = {
+    "reload": ("sockets_reload", "sockets_mgm:reload"),
+    "list": ("sockets_list", "sockets_mgm:list"),
+}
 
 
 class Unreachable(Exception):
@@ -208,6 +218,8 @@ class ProxyPod:
     static: list[str] | None = None
     capacity: int | None = None
     opensips: bool | None = None
+    # command -> the name this pod answered to (MI_NAMES); learnt once per process, like `static`
+    mi_names: dict[str, str] = field(default_factory=dict)
     _reload: Coalesced[Any] = field(init=False)
     _listing: Coalesced[Listed] = field(init=False)
 
@@ -218,10 +230,30 @@ class ProxyPod:
     async def _call(self, method: str) -> Any:
         return await self.client.call(self.ip, method, port=self.mi_port)
 
+    async def _call_command(self, command: str) -> Any:
+        """`command` (a key of MI_NAMES) by the name this pod answers to: the known one, else each name in
+        turn while the proxy says -32601 (method not found)."""
+        known = self.mi_names.get(command)
+        if known is not None:
+            return await self._call(known)
+        names = MI_NAMES[command]
+        for name in names[:-1]:
+            try:
+                result = await self._call(name)
+            except MIError as exc:
+                if exc.code != METHOD_NOT_FOUND:
+                    raise
+                continue
+            self.mi_names[command] = name
+            return result
+        result = await self._call(names[-1])
+        self.mi_names[command] = names[-1]
+        return result
+
     async def _do_reload(self) -> Any:
         started = time.monotonic()
         try:
-            result = await self._call("sockets_reload")
+            result = await self._call_command("reload")
         except (Unreachable, MIError):
             self.metrics.reloads.inc(result="error")
             raise
@@ -230,7 +262,7 @@ class ProxyPod:
         return result
 
     async def _do_list(self) -> Listed:
-        return parse_listing(await self._call("sockets_list"), self.opensips)
+        return parse_listing(await self._call_command("list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()

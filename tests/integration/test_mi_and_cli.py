@@ -199,3 +199,21 @@ def test_sigterm_stops_every_process_and_releases_the_sockets(
         u.bind((ip, static_port))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
         t.bind((ip, dyn_port))
+
+
+def test_the_sockets_mgm_commands_answer_by_their_newer_names_too(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    """OpenSIPS after 3.6 calls them sockets_mgm:reload and sockets_mgm:list; either name does the same."""
+    proxy = proxies(
+        {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
+    )
+    ip = loopback_ip()
+    port = free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{port}")
+    added = proxy.call("sockets_mgm:reload")["added"]
+    assert [e["socket"] for e in added] == [f"udp:{ip}:{port}"]
+    assert proxy.call("sockets_reload")["kept"] == added
+    assert proxy.call("sockets_mgm:list") == proxy.call("sockets_list") == added
+    reply = udp_options(ip, port)
+    assert reply is not None and reply.startswith(b"SIP/2.0 200")

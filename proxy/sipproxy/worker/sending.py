@@ -76,6 +76,8 @@ class Sender:
             c = self.counters_for(sid)
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
+        if data.startswith(b"INVITE "):
+            c.fwd_invites += 1
 
     def _send_stream(
         self, data: bytes, listener: Listener, host: str, port: int, connection: Any, sid: int
@@ -102,6 +104,8 @@ class Sender:
                 return
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
+        if data.startswith(b"INVITE "):
+            c.fwd_invites += 1
 
     def _resolve_now(self, host: str) -> str | None:
         """The address for host: itself when a literal, "" when known unresolvable, None when unknown."""

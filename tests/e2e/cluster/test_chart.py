@@ -6,6 +6,7 @@ bundled PostgreSQL run as pods from the images built in this run, and the user-v
   database alone;
 - the operator pod deleted right after a SipSocket is applied: its replacement finishes the work;
 - `helm upgrade` changing the proxy config rolls the proxy pod and the sockets come back;
+- `helm test` sends an OPTIONS to every Ready SipSocket and names each one that answered;
 - `helm uninstall` leaves no pod behind, and the CRD stays.
 
 The tests of this module share one release and run in file order; each uses sockets of its own.
@@ -200,6 +201,21 @@ def test_helm_upgrade_of_the_proxy_config_rolls_pods_and_sockets_return(release:
     for name in ("first", "recreate-0", "recreate-1", "midway"):
         obj = release.sipsocket_ready(name)
         assert release.answered(int(obj["spec"]["port"]))
+
+
+def test_helm_test_names_every_ready_sipsocket_that_answered(release: Release) -> None:
+    c = release.c
+    names = ("first", "recreate-0", "recreate-1", "midway")
+    ports = {name: int(release.sipsocket_ready(name)["spec"]["port"]) for name in names}
+    out = c.helm("test", RELEASE, "--namespace", NS, "--logs", "--timeout", "5m", timeout=400).stdout
+    lines = [line.strip() for line in out.splitlines()]
+    for name, port in ports.items():
+        assert f"answered    {name}  udp {c.node_ip}:{port}: SIP/2.0 200 OK" in lines, out
+    assert f"4 of 4 probed Ready SipSockets in namespace {NS} answered" in lines, out
+    # The test Pod stays after `helm test` so that its report can be read (Helm deletes a hook before
+    # `--logs` reads it otherwise), until the next `helm test` replaces it; `helm uninstall` leaves hooks
+    # alone, so it is removed here as a user would.
+    c.kubectl("delete", "pod", f"{RELEASE}-test", "-n", NS, "--wait=true", timeout=180)
 
 
 def test_helm_uninstall_leaves_no_pod_and_keeps_the_crd(release: Release) -> None:

@@ -76,9 +76,12 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
         "proxy": {"podDisruptionBudget": {"enabled": False}, "unprivilegedPorts": False},
         "database": {"initSchema": False},
         "networkPolicy": {"enabled": False},
+        "admissionPolicy": {"enabled": False},
+        "tests": {"enabled": False},
     },
     "monitoring": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "dashboards": {"enabled": True},
         "networkPolicy": {"miExtraFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     },
     "routesAndTuning": {

@@ -174,10 +174,11 @@ def test_a_malformed_command_is_refused_naming_the_problem(data: bytes, problem:
         (
             b'{"op": "stats_reply", "seq": 1, "counters": {"udp:127.0.0.1:5060": [1, 2, 3]}}',
             "control message 'stats_reply': field 'counters': socket 'udp:127.0.0.1:5060': "
-            "counters must be a list of 5 items",
+            "counters must be a list of 6 items",
         ),
         (
-            b'{"op": "stats_part", "counters": {"udp:127.0.0.1:5060": [1, 2, 3, 4, {"parse_error": "x"}]}}',
+            b'{"op": "stats_part", "counters": '
+            b'{"udp:127.0.0.1:5060": [1, 2, 3, 4, {"parse_error": "x"}, 0]}}',
             "control message 'stats_part': field 'counters': socket 'udp:127.0.0.1:5060': "
             "counters: drops must map reasons to integers >= 0",
         ),
