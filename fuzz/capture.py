@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from fuzz.sanitized import ROOT
-from tests.integration.conftest import Proxy, free_port, loopback_ip, wait_for
+from tests.integration.conftest import Proxy, free_port, loopback_ip
 
 OUT = ROOT / "fuzz" / "corpus" / "sip"
 HARNESS_IP, HARNESS_PORT = "127.0.0.1", 5060
@@ -83,7 +83,8 @@ def capture(workdir: Path) -> list[bytes]:
                     uac_trace = workdir / f"uac-{uac_transport}-{transport}.log"
                     local = loopback_ip()
                     service = "uas" if transport == "udp" else "tcpuas"
-                    args = ["-sn", "uac", f"{ip}:{port}", "-s", service, "-i", local, "-p", str(free_port(local))]
+                    args = ["-sn", "uac", f"{ip}:{port}", "-s", service]
+                    args += ["-i", local, "-p", str(free_port(local))]
                     args += ["-m", str(CALLS), "-r", "5", "-timeout", "30s", "-timeout_error"]
                     if sipp(args, uac_trace, uac_transport).wait(timeout=60) != 0:
                         raise RuntimeError(f"SIPp uac over {uac_transport} to a {transport} uas failed")
@@ -91,7 +92,6 @@ def capture(workdir: Path) -> list[bytes]:
             finally:
                 uas.terminate()
                 uas.wait(timeout=10)
-            wait_for(lambda trace=trace: trace.exists(), f"{trace}", 10)  # type: ignore[misc]
             messages += sent_messages(trace)
         for transport in ("udp", "tcp"):
             local = loopback_ip()

@@ -35,7 +35,10 @@ class InstrumentedLoader(importlib.machinery.SourceFileLoader):
         self.instrument = instrument
 
     def get_code(self, fullname: str) -> CodeType:
-        return self.instrument(super().get_code(fullname))
+        code = super().get_code(fullname)
+        if code is None:
+            raise ImportError(f"no code for {fullname}", name=fullname)
+        return self.instrument(code)
 
 
 class PureCoreFinder(importlib.abc.MetaPathFinder):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -33,12 +32,12 @@ from pathlib import Path
 from fuzz.sanitized import BUILD, ROOT, build_scanner, sanitized_env
 
 HARNESSES = {"sip": "fuzz.sip_engine", "mi": "fuzz.mi_rpc", "rows": "fuzz.socket_rows"}
+CORPUS = ROOT / "fuzz" / "corpus"
 SEEDS = {
-    "sip": [ROOT / "fuzz" / "corpus" / "sip", ROOT / "tests" / "data" / "rfc4475"],
-    "mi": [ROOT / "fuzz" / "corpus" / "mi"],
-    "rows": [ROOT / "fuzz" / "corpus" / "rows"],
+    "sip": [(CORPUS / "sip", "*.sip"), (ROOT / "tests" / "data" / "rfc4475", "*.dat")],
+    "mi": [(CORPUS / "mi", "*.json")],
+    "rows": [(CORPUS / "rows", "*.txt")],
 }
-SEED_SUFFIXES = {".dat", ".sip", ".json", ".txt", ""}
 # Per harness: the longest input and the memory limit (ASan's quarantine and shadow memory need room).
 LIMITS = {"sip": ["-max_len=4096", "-rss_limit_mb=4096"], "mi": ["-max_len=4096"], "rows": ["-max_len=512"]}
 # libFuzzer dictionaries: tokens the harness' code compares in C (json's scanner), where atheris sees nothing.
@@ -65,10 +64,8 @@ def seed(corpus: Path, harness: str) -> int:
     """Copy the committed seeds into the working corpus (named by content, as libFuzzer names its own)."""
     corpus.mkdir(parents=True, exist_ok=True)
     copied = 0
-    for folder in SEEDS[harness]:
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if not path.is_file() or path.suffix not in SEED_SUFFIXES or path.name.startswith("."):
-                continue
+    for folder, pattern in SEEDS[harness]:
+        for path in sorted(folder.glob(pattern)):
             data = path.read_bytes()
             target = corpus / hashlib.sha1(data).hexdigest()
             if not target.exists():
@@ -144,8 +141,11 @@ def report(name: str, result: Result, log: Path) -> None:
         flush=True,
     )
     for path in result.artifacts:
-        print(f"{name}: failing input saved as {path} (replay: python -m fuzz.run "
-              f"{name.split()[0]} --replay {path})", flush=True)
+        print(
+            f"{name}: failing input saved as {path} (replay: python -m fuzz.run "
+            f"{name.split(maxsplit=1)[0]} --replay {path})",
+            flush=True,
+        )
 
 
 def replay(harness: str, path: Path) -> int:
@@ -182,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     coverage = "off" if args.explore else args.python_coverage
     phases.append(("run", limit, coverage))
     executed = 0
-    for phase, budget, mode in phases:
+    for phase, planned, mode in phases:
+        budget = planned
         if phase == "run" and args.runs is not None and executed:
-            budget = [f"-runs={max(args.runs - executed, 1)}", *budget[1:]]
+            budget = [f"-runs={max(args.runs - executed, 1)}", *planned[1:]]
         log = logs / f"{args.harness}-{stamp}-{phase}.log"
         result = run_libfuzzer(args.harness, corpus, budget, mode, log, args.extra)
         executed += result.executed

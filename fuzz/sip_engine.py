@@ -57,7 +57,9 @@ TCP4 = Listener("tcp", "127.0.0.1", 5060)
 UDP6 = Listener("udp", "::1", 5060)
 TCP6 = Listener("tcp", "::1", 5062)
 CORE = Listener("udp", "127.0.0.2", 5070, tag="core")
-PUBLIC = Listener("udp", "127.0.0.3", 5060, advertised_host="sbc.example.net", advertised_port=5099, tag="pub")
+PUBLIC = Listener(
+    "udp", "127.0.0.3", 5060, advertised_host="sbc.example.net", advertised_port=5099, tag="pub"
+)
 LISTENERS = (UDP4, TCP4, UDP6, TCP6, CORE, PUBLIC)
 ARRIVALS = (UDP4, TCP4, PUBLIC, UDP4, UDP6, CORE)
 UAC = ("127.0.0.10", 5061)

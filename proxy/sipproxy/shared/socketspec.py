@@ -132,9 +132,10 @@ def _ip_literal(text: str) -> str | None:
 
 
 def _ascii_number(text: str) -> int | None:
-    """The value of a decimal number in ASCII digits, else None. `str.isdigit` alone also accepts `²` or
-    `١`, on which int() raises ValueError (not RowError) or reads another digit, and int() refuses more
-    than 4300 digits: each would have failed a whole reload instead of refusing one row."""
+    """The value of a decimal number in ASCII digits, else None. `str.isdigit` alone also accepts `²`
+    (U+00B2) or the Arabic-Indic digits, on which int() raises ValueError (not RowError) or reads another
+    digit, and int() refuses more than 4300 digits: each would have failed a whole reload instead of
+    refusing one row."""
     if not (text.isascii() and text.isdigit()):
         return None
     digits = text.lstrip("0") or "0"

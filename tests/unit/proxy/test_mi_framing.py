@@ -101,7 +101,8 @@ async def test_invalid_requests(client: TestClient[Any, Any], request_body: Any)
 async def test_what_is_not_strict_json_is_a_parse_error(client: TestClient[Any, Any], raw: bytes) -> None:
     """Found by the MI fuzz harness (fuzz/mi_rpc.py): these raised, or were answered with invalid JSON."""
     status, body = await call(client, raw, raw=True)
-    assert status == 200 and body == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+    assert status == 200
+    assert body == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
 
 
 async def test_an_id_json_cannot_write_back_is_an_invalid_request(client: TestClient[Any, Any]) -> None:
