@@ -148,6 +148,11 @@ def report(name: str, result: Result, log: Path) -> None:
         )
 
 
+def corpus_stats(harness: str, corpus: Path) -> int:
+    cmd = [sys.executable, "-m", HARNESSES[harness], "--stats", str(corpus)]
+    return subprocess.run(cmd, env=harness_env(harness, "off"), check=False).returncode
+
+
 def replay(harness: str, path: Path) -> int:
     cmd = [sys.executable, "-m", HARNESSES[harness], "-runs=1", str(path)]
     return subprocess.run(cmd, env=harness_env(harness, "off"), check=False).returncode
@@ -164,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--corpus", type=Path, help="working corpus (default build/fuzz/corpus/HARNESS)")
     parser.add_argument("--replay", type=Path, help="run one saved input and exit")
+    parser.add_argument("--stats", action="store_true", help="sip: which path answered each corpus input")
     parser.add_argument("extra", nargs="*", help="more libFuzzer flags (after --)")
     args = parser.parse_args(argv)
     if args.replay is not None:
         return replay(args.harness, args.replay)
+    if args.stats and args.harness == "sip":
+        return corpus_stats(args.harness, args.corpus or BUILD / "corpus" / args.harness)
     if args.runs is None and args.seconds is None:
         parser.error("give --runs or --seconds: a run must be bounded")
     corpus: Path = args.corpus or BUILD / "corpus" / args.harness

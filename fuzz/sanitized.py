@@ -43,23 +43,28 @@ def scanner_path() -> Path:
     return EXT_DIR / f"_scan{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
-def build_scanner(force: bool = False) -> Path:
-    """The sanitized scanner, rebuilt when `_scan.c` is newer than it."""
-    out = scanner_path()
-    if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return out
+def build_extension(source: Path, out: Path) -> Path:
+    """Compile one C extension module with the sanitizer and coverage flags."""
     clang = shutil.which("clang")
     if clang is None:
         raise BuildError("clang is needed to build the sanitized scanner (Debian package `clang`)")
-    EXT_DIR.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     include = sysconfig.get_paths()["include"]
     tmp = out.with_suffix(".tmp")
-    cmd = [clang, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp)]
+    cmd = [clang, *FLAGS, f"-I{include}", str(source), "-o", str(tmp)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed:\n{done.stderr}")
     tmp.replace(out)
     return out
+
+
+def build_scanner(force: bool = False) -> Path:
+    """The sanitized scanner, rebuilt when `_scan.c` is newer than it."""
+    out = scanner_path()
+    if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return out
+    return build_extension(SOURCE, out)
 
 
 def runtime_library() -> Path:

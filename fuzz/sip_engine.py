@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+from pathlib import Path
 
 import atheris
 
@@ -48,7 +50,9 @@ else:
     use_pure_core(SCANNER, lambda code: atheris.patch_code(code, dataflow))
 
 from sipproxy.sip.engine import Listener, Outcome, SipEngine  # noqa: E402
+from sipproxy.sip import scanned_path  # noqa: E402
 from sipproxy.sip.routing import parse_routes  # noqa: E402
+from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE  # noqa: E402
 
 check_pure_core(SCANNER)
 
@@ -119,7 +123,42 @@ def test_one_input(data: bytes) -> None:
     check(data)
 
 
+def scanned_path_answers(data: bytes) -> bool:
+    """Whether the scanned path (not the general path behind it) answered `data` in `check`."""
+    scanned, _ = PAIRS[len(data) & 1]
+    listener = ARRIVALS[(len(data) >> 1) % len(ARRIVALS)]
+    body = data.lstrip(b"\r\n")
+    if body[:4] == b"SIP/":
+        found = SCAN_RESPONSE(body) if SCAN_RESPONSE is not None else None
+        return found is not None and scanned_path.response(scanned.state, found) is not None
+    found_request = SCAN_REQUEST(body, UAC[0], UAC[1]) if SCAN_REQUEST is not None else None
+    if found_request is None:
+        return False
+    conn = CONNECTION if listener.proto == "tcp" else None
+    return scanned_path.request(scanned.state, body, found_request, listener, conn) is not None
+
+
+def corpus_stats(folder: Path) -> None:
+    """What a corpus holds: how many inputs the scanned path answered, the rest by the general path's
+    outcome. Every input is checked as while fuzzing."""
+    counts: Counter[str] = Counter()
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        outcome = check(data)
+        counts["inputs"] += 1
+        counts["responses" if data.lstrip(b"\r\n")[:4] == b"SIP/" else "requests"] += 1
+        if scanned_path_answers(data):
+            counts["scanned path"] += 1
+        else:
+            counts[f"general path: {outcome.drop_reason or 'forwarded'}"] += 1
+    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+        print(f"{count:8d}  {name}")
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[1] == "--stats":
+        corpus_stats(Path(argv[2]))
+        return
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
 

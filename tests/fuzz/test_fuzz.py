@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from fuzz.mi_rpc import Violation as MiViolation
 from fuzz.mi_rpc import check_response
 from fuzz.run import SEEDS
+from fuzz.sanitized import build_extension, sanitized_env
 from fuzz.socket_rows import check as check_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +49,32 @@ def test_short_fuzz_run_finds_nothing(harness: str, tmp_path: Path) -> None:
     assert summary is not None, output[-3000:]
     inputs, edges, _ = (int(x) for x in summary.groups())
     assert inputs > 0 and edges > 0, summary.group(0)
+
+
+@pytest.mark.parametrize(
+    ("call", "report"),
+    [
+        ("faulty.read_past_end(b'abc')", "ERROR: AddressSanitizer"),
+        ("faulty.overflow(5)", "runtime error: signed integer overflow"),
+    ],
+)
+def test_the_harness_setup_stops_on_a_memory_error_or_undefined_behaviour(
+    call: str, report: str, tmp_path: Path
+) -> None:
+    """The flags and the environment that the SIP harness builds and runs the scanner with catch both kinds
+    of bug, on a C extension that has one of each: the process aborts with the sanitizer's report."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    build_extension(Path(__file__).parent / "data" / "faulty.c", tmp_path / f"faulty{suffix}")
+    done = subprocess.run(
+        [sys.executable, "-c", f"import faulty; {call}"],
+        cwd=tmp_path,
+        env=sanitized_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and report in done.stderr, done.stderr[-3000:]
 
 
 def test_seeds_are_committed_and_small() -> None:
