@@ -49,8 +49,8 @@ else:
     dataflow = PYTHON_COVERAGE == "full"
     use_pure_core(SCANNER, lambda code: atheris.patch_code(code, dataflow))
 
-from sipproxy.sip.engine import Listener, Outcome, SipEngine  # noqa: E402
 from sipproxy.sip import scanned_path  # noqa: E402
+from sipproxy.sip.engine import Listener, Outcome, SipEngine  # noqa: E402
 from sipproxy.sip.routing import parse_routes  # noqa: E402
 from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE  # noqa: E402
 
