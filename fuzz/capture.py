@@ -4,7 +4,9 @@
 
 The run is the integration tier's (tests/integration/test_calls.py): a real `sipproxy` process with a UDP
 and a TCP socket on its own loopback address, SIPp's built-in `uac` calling through it to SIPp's built-in
-`uas`, over UDP, TCP and across the two, and SIPp OPTIONS pings to the proxy itself. Both SIPp ends run
+`uas`, and a caller and callee that keep the proxy's Record-Route as their route set
+(fuzz/scenarios/dialog.xml, answer.xml), over UDP, TCP and across the two, and SIPp OPTIONS pings to the
+proxy itself. Both SIPp ends run
 with `-trace_msg`; every message a SIPp end *sent* is one the proxy received (the uac's requests, and the
 uas' responses carrying the proxy's Via), so those are the seeds.
 
@@ -30,6 +32,13 @@ OUT = ROOT / "fuzz" / "corpus" / "sip"
 HARNESS_IP, HARNESS_PORT = "127.0.0.1", 5060
 RECORD = re.compile(rb"^-{40,} [^\n]*\n(\w+) message sent \((\d+) bytes\):\n\n", re.M)
 CALLS = 2  # per transport pair: each call is INVITE, 180, 200, ACK, BYE, 200 at the proxy
+SCENARIOS = ROOT / "fuzz" / "scenarios"
+# SIPp's built-in caller and callee, whose ACK and BYE carry no Route; and a caller and callee that keep the
+# proxy's Record-Route as the dialog's route set, so the proxy also receives loose-routed in-dialog requests.
+CALLERS = [
+    ("builtin", ["-sn", "uac"], ["-sn", "uas"]),
+    ("dialog", ["-sf", str(SCENARIOS / "dialog.xml")], ["-sf", str(SCENARIOS / "answer.xml")]),
+]
 
 
 def sent_messages(trace: Path) -> list[bytes]:
@@ -75,24 +84,26 @@ def capture(workdir: Path) -> list[bytes]:
     proxy = Proxy(workdir, config).start()
     messages: list[bytes] = []
     try:
-        for transport in ("udp", "tcp"):
-            trace = workdir / f"uas-{transport}.log"
-            uas = sipp(["-sn", "uas", "-i", uas_ip, "-p", str(uas_ports[transport])], trace, transport)
-            try:
-                for uac_transport in ("udp", "tcp"):
-                    uac_trace = workdir / f"uac-{uac_transport}-{transport}.log"
-                    local = loopback_ip()
-                    service = "uas" if transport == "udp" else "tcpuas"
-                    args = ["-sn", "uac", f"{ip}:{port}", "-s", service]
-                    args += ["-i", local, "-p", str(free_port(local))]
-                    args += ["-m", str(CALLS), "-r", "5", "-timeout", "30s", "-timeout_error"]
-                    if sipp(args, uac_trace, uac_transport).wait(timeout=60) != 0:
-                        raise RuntimeError(f"SIPp uac over {uac_transport} to a {transport} uas failed")
-                    messages += sent_messages(uac_trace)
-            finally:
-                uas.terminate()
-                uas.wait(timeout=10)
-            messages += sent_messages(trace)
+        for kind, uac_scenario, uas_scenario in CALLERS:
+            for transport in ("udp", "tcp"):
+                trace = workdir / f"{kind}-uas-{transport}.log"
+                args = [*uas_scenario, "-i", uas_ip, "-p", str(uas_ports[transport])]
+                uas = sipp(args, trace, transport)
+                try:
+                    for uac_transport in ("udp", "tcp"):
+                        uac_trace = workdir / f"{kind}-uac-{uac_transport}-{transport}.log"
+                        local = loopback_ip()
+                        service = "uas" if transport == "udp" else "tcpuas"
+                        args = [*uac_scenario, f"{ip}:{port}", "-s", service]
+                        args += ["-i", local, "-p", str(free_port(local))]
+                        args += ["-m", str(CALLS), "-r", "5", "-timeout", "30s", "-timeout_error"]
+                        if sipp(args, uac_trace, uac_transport).wait(timeout=60) != 0:
+                            raise RuntimeError(f"SIPp {kind} uac over {uac_transport} to {transport} failed")
+                        messages += sent_messages(uac_trace)
+                finally:
+                    uas.terminate()
+                    uas.wait(timeout=10)
+                messages += sent_messages(trace)
         for transport in ("udp", "tcp"):
             local = loopback_ip()
             trace = workdir / f"options-{transport}.log"
