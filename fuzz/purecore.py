@@ -42,9 +42,10 @@ class InstrumentedLoader(importlib.machinery.SourceFileLoader):
 
 
 class PureCoreFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, scanner: Path | None, instrument: Instrument | None) -> None:
+    def __init__(self, scanner: Path | None, instrument: Instrument | None, sources: bool = True) -> None:
         self.scanner = scanner
         self.instrument = instrument
+        self.sources = sources
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -60,7 +61,7 @@ class PureCoreFinder(importlib.abc.MetaPathFinder):
             )
             return importlib.util.spec_from_file_location(fullname, self.scanner, loader=loader)
         source = CORE / f"{name}.py"
-        if "." in name or not source.exists():
+        if not self.sources or "." in name or not source.exists():
             return None
         if self.instrument is None:
             loader = importlib.machinery.SourceFileLoader(fullname, str(source))
@@ -69,20 +70,22 @@ class PureCoreFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source, loader=loader)
 
 
-def use_pure_core(scanner: Path | None, instrument: Instrument | None = None) -> None:
-    """Must run before anything imports the SIP core; `instrument` patches each module's bytecode."""
+def use_pure_core(scanner: Path | None, instrument: Instrument | None = None, sources: bool = True) -> None:
+    """Must run before anything imports the SIP core; `instrument` patches each module's bytecode.
+    `sources=False` keeps the compiled modules (as the proxy runs them) and replaces the scanner only."""
     loaded = [name for name in sys.modules if name.startswith(PACKAGE)]
     if loaded:
         raise RuntimeError(f"the SIP core is already imported ({', '.join(sorted(loaded))})")
-    sys.meta_path.insert(0, PureCoreFinder(scanner, instrument))
+    sys.meta_path.insert(0, PureCoreFinder(scanner, instrument, sources))
 
 
-def check_pure_core(scanner: Path | None) -> None:
-    """Fail loudly if the compiled core slipped in anyway: the fuzzer would be blind to its branches."""
+def check_pure_core(scanner: Path | None, sources: bool = True) -> None:
+    """Fail loudly if the core or the scanner is not the one asked for: with the compiled core where
+    its sources were wanted, the fuzzer would be blind to the engine's branches."""
     from sipproxy.sip import engine, scan
 
-    if not str(engine.__file__).endswith(".py"):
-        raise RuntimeError(f"sipproxy.sip.engine came from {engine.__file__}, not its source")
+    if str(engine.__file__).endswith(".py") != sources:
+        raise RuntimeError(f"sipproxy.sip.engine came from {engine.__file__}")
     if scanner is not None and scan.SCAN_REQUEST is None:
         raise RuntimeError(f"the sanitized scanner {scanner} did not load")
     if scanner is not None:

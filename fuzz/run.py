@@ -14,8 +14,9 @@ build/fuzz/crashes/HARNESS/ and the command exits non-zero naming it; replay it 
 
 `--explore S` (sip only) splits the run in two: S seconds with the engine's Python code instrumented
 (atheris counts its branches and traces its comparisons: the fuzzer learns the grammar, but each input
-costs about ten times more), then the rest of the --runs budget with only the scanner's C branches as
-guide, starting from the corpus the first phase grew. Every input of both phases is checked the same way.
+costs ten to thirty times more), then the rest of the --runs budget on the mypyc-compiled core the proxy
+runs, with only the scanner's C branches as guide, starting from the corpus the first phase grew. Every
+input of both phases is checked the same way (both paths, equal outcomes, no exception, sanitized scanner).
 """
 
 from __future__ import annotations
@@ -165,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, help="stop after this many seconds")
     parser.add_argument("--explore", type=int, default=0, help="sip: seconds with Python coverage first")
     parser.add_argument(
-        "--python-coverage", choices=("full", "branches", "off"), default="full", help="sip: instrumentation"
+        "--python-coverage",
+        choices=("full", "branches", "off", "compiled"),
+        default="full",
+        help="sip: the engine's Python code with branches and comparisons traced, branches only, not "
+        "instrumented, or the mypyc-compiled core the proxy runs (the last two: guided by the scanner's C "
+        "branches)",
     )
     parser.add_argument("--corpus", type=Path, help="working corpus (default build/fuzz/corpus/HARNESS)")
     parser.add_argument("--replay", type=Path, help="run one saved input and exit")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         phases.append(("explore", [f"-max_total_time={args.explore}"], "full"))
     limit = [f"-runs={args.runs}"] if args.runs is not None else []
     limit += [f"-max_total_time={args.seconds}"] if args.seconds is not None else []
-    coverage = "off" if args.explore else args.python_coverage
+    coverage = "compiled" if args.explore else args.python_coverage
     phases.append(("run", limit, coverage))
     executed = 0
     for phase, planned, mode in phases:

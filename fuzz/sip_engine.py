@@ -40,11 +40,13 @@ from fuzz.purecore import check_pure_core, use_pure_core
 from fuzz.sanitized import scanner_path
 
 SCANNER = scanner_path()
-# fuzz/run.py --python-coverage: "full" (branches and comparisons), "branches", or "off" (the fuzzer is then
-# guided by the scanner's C branches alone, about ten times faster: the mode of long runs' later phase).
+# fuzz/run.py --python-coverage: "full" (branches and comparisons), "branches", "off" (sources, not
+# instrumented) or "compiled" (the mypyc-compiled core, as the proxy runs it: the mode of a long run's later
+# phase). With the last two the fuzzer is guided by the scanner's C branches alone, many times faster.
 PYTHON_COVERAGE = os.environ.get("SIPSOCKETS_FUZZ_PYTHON_COVERAGE", "full")
-if PYTHON_COVERAGE == "off":
-    use_pure_core(SCANNER)
+SOURCES = PYTHON_COVERAGE != "compiled"
+if PYTHON_COVERAGE in ("off", "compiled"):
+    use_pure_core(SCANNER, sources=SOURCES)
 else:
     dataflow = PYTHON_COVERAGE == "full"
     use_pure_core(SCANNER, lambda code: atheris.patch_code(code, dataflow))
@@ -54,7 +56,7 @@ from sipproxy.sip.engine import Listener, Outcome, SipEngine  # noqa: E402
 from sipproxy.sip.routing import parse_routes  # noqa: E402
 from sipproxy.sip.scan import SCAN_REQUEST, SCAN_RESPONSE  # noqa: E402
 
-check_pure_core(SCANNER)
+check_pure_core(SCANNER, SOURCES)
 
 UDP4 = Listener("udp", "127.0.0.1", 5060)
 TCP4 = Listener("tcp", "127.0.0.1", 5060)
