@@ -18,7 +18,10 @@ Setup (fuzz/run.py does all of it; run harnesses through it, not directly):
   libFuzzer learns the header names and values the code compares against);
 - `sipproxy.sip._scan` is the scanner built with clang and `-fsanitize=address,undefined,fuzzer-no-link`
   into build/fuzz/ext (fuzz/sanitized.py), so coverage also counts the scanner's C branches;
-- the process runs with atheris' `asan_with_fuzzer.so` in LD_PRELOAD and `PYTHONMALLOC=malloc`.
+- the process runs with atheris' `asan_with_fuzzer.so` in LD_PRELOAD and `PYTHONMALLOC=malloc`;
+- `SIPSOCKETS_FUZZ_PYTHON_COVERAGE` (`--python-coverage`) chooses how the core runs: instrumented sources
+  (`full`, `branches`), plain sources (`off`), or the mypyc-compiled modules with only the scanner replaced
+  (`compiled`: the code the proxy runs, the fastest; a long run's later phase).
 
 The configuration an input runs under is chosen from its length, so the inputs stay plain SIP messages
 (seeds are captures, reproducers are readable) while mutations still reach every configuration: the low
