@@ -140,7 +140,7 @@ def scanned_path_answers(data: bytes) -> bool:
     if found_request is None:
         return False
     conn = CONNECTION if listener.proto == "tcp" else None
-    return scanned_path.request(scanned.state, body, found_request, listener, conn) is not None
+    return scanned_path.request(scanned.state, body, found_request, listener, UAC, conn) is not None
 
 
 def corpus_stats(folder: Path) -> None:
