@@ -101,7 +101,9 @@ class Stream:
 def engines(routes: object) -> tuple[SipEngine, SipEngine]:
     rules = parse_routes(routes)
     view = StaticListeners()
-    return SipEngine(rules, view), SipEngine(rules, view, scan=False)
+    # One flow key for both: the tokens they write in a stream request's Via must be the same.
+    key = bytes(range(32))
+    return SipEngine(rules, view, flow_key=key), SipEngine(rules, view, scan=False, flow_key=key)
 
 
 PAIRS = (engines(ROUTES), engines(None))
