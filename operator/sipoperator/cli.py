@@ -56,7 +56,7 @@ async def run(settings: Settings) -> None:
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings, settings.peering)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
     handlers.register(registry, rec, settings.peering)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]

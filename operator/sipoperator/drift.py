@@ -1,4 +1,5 @@
-"""Does a proxy pod need a `sockets_reload` (pure)? Its listing is compared with what the table says."""
+"""Does a proxy pod need a `sockets_reload` (pure)? Its listing is compared with what the table says. And a
+`tls_reload`: has it applied this object's tls_mgm row as it is now?"""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def needs_reload(
         return True
     # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
     return table_sockets(listed.entries) != table
+
+
+def needs_tls_reload(applied: str | None, domain: str | None) -> bool:
+    """`applied`: the digest of our domain row that the pod's last tls_reload (by this process) saw; `domain`:
+    the row's digest now (None: we have none). A pod never asked by this process is asked once: it may have
+    missed a reload before the operator restarted."""
+    return domain is not None and applied != domain

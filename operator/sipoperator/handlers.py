@@ -127,6 +127,14 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
                 "proxy pod %s missed the reload after deleting %s: %s", pod, body.metadata.name, error
             )
 
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    def watch_secrets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        """A renewed, replaced or deleted Secret: the SipSockets referencing it run a pass (new domain row,
+        tls_reload); the others are not woken. The pass reads the Secret itself: nothing is kept here."""
+        deleted = event.get("type") == "DELETED"
+        version = None if deleted else str(body.metadata.get("resourceVersion") or "")
+        rec.secret_changed(str(body.metadata.name), version)
+
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         name = str(body.metadata.name)

@@ -1,7 +1,8 @@
 """The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP).
 
 Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
-`list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
+`list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise);
+`tls_reload` (OpenSIPS's tls_mgm in database mode, and ours) is called for SipSockets with TLS domains.
 Reloads and listings are coalesced per pod: callers that ask while one is running share the next one, so a
 thousand SipSockets reconciling at once cost a handful of reloads, never a thousand.
 """
@@ -186,11 +187,18 @@ class ProxyPod:
     capacity: int | None = None
     opensips: bool | None = None
     _reload: Coalesced[Any] = field(init=False)
+    _tls_reload: Coalesced[Any] = field(init=False)
     _listing: Coalesced[Listed] = field(init=False)
 
     def __post_init__(self) -> None:
         self._reload = Coalesced(self._do_reload)
+        self._tls_reload = Coalesced(self._do_tls_reload)
         self._listing = Coalesced(self._do_list)
+
+    @property
+    def key(self) -> str:
+        """Names this pod's process: a pod that restarts or moves is another key."""
+        return f"{self.name}/{self.uid}"
 
     async def _call(self, method: str) -> Any:
         return await self.client.call(self.ip, method, port=self.mi_port)
@@ -206,11 +214,31 @@ class ProxyPod:
         self.metrics.reload_seconds.observe(time.monotonic() - started)
         return result
 
+    async def _do_tls_reload(self) -> Any:
+        try:
+            result = await self._call("tls_reload")
+        except MIError as exc:
+            self.metrics.tls_reloads.inc(result="error")
+            if exc.code == METHOD_NOT_FOUND:
+                raise MIError(
+                    exc.code, "the proxy has no MI tls_reload, so it cannot serve TLS domains"
+                ) from exc
+            raise
+        except Unreachable:
+            self.metrics.tls_reloads.inc(result="error")
+            raise
+        self.metrics.tls_reloads.inc(result="ok")
+        return result
+
     async def _do_list(self) -> Listed:
         return parse_listing(await self._call("sockets_list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()
+
+    async def tls_reload(self) -> Any:
+        """Re-read the TLS domains: new connections get them, established ones keep theirs."""
+        return await self._tls_reload()
 
     async def listing(self) -> Listed:
         return await self._listing()
@@ -297,13 +325,16 @@ class Fleet:
     def static_sockets(self) -> list[tuple[str, str]]:
         return [(p.name, s) for p in self.ready() for s in p.static or ()]
 
-    async def reload_all(self) -> dict[str, str]:
-        """Reload every ready pod concurrently; pod -> error for those that failed."""
+    async def reload_all(self, tls: bool = False) -> dict[str, str]:
+        """Reload every ready pod concurrently, and with `tls` then its TLS domains (after rows were removed:
+        the socket goes before its certificate); pod -> error for those that failed."""
         errors: dict[str, str] = {}
 
         async def one(pod: ProxyPod) -> None:
             try:
                 await pod.reload()
+                if tls:
+                    await pod.tls_reload()
             except (Unreachable, MIError) as exc:
                 errors[pod.name] = str(exc)
 

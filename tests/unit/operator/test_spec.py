@@ -14,7 +14,8 @@ from sipproxy.shared.socketspec import parse_row
     ("protocol", "port"), [("udp", 5060), ("tcp", 5060), ("tls", 5061), ("ws", 80), ("wss", 443)]
 )
 def test_port_defaults_per_protocol(protocol: str, port: int) -> None:
-    got = validate({"protocol": protocol, "address": "10.0.5.20"})
+    tls = {"tls": {"secretName": "edge-tls"}} if protocol in ("tls", "wss") else {}
+    got = validate({"protocol": protocol, "address": "10.0.5.20", **tls})
     assert got.port == port
     assert got.socket == f"{protocol}:10.0.5.20:{port}"
 

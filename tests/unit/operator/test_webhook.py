@@ -34,12 +34,14 @@ def request(
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
 
 
-async def served(db_url: str) -> tuple[Reconciler, TestClient[Any, Any], list[Callable[[], Any]]]:
+async def served(
+    db_url: str, kube: KubeClient | None = None
+) -> tuple[Reconciler, TestClient[Any, Any], list[Callable[[], Any]]]:
     settings = Settings(namespace="voip", db_url=db_url)
     store, metrics = Store(db_url, timeout=2), Metrics()
     fleet = Fleet(settings, metrics)
-    kube = KubeClient(lambda: None)  # the webhook writes no status
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    kube = kube or KubeClient(lambda: None)  # the webhook writes no status; it reads Secrets
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
     client = TestClient(TestServer(Webhook(rec).app(), host="127.0.0.1"))
     await client.start_server()
     return rec, client, [client.close, kube.close, fleet.client.close, store.close]
