@@ -50,7 +50,7 @@ async def _serve(app: web.Application, listen: str, what: str, ssl_context: obje
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    store = Store(settings.db_url, settings.table_name)
+    store = Store(settings.db_url, settings.table_name, tls_table_name=settings.tls_table_name)
     fleet = Fleet(settings, metrics)
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()

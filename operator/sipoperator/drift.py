@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sipoperator.conditions import LISTENING, PENDING
 from sipoperator.proxies import Listed
@@ -36,3 +37,17 @@ def needs_tls_reload(applied: str | None, domain: str | None) -> bool:
     the row's digest now (None: we have none). A pod never asked by this process is asked once: it may have
     missed a reload before the operator restarted."""
     return domain is not None and applied != domain
+
+
+def tls_failure(result: Any, domain: str) -> str | None:
+    """Why a pod's `tls_reload` left our domain out, from its answer (ours: `{"generation", "loaded",
+    "failed": [{"domain", "kind", "source", "error"}]}`); None when it did not say (OpenSIPS answers "OK")."""
+    failed = result.get("failed") if isinstance(result, Mapping) else None
+    for item in failed if isinstance(failed, list) else ():
+        if (
+            isinstance(item, Mapping)
+            and item.get("domain") == domain
+            and item.get("kind", "server") == "server"
+        ):
+            return str(item.get("error") or "failed")
+    return None

@@ -33,7 +33,7 @@ from sipoperator import conditions as cond
 from sipoperator import domains, orphans, refs, schedule
 from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal, resolve_refs
 from sipoperator.domains import DomainRow, same_domain
-from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets
+from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets, tls_failure
 from sipoperator.kube import KubeError
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
@@ -307,7 +307,7 @@ class Reconciler:
             wanted,
             table,
             force_reload=step.written.changed or step.removed.socket,
-            domain=step.domain.digest() if step.domain is not None else None,
+            domain=step.domain,
             tls_force=step.removed.domain or step.written.domain_changed,
             memo=memo,
         )
@@ -439,22 +439,25 @@ class Reconciler:
         wanted: DesiredSocket,
         table: frozenset[str] | None,
         force_reload: bool,
-        domain: str | None,
+        domain: DomainRow | None,
         tls_force: bool,
         memo: Memo,
     ) -> list[cond.PodResult]:
-        """`table`: the socket texts the table has (None when unknown: the database is down). `domain`: the
-        digest of our tls_mgm row (None: none); a pod that has not applied it gets `tls_reload` first, and
-        every pod does with `tls_force` (tls_mgm changed in this pass)."""
+        """`table`: the socket texts the table has (None when unknown: the database is down). `domain`: our
+        tls_mgm row (None: none); a pod that has not applied it gets `tls_reload` first, and every pod does
+        with `tls_force` (tls_mgm changed in this pass). A pod whose reload left our domain out is Failed."""
         ready = self.fleet.ready()
         memo.tls_applied = {k: v for k, v in memo.tls_applied.items() if k in {p.key for p in ready}}
+        digest = domain.digest() if domain is not None else None
 
         async def one(pod: ProxyPod) -> cond.PodResult:
+            failure = None
             try:
-                if tls_force or needs_tls_reload(memo.tls_applied.get(pod.key), domain):
-                    await pod.tls_reload()
-                    if domain is not None:
-                        memo.tls_applied[pod.key] = domain
+                if tls_force or needs_tls_reload(memo.tls_applied.get(pod.key), digest):
+                    answer = await pod.tls_reload()
+                    failure = tls_failure(answer, domain.domain) if domain is not None else None
+                    if digest is not None and failure is None:
+                        memo.tls_applied[pod.key] = digest
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
@@ -464,6 +467,8 @@ class Reconciler:
             except (Unreachable, MIError) as exc:
                 return cond.PodResult(pod.name, reachable=False, error=str(exc))
             state, error = listed.state_of(wanted.socket, wanted.key)
+            if failure is not None and domain is not None:
+                state, error = cond.FAILED, f"TLS domain {domain.domain!r} not loaded: {failure}"
             return cond.PodResult(pod.name, reachable=True, state=state, error=error)
 
         return list(await asyncio.gather(*(one(p) for p in ready)))

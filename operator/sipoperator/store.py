@@ -120,7 +120,9 @@ def tls_owners_table(metadata: MetaData) -> Table:
 
 
 class Store:
-    def __init__(self, db_url: str, table_name: str = "sockets", timeout: float = 10.0) -> None:
+    def __init__(
+        self, db_url: str, table_name: str = "sockets", timeout: float = 10.0, tls_table_name: str = TLS_TABLE
+    ) -> None:
         url = to_sqlalchemy_url(db_url)
         connect_args: dict[str, Any] = {}
         if url.startswith("postgresql+asyncpg"):
@@ -134,7 +136,8 @@ class Store:
         metadata = MetaData()
         self.sockets = sockets_table(metadata, table_name)
         self.owners = owners_table(metadata)
-        self.tls = tls_mgm_table(metadata, TLS_TABLE)
+        self.tls_table_name = tls_table_name
+        self.tls = tls_mgm_table(metadata, tls_table_name)
         self.tls_owners = tls_owners_table(metadata)
         self._schema_ready = False
 
@@ -154,7 +157,7 @@ class Store:
 
         async def run() -> None:
             await init_db(self.engine, self.table_name)
-            await init_tls_mgm(self.engine, TLS_TABLE)
+            await init_tls_mgm(self.engine, self.tls_table_name)
             async with self.engine.begin() as conn:
                 await conn.run_sync(lambda sync: self.owners.create(sync, checkfirst=True))
                 await conn.run_sync(lambda sync: self.tls_owners.create(sync, checkfirst=True))
@@ -263,8 +266,8 @@ class Store:
             holder = (await conn.execute(select(o.c.uid).where(o.c.domain_id == clash_id))).first()
             if holder is None:
                 raise DomainTaken(
-                    f"{TLS_TABLE} already has server domain {domain.domain!r} (id {clash_id}), which the "
-                    "operator does not own; rename or delete that row"
+                    f"{self.tls_table_name} already has server domain {domain.domain!r} (id {clash_id}), "
+                    "which the operator does not own; rename or delete that row"
                 )
             # The row of an earlier SipSocket of this name (deleted and recreated): ours now.
             await conn.execute(delete(o).where(o.c.domain_id == clash_id))

@@ -118,6 +118,7 @@ class FakeMI:
     listed: list[str] = field(default_factory=list)
     domains: Callable[[], list[Any]] | None = None
     loaded: list[Any] = field(default_factory=list)  # the TLS domains as of the last tls_reload
+    tls_failed: list[dict[str, str]] = field(default_factory=list)  # what tls_reload reports as failed
     server: TestServer | None = None
 
     async def start(self) -> int:
@@ -148,7 +149,7 @@ class FakeMI:
             result = {"max_sockets": self.max_sockets}
         elif method == "tls_reload" and self.domains is not None:
             self.loaded = list(self.domains())
-            result = "OK"
+            result = {"generation": 1, "loaded": [], "failed": self.tls_failed}
         else:
             return web.json_response({"jsonrpc": "2.0", "id": call["id"], "error": {"code": -32601}})
         return web.json_response({"jsonrpc": "2.0", "id": call["id"], "result": result})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets
+from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets, tls_failure
 from sipoperator.proxies import parse_listing
 from sipoperator.spec import validate
 
@@ -55,3 +55,17 @@ def test_a_pod_gets_tls_reload_until_it_applied_the_current_domain_row() -> None
     assert needs_tls_reload("d1", "d2")  # the row changed (a renewal)
     assert not needs_tls_reload("d2", "d2")
     assert not needs_tls_reload(None, None)  # no domain row: nothing to load
+
+
+def test_a_tls_reload_that_left_our_domain_out_says_why() -> None:
+    answer = {
+        "generation": 4,
+        "loaded": [{"domain": "voip/other", "kind": "server", "source": "table"}],
+        "failed": [
+            {"domain": "voip/edge", "kind": "server", "source": "table", "error": "key does not match"},
+            {"domain": "voip/edge", "kind": "client", "source": "config", "error": "not ours"},
+        ],
+    }
+    assert tls_failure(answer, "voip/edge") == "key does not match"
+    assert tls_failure(answer, "voip/other") is None
+    assert tls_failure("OK", "voip/edge") is None  # OpenSIPS says nothing more

@@ -235,3 +235,24 @@ async def test_a_proxy_without_tls_reload_is_named(world: World) -> None:
     ready = conditions(result.status)["Ready"]
     assert ready[:2] == ("False", "ProxyUnreachable")
     assert "the proxy has no MI tls_reload" in ready[2]
+
+
+async def test_a_pod_that_could_not_load_the_domain_is_failed_and_asked_again(world: World) -> None:
+    world.mi.tls_failed = [
+        {"domain": "voip/edge", "kind": "server", "source": "table", "error": "cannot load the key"}
+    ]
+    put(world, LEAF)
+    result = await world.rec.reconcile(world.body("edge", tls()))
+    assert result.status["listeners"] == [
+        {
+            "pod": "proxy-0",
+            "state": "Failed",
+            "message": "TLS domain 'voip/edge' not loaded: cannot load the key",
+        }
+    ]
+    assert conditions(result.status)["Ready"][:2] == ("False", "BindFailed")
+    world.mi.tls_failed = []
+    world.calls.clear()
+    result = await world.rec.reconcile(world.body("edge", tls()))
+    assert world.methods()[0] == "tls_reload"  # not recorded as applied: asked again
+    assert conditions(result.status)["Ready"][:2] == ("True", "Listening")

@@ -195,3 +195,11 @@ async def test_the_domain_of_an_earlier_object_of_that_name_is_taken_over(tmp_pa
     ]
     assert [d.certificate for d in await proxy_domains(store)] == [RENEWED.cert_pem]
     await store.close()
+
+
+async def test_the_tls_table_name_is_configurable(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", tls_table_name="tls_domains")
+    await store.write("uid-1", "voip", "edge", 1, TLS_ROW, domain())
+    found, errors = await read_domains(store.engine, "tls_domains")
+    assert errors == [] and [d.name for d in found] == ["voip/edge"]
+    await store.close()
