@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reload_latency
+from bench import machine, operator_apply, proxy_cpu, reload_latency, udp_pool
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
     "reload_latency": reload_latency.run,
     "operator": operator_apply.run,
+    "udp_pool": udp_pool.run,
 }
 
 
@@ -36,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     proxy_cpu.add_arguments(parser.add_argument_group("proxy_cpu"))
     reload_latency.add_arguments(parser.add_argument_group("reload_latency"))
     operator_apply.add_arguments(parser.add_argument_group("operator"))
+    udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]
     if unknown:

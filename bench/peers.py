@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ KAMAILIO_CFG = Path(__file__).with_name("kamailio.cfg")
 START_TIMEOUT = 60.0
 
 
-def render_kamailio_cfg(listen_host: str, listen_port: int, uas_host: str, uas_port: int) -> str:
+def render_kamailio_cfg(
+    listens: Sequence[tuple[str, int]], uas_host: str, uas_port: int, children: int = 1
+) -> str:
     text = KAMAILIO_CFG.read_text()
     for key, value in {
-        "@LISTEN_HOST@": listen_host,
-        "@LISTEN_PORT@": str(listen_port),
+        "@LISTENS@": "\n".join(f"listen=udp:{host}:{port}" for host, port in listens),
+        "@CHILDREN@": str(children),
         "@UAS_HOST@": uas_host,
         "@UAS_PORT@": str(uas_port),
     }.items():
@@ -53,15 +56,21 @@ def kamailio_argv(cfg: Path, rundir: Path) -> list[str]:
 
 
 async def start_kamailio(
-    procs: Processes, workdir: Path, listen: tuple[str, int], uas: tuple[str, int]
+    procs: Processes,
+    workdir: Path,
+    listen: tuple[str, int],
+    uas: tuple[str, int],
+    children: int = 1,
+    more: Sequence[tuple[str, int]] = (),
 ) -> asyncio.subprocess.Process:
+    """Kamailio listening on `listen` (and `more`), `children` UDP workers per socket."""
     cfg = workdir / "kamailio.cfg"
-    cfg.write_text(render_kamailio_cfg(listen[0], listen[1], uas[0], uas[1]))
+    cfg.write_text(render_kamailio_cfg([listen, *more], uas[0], uas[1], children))
     rundir = workdir / "kamailio-run"
     rundir.mkdir(parents=True, exist_ok=True)
     proc = await procs.start("kamailio", kamailio_argv(cfg, rundir))
     deadline = time.monotonic() + START_TIMEOUT
-    while udp_port_free(*listen):
+    while any(udp_port_free(*address) for address in (listen, *more)):
         if proc.returncode is not None or time.monotonic() > deadline:
             raise RuntimeError(f"kamailio did not start: {procs.log_tail('kamailio')}")
         await asyncio.sleep(0.1)
@@ -100,13 +109,19 @@ class SipProxy:
 
 
 async def start_sipproxy(
-    procs: Processes, workdir: Path, name: str, config: dict[str, Any], limit: float = START_TIMEOUT
+    procs: Processes,
+    workdir: Path,
+    name: str,
+    config: dict[str, Any],
+    limit: float = START_TIMEOUT,
+    python: str = sys.executable,
 ) -> SipProxy:
+    """`python`: the interpreter whose installed sipproxy runs (another checkout's venv to compare builds)."""
     cfg = workdir / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     host, port = str(config["mi"]["listen"]).rsplit(":", 1)
     base = f"http://{host}:{port}"
-    proc = await procs.start(name, [sys.executable, "-m", "sipproxy.cli", "--config", str(cfg)])
+    proc = await procs.start(name, [python, "-m", "sipproxy.cli", "--config", str(cfg)])
     deadline = time.monotonic() + limit
     async with aiohttp.ClientSession() as session:
         while True:

@@ -26,6 +26,7 @@ from bench.procs import Processes, free_tcp_port, free_udp_port, udp_port_free
 from bench.sipp import SippStats, run_uac, uas_argv
 
 HOST = "127.0.0.1"
+BASELINE_PYTHON: list[str] = [sys.executable]  # set by --baseline-python
 WARMUP_CALLS = 100
 IDLE_SECONDS = 3.0
 
@@ -131,6 +132,10 @@ def summarize(runs: list[CpuRun]) -> dict[str, Any]:
             out["ratio_system"] = ours["system_ms_per_call"] / kam["system_ms_per_call"]
         if kam["exec_ms_per_call"] > 0:
             out["ratio_exec"] = ours["exec_ms_per_call"] / kam["exec_ms_per_call"]
+    if "baseline" in out and "kamailio" in out and out["kamailio"]["total_ms_per_call"] > 0:
+        out["ratio_baseline_total"] = (
+            out["baseline"]["total_ms_per_call"] / out["kamailio"]["total_ms_per_call"]
+        )
     return out
 
 
@@ -193,8 +198,10 @@ async def _cpu_run(
     elif peer == "floor":
         proc = await start_floor(procs, listen_port, uas_port)
     else:
+        # "baseline": the same config run by another build (--baseline-python), in turns with this one.
+        python = BASELINE_PYTHON[0] if peer == "baseline" else sys.executable
         proxy = await start_sipproxy(
-            procs, workdir, "sipproxy", static_config(listen_port, uas_port, free_tcp_port(HOST))
+            procs, workdir, peer, static_config(listen_port, uas_port, free_tcp_port(HOST)), python=python
         )
         proc = proxy.proc
         async with aiohttp.ClientSession() as session:
@@ -277,6 +284,8 @@ async def cpu_per_call(
             f" total {s['total_ms_per_call']:.3f} CPU ms/call (on-CPU {s['exec_ms_per_call']:.3f}),"
             f" {s['failed']} failed of {s['calls']}"
         )
+    if "ratio_baseline_total" in summary:
+        print(f"  ratio baseline/kamailio: total {summary['ratio_baseline_total']:.2f}x")
     if "ratio_total" in summary:
         print(
             f"  ratio sipproxy/kamailio: total {summary['ratio_total']:.2f}x,"
@@ -487,6 +496,11 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs per peer, order alternated (default 2)")
     parser.add_argument("--no-kamailio", action="store_true", help="measure sipproxy alone")
     parser.add_argument(
+        "--baseline-python",
+        help="also measure, in turns with this build, the sipproxy of this interpreter (another checkout's"
+        " .venv/bin/python): peer 'baseline'",
+    )
+    parser.add_argument(
         "--with-floor",
         action="store_true",
         help="also measure bench.relay_floor: the same runtime relaying datagrams with no SIP work",
@@ -505,6 +519,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     peers: tuple[str, ...] = ("sipproxy",) if args.no_kamailio else ("sipproxy", "kamailio")
     if args.with_floor:
         peers += ("floor",)
+    if args.baseline_python:
+        BASELINE_PYTHON[0] = str(args.baseline_python)
+        peers += ("baseline",)
     out: dict[str, Any] = {}
     # Bounded whatever is asked: at most 5,000 calls/s for at most 120 s a run, 10 rounds.
     rate, seconds = min(max(args.rate, 1.0), 5000.0), min(max(args.seconds, 1.0), 120.0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +40,24 @@ def uas_argv(host: str, port: int) -> list[str]:
     return [SIPP, "-sn", "uas", "-i", host, "-p", str(port), "-buff_size", str(BUFF_SIZE), "-nostdin"]
 
 
-def uac_argv(target: str, host: str, port: int, rate: float, calls: int, stat_file: Path) -> list[str]:
+# A real UA ignores a 180 that arrives after the 200; SIPp's built-in uac aborts the call on it (counted as
+# failed). With this SIPp goes on with the call as a UA would.
+TOLERATE_REORDER = ("-default_behaviors", "all,-abortunexp")
+
+
+def uac_argv(
+    target: str,
+    host: str,
+    port: int,
+    rate: float,
+    calls: int,
+    stat_file: Path,
+    extra: Sequence[str] = (),
+    scenario: Sequence[str] = ("-sn", "uac"),
+) -> list[str]:
     return [
         SIPP,
-        "-sn",
-        "uac",
+        *scenario,
         target,
         "-i",
         host,
@@ -62,6 +77,7 @@ def uac_argv(target: str, host: str, port: int, rate: float, calls: int, stat_fi
         "-fd",
         "1",
         "-nostdin",
+        *extra,
     ]
 
 
@@ -105,12 +121,16 @@ async def run_uac(
     calls: int,
     workdir: Path,
     port: int,
+    extra: Sequence[str] = (),
+    scenario: Sequence[str] = ("-sn", "uac"),
 ) -> SippStats:
-    """Place `calls` calls at `rate` per second to `target`; bounded by the expected duration plus margins."""
+    """Place `calls` calls at `rate` per second to `target`; bounded by the expected duration plus margins.
+    `scenario` replaces the built-in uac (e.g. `-sf FILE -inf TARGETS`), `extra` adds options."""
     stat_file = workdir / f"{name}.csv"
     with contextlib.suppress(FileNotFoundError):
         stat_file.unlink()
-    proc = await procs.start(name, uac_argv(target, host, port, rate, calls, stat_file), stdout_to_log=False)
+    argv = uac_argv(target, host, port, rate, calls, stat_file, extra, scenario)
+    proc = await procs.start(name, argv, stdout_to_log=False)
     limit = calls / rate + RECV_TIMEOUT_MS / 1000 * 3 + 30
     try:
         await asyncio.wait_for(proc.wait(), limit)
@@ -122,3 +142,30 @@ async def run_uac(
         return parse_stat_csv(stat_file.read_text())
     except (OSError, ValueError, KeyError) as exc:
         raise RuntimeError(f"{name}: no SIPp statistics ({exc}); log: {procs.log_tail(name)}") from None
+
+
+def spread_scenario(workdir: Path, targets: Sequence[tuple[str, int]]) -> list[str]:
+    """SIPp options for the built-in uac flow, each call sent to the next of `targets` in turn: the built-in
+    scenario as SIPp exports it (`-sd uac`), with a `setdest` to the call's target read from an injection file
+    (so nothing of SIPp's is kept in this repository)."""
+    # SIPp exits 99 after dumping a scenario: judge by what it printed.
+    text = subprocess.run([SIPP, "-sd", "uac"], capture_output=True, text=True, check=False).stdout
+    head = "<scenario name="
+    if head not in text:
+        raise RuntimeError(f"`sipp -sd uac` printed no scenario: {text[:200]!r}")
+    start = text.index(head)
+    end = text.index(">", start) + 1
+    text = (
+        text[:start]
+        + '<scenario name="uac spread over sockets">\n  <nop><action>'
+        + '<setdest host="[field0]" port="[field1]" protocol="udp" /></action></nop>'
+        + text[end:]
+    )
+    text = text.replace(
+        "INVITE sip:[service]@[remote_ip]:[remote_port]", "INVITE sip:[service]@[field0]:[field1]"
+    )
+    text = text.replace("<sip:[service]@[remote_ip]:[remote_port]>", "<sip:[service]@[field0]:[field1]>")
+    scenario, inf = workdir / "uac-spread.xml", workdir / "uac-spread-targets.csv"
+    scenario.write_text(text)
+    inf.write_text("SEQUENTIAL\n" + "".join(f"{host};{port};\n" for host, port in targets))
+    return ["-sf", str(scenario), "-inf", str(inf)]

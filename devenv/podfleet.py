@@ -282,7 +282,8 @@ class ProxyPod(_Pod):
                         },
                         "resources": {
                             "requests": {"cpu": "10m", "memory": "64Mi"},
-                            "limits": {"memory": "512Mi"},
+                            # The chart's limit: a proxy at its default worker counts is 17 to 25 processes.
+                            "limits": {"memory": "1Gi"},
                         },
                         "volumeMounts": [
                             {"name": "config", "mountPath": "/etc/sipsockets", "readOnly": True},

@@ -31,9 +31,7 @@ def values(built: Images, mi_port: int, **proxy_overrides: Any) -> dict[str, Any
         "proxy": {
             "mode": "hostNetwork",
             "image": image_values(built.proxy),
-            "udpWorkers": 1,
-            "tcpWorkers": 1,
-            "socketsMgm": {"processes": 1, "maxSockets": 20},
+            "socketsMgm": {"maxSockets": 20},
             **proxy_overrides,
         },
         "postgresql": {"image": image_values(built.postgresql)},

@@ -22,6 +22,8 @@ from sipoperator.certificates import INVALID_CERTIFICATE_REF
 ACCEPTED, PROGRAMMED, READY = "Accepted", "Programmed", "Ready"
 RESOLVED_REFS = "ResolvedRefs"
 LISTENING, FAILED, PENDING = "Listening", "Failed", "Pending"
+# Listening, but not with every worker of the pod that should serve it (one is being replaced).
+PARTIAL = "Partial"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,12 @@ def _default_message(state: str) -> str:
         LISTENING: "listening",
         PENDING: "not listed by the proxy yet",
         FAILED: "failed",
+        PARTIAL: "listening, but not on every worker",
     }[state]
+
+
+def _sorted(pods: Iterable[PodResult]) -> list[PodResult]:
+    return sorted(pods, key=lambda p: p.pod)
 
 
 def _names(pods: Iterable[PodResult]) -> str:
@@ -116,13 +123,20 @@ def _ready(pods: Sequence[PodResult]) -> Condition:
             "ProxyUnreachable",
             f"listening on {len(listening)}/{total} proxy pods; cannot reach the MI of {detail}",
         )
-    if failed and listening:
-        detail = "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in sorted(failed, key=lambda p: p.pod))
+    partial = [p for p in pods if p.reachable and p.state == PARTIAL]
+    if (failed and listening) or partial:
+        parts = []
+        if failed:
+            parts.append("failed on " + "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in _sorted(failed)))
+        if partial:
+            parts.append(
+                "not on every worker of " + "; ".join(f"{p.pod}: {p.error}" for p in _sorted(partial))
+            )
         return Condition(
             READY,
             "False",
             "PartiallyListening",
-            f"listening on {len(listening)}/{total} proxy pods; failed on {detail}",
+            f"listening on {len(listening)}/{total} proxy pods; " + "; ".join(parts),
         )
     if failed:
         detail = "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in sorted(failed, key=lambda p: p.pod))

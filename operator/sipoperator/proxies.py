@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from sipoperator.conditions import FAILED, LISTENING, PENDING
+from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
 from sipoperator.metrics import Metrics
 from sipoperator.settings import Settings
 from sipoperator.spec import EndpointKey, row_key
@@ -170,6 +170,8 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
         saw_state = True
         if str(state).lower() == "listening":
             entries[item["socket"]] = (LISTENING, "")
+        elif str(state).lower() == "partial":
+            entries[item["socket"]] = (PARTIAL, str(item.get("error") or state))
         else:
             entries[item["socket"]] = (FAILED, str(item.get("error") or state))
     return Listed(entries, opensips if opensips is not None else not saw_state)

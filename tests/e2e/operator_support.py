@@ -139,9 +139,8 @@ def events(cp: ClusterClient, namespace: str, name: str) -> list[dict[str, Any]]
 def proxy_config(db_url: str, max_sockets: int = 100, static: list[str] | None = None) -> dict[str, Any]:
     return {
         "sockets": static or [],
-        "udp_workers": 1,
-        "tcp_workers": 1,
-        "sockets_mgm": {"db_url": db_url, "processes": 1, "max_sockets": max_sockets},
+        # The worker counts at their defaults (8 UDP per static socket, 8 in the pool, 8 TCP), as deployed.
+        "sockets_mgm": {"db_url": db_url, "max_sockets": max_sockets},
     }
 
 

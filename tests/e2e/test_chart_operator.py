@@ -109,7 +109,6 @@ class ChartWorld:
                     "extraIpAddresses": ["127.0.0.1"],
                 },
             },
-            "proxy": {"udpWorkers": 1, "tcpWorkers": 1, "socketsMgm": {"processes": 1}},
         }
         for key, value in override.items():
             values[key] = {**values.get(key, {}), **value}

@@ -308,6 +308,7 @@ def sipp_options(ip: str, port: int, transport: str = "udp", count: int = 1) -> 
             "30s",
             "-timeout_error",
             "-nostdin",
+            *SIPP_TOLERATE_REORDER,
         ],
         capture_output=True,
         text=True,
@@ -380,6 +381,11 @@ def uas_factory() -> Iterator[Callable[..., SippUas]]:
         uas.stop()
 
 
+# A real UA ignores a 180 that arrives after the 200 (two workers may forward them in either order);
+# SIPp's built-in uac scenario would abort the call on it.
+SIPP_TOLERATE_REORDER = ["-default_behaviors", "all,-abortunexp"]
+
+
 def sipp_uac(
     proxy_ip: str, proxy_port: int, transport: str = "udp", calls: int = 10, rate: int = 10
 ) -> CompletedProcess[str]:
@@ -407,6 +413,7 @@ def sipp_uac(
             f"{max(60, calls // max(rate, 1) + 60)}s",
             "-timeout_error",
             "-nostdin",
+            *SIPP_TOLERATE_REORDER,
         ],
         capture_output=True,
         text=True,

@@ -26,10 +26,6 @@ def test_calls_through_the_proxy(
     proxy = proxies(
         {
             "sockets": [f"udp:{ip}:{port} tag edge", f"tcp:{ip}:{port} tag edge-tcp"],
-            # One UDP worker: with several, SIPp's back-to-back 180/200 may be forwarded in swapped order
-            # (any worker takes the next datagram), which SIPp counts as a failed call.
-            "udp_workers": 1,
-            "tcp_workers": 2,
             "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
         }
     )
@@ -59,9 +55,7 @@ def test_route_sends_out_of_the_tagged_socket(
     proxy = proxies(
         {
             "sockets": [f"udp:{ip}:{edge} tag edge"],
-            "udp_workers": 1,
-            "tcp_workers": 1,
-            "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1},
+            "sockets_mgm": {"db_url": sqlite_table.db_url},
             "routes": [{"match": {"tag": "edge"}, "forward": f"sip:{sink_ip}:{sink_port}", "socket": "core"}],
         }
     )
@@ -99,8 +93,6 @@ def test_response_goes_back_on_the_request_connection_from_another_worker(
     proxies(
         {
             "sockets": [f"udp:{ip}:{port}", f"tcp:{ip}:{port}"],
-            "udp_workers": 1,
-            "tcp_workers": 2,
             "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": f"sip:{uas_ip}:{uas_port}"}],
         }
     )

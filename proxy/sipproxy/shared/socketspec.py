@@ -9,6 +9,7 @@ import ipaddress
 import socket as _socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 PROTOCOLS: tuple[str, ...] = ("udp", "tcp", "tls", "ws", "wss")
 # What the proxy can serve today; the rest are accepted and reported "transport not supported yet".
@@ -51,9 +52,10 @@ class SocketSpec:
     def socket_str(self) -> str:
         return format_socket(self.proto, self.host, self.port)
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str, int, str | None, int | None, str | None, int, tuple[str, ...]]:
-        """What OpenSIPS compares on reload: equal keys mean the running socket is kept untouched."""
+        """What OpenSIPS compares on reload: equal keys mean the running socket is kept untouched. (Cached:
+        a reload with a thousand sockets compares every one of them.)"""
         return (
             self.proto,
             self.host,

@@ -64,6 +64,13 @@ class SipEngine:
         """Rebuild the listener snapshot now (call after sockets were added or removed)."""
         self.state.listeners_changed()
 
+    def listener_added(self, listener: Listener) -> None:
+        """A socket was added: its listener joins the lookups at once."""
+        self.state.listener_added(listener)
+
+    def listener_removed(self, listener: Listener) -> None:
+        self.state.listener_removed(listener)
+
     def register_connection(self, conn: object) -> int:
         """Give a stream connection an id that our Via can carry; idempotent."""
         return self.state.connections.register(conn)

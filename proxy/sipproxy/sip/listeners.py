@@ -106,28 +106,82 @@ class Wire:
 
 
 class ListenerIndex:
-    """A snapshot of the listeners with the lookups the hot path needs, all O(1) or first-fit."""
+    """The listeners with the lookups the hot path needs, all O(1) or first-fit.
 
-    __slots__ = ("_by_key", "_by_public", "_ours", "_via_prefixes", "_wires", "listeners")
+    Built once from every listener, then kept current with `add` and `remove` as sockets come and go, so a
+    reload that adds one socket to a thousand costs each worker one listener's work, not a thousand's."""
+
+    __slots__ = ("_by_key", "_by_public", "_ours", "_present", "_via_prefixes", "_wires", "listeners")
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
-        self.listeners = list(listeners)
-        self._ours: dict[str, set[int]] = {}
+        self.listeners: list[Listener] = []
+        self._present: set[Listener] = set()
+        # host -> port -> how many listeners have it (bound or advertised)
+        self._ours: dict[str, dict[int, int]] = {}
         self._wires: dict[Listener, Wire] = {}
         self._by_key: dict[bytes, Listener] = {}
         self._by_public: dict[tuple[str, int, str], Listener] = {}
-        # The values of the Vias we write, up to and including `;branch=`: a response whose top Via starts
-        # with one of them is ours without parsing that Via.
-        self._via_prefixes: set[bytes] = set()
-        for lst in self.listeners:
-            wire = Wire.of(lst)
-            self._wires[lst] = wire
-            self._via_prefixes.add(wire.via_head[len(b"Via: ") :])
-            self._by_key.setdefault(wire.sk, lst)
-            for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
-                norm = normalize_host(host)
-                self._ours.setdefault(norm, set()).add(port)
-                self._by_public.setdefault((norm, port, lst.proto), lst)
+        # The values of the Vias we write, up to and including `;branch=` (with how many listeners write
+        # each): a response whose top Via starts with one of them is ours without parsing that Via.
+        self._via_prefixes: dict[bytes, int] = {}
+        for lst in listeners:
+            self.add(lst)
+
+    def add(self, lst: Listener) -> None:
+        if lst in self._present:
+            return
+        self._present.add(lst)
+        self.listeners.append(lst)
+        wire = self.wire(lst)
+        prefix = wire.via_head[len(b"Via: ") :]
+        self._via_prefixes[prefix] = self._via_prefixes.get(prefix, 0) + 1
+        self._by_key.setdefault(wire.sk, lst)
+        for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
+            norm = normalize_host(host)
+            ports = self._ours.setdefault(norm, {})
+            ports[port] = ports.get(port, 0) + 1
+            self._by_public.setdefault((norm, port, lst.proto), lst)
+
+    def remove(self, lst: Listener) -> None:
+        if lst not in self._present:
+            return
+        self._present.discard(lst)
+        self.listeners.remove(lst)
+        wire = self._wires.pop(lst, None) or Wire.of(lst)
+        prefix = wire.via_head[len(b"Via: ") :]
+        left = self._via_prefixes.get(prefix, 1) - 1
+        if left > 0:
+            self._via_prefixes[prefix] = left
+        else:
+            self._via_prefixes.pop(prefix, None)
+        if self._by_key.get(wire.sk) == lst:
+            # First fit, as if built anew: the next listener (in order) with the same key takes over.
+            del self._by_key[wire.sk]
+            for other in self.listeners:
+                if self.wire(other).sk == wire.sk:
+                    self._by_key[wire.sk] = other
+                    break
+        for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
+            norm = normalize_host(host)
+            ports = self._ours.get(norm)
+            if ports is not None:
+                count = ports.get(port, 1) - 1
+                if count > 0:
+                    ports[port] = count
+                else:
+                    ports.pop(port, None)
+                    if not ports:
+                        del self._ours[norm]
+            key = (norm, port, lst.proto)
+            if self._by_public.get(key) == lst:
+                del self._by_public[key]
+                for other in self.listeners:
+                    if other.proto == lst.proto and key[:2] in (
+                        (normalize_host(other.host), other.port),
+                        (normalize_host(other.public_host), other.public_port),
+                    ):
+                        self._by_public[key] = other
+                        break
 
     def known_wire(self, listener: Listener) -> Wire | None:
         """The precomputed bytes of a listener of this snapshot; None for one it does not know."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from sipproxy.sip.connections import ConnectionIds, LocalConnectionIds
-from sipproxy.sip.listeners import ListenerIndex, ListenerView
+from sipproxy.sip.listeners import Listener, ListenerIndex, ListenerView
 from sipproxy.sip.routing import Route
 
 # How often a lookup miss may trigger a rebuild of the listener snapshot (a stray packet must not cost
@@ -31,7 +31,8 @@ class EngineState:
         self.routes = list(routes)
         self.listeners = listeners
         self.record_route = record_route
-        # The listener snapshot both paths look sockets up in; replaced whole, never changed in place.
+        # The listeners both paths look sockets up in: built whole at start (and after a lookup miss, at most
+        # once a second), kept current socket by socket in between.
         self.index = ListenerIndex(listeners.all())
         self._index_time = time.monotonic()
         self.connections: ConnectionIds = connections if connections is not None else LocalConnectionIds()
@@ -40,6 +41,12 @@ class EngineState:
         """Rebuild the listener snapshot now (call after sockets were added or removed)."""
         self.index = ListenerIndex(self.listeners.all())
         self._index_time = time.monotonic()
+
+    def listener_added(self, listener: Listener) -> None:
+        self.index.add(listener)
+
+    def listener_removed(self, listener: Listener) -> None:
+        self.index.remove(listener)
 
     def refresh_if_stale(self) -> bool:
         """Rebuild the listener snapshot after a lookup missed, at most once per interval; True if rebuilt."""

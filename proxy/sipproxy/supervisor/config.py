@@ -45,6 +45,8 @@ class Config:
     routes: tuple[Any, ...] = ()  # raw rules, parsed by sipproxy.sip.routing in every worker
     log_level: str = "info"
     tcp_idle_timeout: float = 120.0
+    # A worker that has not applied a socket change this long after it was sent is replaced.
+    worker_ack_timeout: float = 10.0
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -85,6 +87,7 @@ _TOP = {
     "routes",
     "log_level",
     "tcp_idle_timeout",
+    "worker_ack_timeout",
 }
 
 
@@ -153,6 +156,9 @@ def parse_config(data: object) -> Config:
     idle = top.get("tcp_idle_timeout", 120.0)
     if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
         raise ConfigError("tcp_idle_timeout", "must be a number of seconds > 0")
+    ack = top.get("worker_ack_timeout", 10.0)
+    if isinstance(ack, bool) or not isinstance(ack, int | float) or ack <= 0:
+        raise ConfigError("worker_ack_timeout", "must be a number of seconds > 0")
     return Config(
         sockets=tuple(sockets),
         udp_workers=_int(top.get("udp_workers", 8), "udp_workers"),
@@ -162,6 +168,7 @@ def parse_config(data: object) -> Config:
         routes=tuple(routes),
         log_level=log_level,
         tcp_idle_timeout=float(idle),
+        worker_ack_timeout=float(ack),
     )
 
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
 from sipproxy.shared.schema import sockets_table
@@ -22,8 +21,12 @@ class Row:
 
 
 def make_engine(db_url: str) -> AsyncEngine:
-    # NullPool: a reload is rare, and a pooled connection killed by a DB restart would fail the next one.
-    return create_async_engine(to_sqlalchemy_url(db_url), poolclass=NullPool)
+    # One connection kept between reloads (opening one costs more than reading a thousand rows: for SQLite
+    # a new thread, for a server a handshake), checked before each use so that one a database restart
+    # killed is replaced instead of failing the reload.
+    return create_async_engine(
+        to_sqlalchemy_url(db_url), pool_size=1, max_overflow=4, pool_pre_ping=True, pool_recycle=600
+    )
 
 
 async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sipproxy.shared.socketspec import SocketSpec
@@ -21,6 +21,9 @@ class Entry:
     state: str = "listening"
     error: str | None = None
     sock: Any = None  # the supervisor's copy of the bound socket
+    # Workers that should serve it but did not apply it in time, with the reason, until their replacement
+    # has it: the socket listens, but not with every worker ("partial").
+    lagging: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

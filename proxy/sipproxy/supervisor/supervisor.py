@@ -17,6 +17,7 @@ from typing import Any
 from sipproxy.shared.control import Init
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.supervisor.binding import bind_socket
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
@@ -34,14 +35,24 @@ class ReloadError(Exception):
     """The table could not be read: nothing was changed."""
 
 
-def parse_rows(rows: Iterable[Row]) -> list[tuple[Row, SocketSpec | RowError]]:
+def parse_rows(
+    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None
+) -> tuple[list[tuple[Row, SocketSpec | RowError]], dict[Row, SocketSpec | RowError]]:
+    """Each row parsed, reusing what `known` (the last reload's results) says of identical rows; also the
+    results to pass next time (only the rows seen now, so it never grows beyond the table)."""
+    known = known or {}
+    seen: dict[Row, SocketSpec | RowError] = {}
     out: list[tuple[Row, SocketSpec | RowError]] = []
     for row in rows:
-        try:
-            out.append((row, parse_row(row.socket, row.advertised, row.tag, row.flags, row.tos)))
-        except RowError as exc:
-            out.append((row, exc))
-    return out
+        parsed = seen.get(row) or known.get(row)
+        if parsed is None:
+            try:
+                parsed = parse_row(row.socket, row.advertised, row.tag, row.flags, row.tos)
+            except RowError as exc:
+                parsed = exc
+        seen[row] = parsed
+        out.append((row, parsed))
+    return out, seen
 
 
 class Supervisor:
@@ -58,9 +69,10 @@ class Supervisor:
         self.reload_failures = 0
         self.reload_seconds = 0.0
         self._sids = itertools.count(1)
+        self._parsed: dict[Row, SocketSpec | RowError] = {}  # the last reload's rows, parsed
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
         init = Init(routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout)
-        self.pool = WorkerPool(init, self.entries.values, self.lock, log_level)
+        self.pool = WorkerPool(init, self.entries.values, self.lock, log_level, self._replaced)
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -85,13 +97,21 @@ class Supervisor:
             assert entry.spec is not None
             if entry.spec.layer == "udp":
                 n = entry.spec.use_workers or cfg.udp_workers
+                fds = create_pool_fds(f"udp{entry.sid}")
                 for i in range(n):
                     self.workers.append(
-                        WorkerHandle(f"udp[{entry.spec.socket_str}]#{i}", "udp", static_sid=entry.sid)
+                        WorkerHandle(
+                            f"udp[{entry.spec.socket_str}]#{i}",
+                            "udp",
+                            static_sid=entry.sid,
+                            udp_pool=fds,
+                            pool_member=i,
+                        )
                     )
         if cfg.sockets_mgm is not None:
+            fds = create_pool_fds("pool")
             for i in range(cfg.sockets_mgm.processes):
-                self.workers.append(WorkerHandle(f"udp-pool#{i}", "udp_pool"))
+                self.workers.append(WorkerHandle(f"udp-pool#{i}", "udp_pool", udp_pool=fds, pool_member=i))
         has_static_tcp = any(e.spec is not None and e.spec.layer == "tcp" for e in self.entries.values())
         if cfg.sockets_mgm is not None or has_static_tcp:
             for i in range(cfg.tcp_workers):
@@ -137,7 +157,7 @@ class Supervisor:
                 self.reload_failures += 1
                 log.error("cannot read table %s: %s", mgm.table_name, exc)
                 raise ReloadError(str(exc)) from exc
-            parsed = await asyncio.to_thread(parse_rows, rows)
+            parsed, self._parsed = parse_rows(rows, self._parsed)
             result = await self._apply(parsed)
             self.reloads += 1
             self.reload_seconds += time.monotonic() - t0
@@ -168,9 +188,12 @@ class Supervisor:
         }
         diff = diff_sockets(running, wanted)
         removed = [self.entries.pop(sid) for sid in diff.removed]
+        ack_timeout = self.config.worker_ack_timeout
         if removed:
             await self.pool.remove(removed)
-            await self.pool.sync()
+            # A worker that did not close them in time still holds them: it goes, and its descriptors with it.
+            for w in await self.pool.sync(limit=ack_timeout):
+                await self.pool.replace_unresponsive(w)
             for entry in removed:
                 entry.sock.close()
                 entry.sock = None
@@ -195,10 +218,23 @@ class Supervisor:
             added.append(entry)
         if added:
             await self.pool.add(added)
-            await self.pool.sync()
+            for w in await self.pool.sync(limit=ack_timeout):
+                reason = (
+                    f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
+                    "it is being replaced"
+                )
+                for entry in added:
+                    if w.serves(entry):
+                        entry.lagging[w.name] = reason
+                await self.pool.replace_unresponsive(w)
         self.failed = failed
         kept = [self.entries[sid] for sid in diff.kept]
         return ReloadResult(added, removed, kept, failed)
+
+    def _replaced(self, w: WorkerHandle) -> None:
+        """A replacement worker has every current socket: it no longer lags on any."""
+        for entry in self.entries.values():
+            entry.lagging.pop(w.name, None)
 
     # --- introspection -------------------------------------------------------------------------------
 
@@ -221,5 +257,16 @@ class Supervisor:
         ]
         for i, w in enumerate(self.workers, start=1):
             sockets = [e.spec.socket_str for e in self.entries.values() if e.spec and w.serves(e)]
-            procs.append({"ID": i, "PID": w.pid, "Type": w.kind, "Name": w.name, "Sockets": sockets})
+            # What it read, as of the last statistics collected (get_statistics, /metrics): the load share.
+            received = sum(c.rx_packets for c in w.last_stats.values())
+            procs.append(
+                {
+                    "ID": i,
+                    "PID": w.pid,
+                    "Type": w.kind,
+                    "Name": w.name,
+                    "Sockets": sockets,
+                    "Received": received,
+                }
+            )
         return procs

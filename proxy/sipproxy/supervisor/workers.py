@@ -38,6 +38,7 @@ from sipproxy.shared.control import (
 )
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import SocketSpec
+from sipproxy.shared.udp_pool import PoolFds
 from sipproxy.sip.listeners import Listener
 from sipproxy.supervisor.entries import Entry
 from sipproxy.supervisor.metrics import sum_counters
@@ -61,6 +62,10 @@ class WorkerHandle:
     last_stats: dict[str, SocketCounters] = field(default_factory=dict)  # by socket label
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = 0.0
+    # A UDP worker's pool (shared with the other workers of its static socket, or of the dynamic pool) and
+    # its place in it: member 0 always serves, the others when the load needs them (worker/udp_loop.py).
+    udp_pool: PoolFds | None = None
+    pool_member: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -98,11 +103,17 @@ class WorkerPool:
     `lock` is the supervisor's, held while a dead worker is replaced so that no reload runs meanwhile."""
 
     def __init__(
-        self, init: Init, sockets: Callable[[], Iterable[Entry]], lock: asyncio.Lock, log_level: str
+        self,
+        init: Init,
+        sockets: Callable[[], Iterable[Entry]],
+        lock: asyncio.Lock,
+        log_level: str,
+        on_replaced: Callable[[WorkerHandle], None] = lambda w: None,
     ) -> None:
         self.handles: list[WorkerHandle] = []
         self.init = init
         self.sockets = sockets
+        self.on_replaced = on_replaced  # a replacement has applied every current socket
         self.lock = lock
         self.log_level = log_level
         self.stopping = False
@@ -133,11 +144,14 @@ class WorkerPool:
                 log.warning("worker %s did not stop, killing it", w.name)
                 w.proc.kill()
                 await w.proc.wait()
+        pools = {w.udp_pool for w in self.handles if w.udp_pool is not None}
         for w in self.handles:
             for task in w.tasks:
                 task.cancel()
             if w.channel is not None:
                 w.channel.close()
+        for pool in pools:
+            pool.close()
 
     # --- socket changes -------------------------------------------------------------------------------
 
@@ -153,10 +167,25 @@ class WorkerPool:
             for entry in entries:
                 await self._send(w, Remove(entry.sid))
 
-    async def sync(self, workers: Iterable[WorkerHandle] | None = None) -> int:
-        """Wait until the workers (all by default) have applied every command sent so far; returns how many
-        did not answer within SYNC_TIMEOUT."""
-        return await self._request(self.handles if workers is None else workers, Sync, SYNC_TIMEOUT)
+    async def sync(
+        self, workers: Iterable[WorkerHandle] | None = None, limit: float = SYNC_TIMEOUT
+    ) -> list[WorkerHandle]:
+        """Wait until the workers (all by default) have applied every command sent so far; returns those
+        that did not answer within `limit` seconds."""
+        return await self._request(self.handles if workers is None else workers, Sync, limit)
+
+    async def replace_unresponsive(self, w: WorkerHandle) -> None:
+        """Kill a worker that did not answer in time (stopped, or stuck): its watcher starts a replacement
+        with every current socket. Returns once the process is gone, so that what it held is released."""
+        proc = w.proc
+        if proc is None or proc.returncode is not None:
+            return
+        log.error("worker %s (pid %s) did not answer in time; killing it to replace it", w.name, proc.pid)
+        proc.kill()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            log.error("worker %s (pid %s) did not exit after SIGKILL", w.name, proc.pid)
 
     async def collect_stats(self) -> dict[str, SocketCounters]:
         await self._request(self.handles, Stats, STATS_TIMEOUT)
@@ -169,10 +198,7 @@ class WorkerPool:
 
     async def spawn(self, w: WorkerHandle) -> None:
         parent, child = make_pair()
-        w.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sipproxy.worker",
+        argv = [
             "--control-fd",
             str(child.fileno()),
             "--name",
@@ -183,7 +209,13 @@ class WorkerPool:
             str(self.handles.index(w)),
             "--relay-prefix",
             self.relay_prefix,
-            pass_fds=[child.fileno()],
+        ]
+        pass_fds = [child.fileno()]
+        if w.udp_pool is not None:
+            argv += ["--udp-pool", w.udp_pool.to_arg(), "--pool-member", str(w.pool_member)]
+            pass_fds += [w.udp_pool.recruit, w.udp_pool.heartbeat]
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sipproxy.worker", *argv, pass_fds=pass_fds
         )
         child.close()
         w.channel = Channel(parent, decode_reply)
@@ -286,25 +318,28 @@ class WorkerPool:
                 await asyncio.sleep(1.0)
                 asyncio.get_running_loop().create_task(self._replace(w))
                 return
-            await self.sync([w])
+            if not await self.sync([w]):
+                self.on_replaced(w)
 
     async def _request(
         self, workers: Iterable[WorkerHandle], request: type[Sync] | type[Stats], limit: float
-    ) -> int:
-        """Send the request to each live worker and wait for their answers; returns how many did not."""
+    ) -> list[WorkerHandle]:
+        """Send the request to each live worker and wait for their answers; returns those that did not."""
         seq = next(self._seqs)
         loop = asyncio.get_running_loop()
-        futures = []
+        futures: dict[asyncio.Future[Reply | None], WorkerHandle] = {}
         for w in workers:
             if not w.alive:
                 continue
             fut: asyncio.Future[Reply | None] = loop.create_future()
             w.waiters[seq] = fut
-            futures.append(fut)
+            futures[fut] = w
             await self._send(w, request(seq))
         if not futures:
-            return 0
+            return []
         _done, pending = await asyncio.wait(futures, timeout=limit)
-        if pending:
-            log.warning("%d worker(s) did not answer %s within %ss", len(pending), request.op, limit)
-        return len(pending)
+        late = [futures[fut] for fut in pending]
+        if late:
+            names = ", ".join(w.name for w in late)
+            log.warning("worker(s) %s did not answer %s within %ss", names, request.op, limit)
+        return late

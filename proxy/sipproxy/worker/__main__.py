@@ -1,4 +1,7 @@
-"""A worker process: `python -m sipproxy.worker --control-fd N` (the supervisor starts it so)."""
+"""A worker process: `python -m sipproxy.worker --control-fd N` (the supervisor starts it so).
+
+A worker of a UDP pool also gets `--udp-pool RECRUIT_FD,HEARTBEAT_FD --pool-member I` and runs asyncio's
+own event loop on a `PoolSelector` (udp_loop.py: one datagram wakes one worker); the others run uvloop."""
 
 from __future__ import annotations
 
@@ -13,13 +16,17 @@ import sys
 from sipproxy.shared.channel import Channel
 from sipproxy.shared.control import decode_command
 from sipproxy.shared.fdlimit import raise_fd_limit
+from sipproxy.shared.udp_pool import PoolFds
+from sipproxy.worker.udp_loop import PoolEventLoop, PoolSelector, PoolState
 from sipproxy.worker.worker import Worker
 
 
-async def amain(control_fd: int, name: str, index: int, relay_prefix: str) -> None:
+async def amain(
+    control_fd: int, name: str, index: int, relay_prefix: str, selector: PoolSelector | None
+) -> None:
     sock = socket.socket(fileno=control_fd)
     channel = Channel(sock, decode_command)
-    worker = Worker(channel, name, index, relay_prefix)
+    worker = Worker(channel, name, index, relay_prefix, selector)
     loop = asyncio.get_running_loop()
     task = loop.create_task(worker.run())
     # SIGTERM to the whole group (e.g. a terminal's ^C or a kill of the group): stop like on Stop.
@@ -37,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="worker")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--relay-prefix", default=f"sipproxy-{os.getppid()}")
+    parser.add_argument("--udp-pool", type=PoolFds.from_arg, help="RECRUIT_FD,HEARTBEAT_FD of its UDP pool")
+    parser.add_argument("--pool-member", type=int, default=0, help="its place in the pool (0: always serves)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -54,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    try:
-        import uvloop
+    if args.udp_pool is not None:
+        selector = PoolSelector(PoolState(args.udp_pool), always_active=args.pool_member == 0)
+        with asyncio.Runner(loop_factory=lambda: PoolEventLoop(selector)) as runner:
+            runner.run(amain(args.control_fd, args.name, args.index, args.relay_prefix, selector))
+    else:
+        try:
+            import uvloop
 
-        uvloop.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
-    except ImportError:
-        asyncio.run(amain(args.control_fd, args.name, args.index, args.relay_prefix))
+            uvloop.run(amain(args.control_fd, args.name, args.index, args.relay_prefix, None))
+        except ImportError:
+            asyncio.run(amain(args.control_fd, args.name, args.index, args.relay_prefix, None))
     if profiler is not None and profile_dir:
         profiler.disable()
         profiler.dump_stats(os.path.join(profile_dir, f"worker-{args.index}-{os.getpid()}.prof"))

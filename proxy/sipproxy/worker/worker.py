@@ -42,6 +42,7 @@ from sipproxy.worker.sending import Sender
 from sipproxy.worker.tcp import TcpTransport
 from sipproxy.worker.transport import Serving, Transport, TransportHost
 from sipproxy.worker.udp import UdpTransport
+from sipproxy.worker.udp_loop import PoolSelector
 
 
 @dataclass
@@ -65,7 +66,14 @@ async def wait_fd_closed(fd: int, inode: int) -> None:
 
 
 class Worker:
-    def __init__(self, channel: Channel[Command], name: str, index: int, relay_prefix: str) -> None:
+    def __init__(
+        self,
+        channel: Channel[Command],
+        name: str,
+        index: int,
+        relay_prefix: str,
+        selector: PoolSelector | None = None,
+    ) -> None:
         self.channel = channel
         self.name = name
         self.index = index
@@ -83,11 +91,10 @@ class Worker:
         )
         self.tcp = TcpTransport(host)
         # The transport serving each protocol; the sockets of any other are only sent from.
-        self.transports: dict[str, Transport] = {"udp": UdpTransport(host), "tcp": self.tcp}
+        self.transports: dict[str, Transport] = {"udp": UdpTransport(host, selector), "tcp": self.tcp}
         self.sender = Sender(self.listeners, self.counters, self.tcp)
         self.dispatch = self.sender.dispatch  # bound once: called per message
         self.relay = Relay(relay_prefix, index, self.relayed, self.log)
-        self.listeners_dirty = False
         self.sockets: dict[int, WorkerSocket] = {}
 
     # --- the hot path -------------------------------------------------------------------------------
@@ -125,6 +132,7 @@ class Worker:
         entry = WorkerSocket(sid, listener, sock)
         self.sockets[sid] = entry
         self.listeners.add(listener, sid)
+        self.engine.listener_added(listener)
         if sock is not None and listener.proto == "udp":
             sock.setblocking(False)
             self.sender.udp_send[listener] = sock
@@ -137,7 +145,6 @@ class Worker:
             serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
             entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
             entry.server = await transport.serve(serve_sock, listener, sid)
-        self.listeners_dirty = True
 
     async def remove_socket(self, sid: int) -> None:
         entry = self.sockets.pop(sid, None)
@@ -145,6 +152,8 @@ class Worker:
             return
         self.counters.retire(sid)
         self.listeners.remove(entry.listener)
+        if self.listeners.sid_of(entry.listener) is None:
+            self.engine.listener_removed(entry.listener)
         udp_send = self.sender.udp_send
         if entry.sock is not None and udp_send.get(entry.listener) is entry.sock:
             del udp_send[entry.listener]
@@ -152,7 +161,6 @@ class Worker:
             entry.server.close()  # a TCP listener stops accepting; established connections carry on
         if entry.sock is not None:
             entry.sock.close()
-        self.listeners_dirty = True
         if entry.serve_fd is not None:
             # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
             # address as soon as we acknowledge, so wait until it is really closed.
@@ -180,10 +188,6 @@ class Worker:
             case Remove():
                 await self.remove_socket(cmd.sid)
             case Sync():
-                # The engine's listener snapshot is rebuilt once per batch of changes, not per socket.
-                if self.listeners_dirty:
-                    self.listeners_dirty = False
-                    self.engine.listeners_changed()
                 await self.channel.send(Ack(cmd.seq))
             case Stats():
                 items = list(self.counters.snapshot().items())

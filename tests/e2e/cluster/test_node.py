@@ -82,8 +82,6 @@ def test_host_network_proxy_pod_answers_sip_on_the_node_address(
     sip_port, mi_port = free_port(c.node_ip), free_port(c.node_ip)
     config = {
         "sockets": [f"udp:{c.node_ip}:{sip_port}"],
-        "udp_workers": 1,
-        "tcp_workers": 1,
         "mi": {"listen": f"{c.node_ip}:{mi_port}"},
     }
     apply(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sipoperator.conditions import (
     FAILED,
     LISTENING,
+    PARTIAL,
     PENDING,
     Condition,
     Outcome,
@@ -40,6 +41,15 @@ def test_one_pod_failing_to_bind_is_partially_listening_naming_it() -> None:
     assert got["Ready"].status == "False"
     assert got["Ready"].reason == "PartiallyListening"
     assert "p1: Address already in use" in got["Ready"].message
+
+
+def test_a_pod_with_a_worker_being_replaced_is_partially_listening_naming_the_worker() -> None:
+    why = "worker udp-pool#3 (pid 4242) did not apply the change within 10 s; it is being replaced"
+    got = programmed(PodResult("p0", True, PARTIAL, why))
+    assert (got["Ready"].status, got["Ready"].reason) == ("False", "PartiallyListening")
+    assert f"p0: {why}" in got["Ready"].message
+    [entry] = listeners([PodResult("p0", True, PARTIAL, why)])
+    assert entry == {"pod": "p0", "state": PARTIAL, "message": why}
 
 
 def test_all_failing_is_bind_failed() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipoperator.conditions import FAILED, LISTENING, PENDING
+from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
 from sipoperator.proxies import parse_listing
 from sipoperator.spec import validate
 
@@ -25,6 +25,13 @@ def test_our_proxy_reports_state_and_error() -> None:
     assert listed.state_of(ok.socket, ok.key) == (LISTENING, "")
     assert listed.state_of(bad.socket, bad.key) == (FAILED, "[Errno 99] Cannot assign requested address")
     assert listed.state_of(absent.socket, absent.key) == (PENDING, "")
+
+
+def test_a_socket_some_worker_lacks_is_partial_with_the_reason() -> None:
+    why = "worker udp-pool#3 (pid 4242) did not apply the change within 10 s; it is being replaced"
+    listed = parse_listing([{"socket": "udp:10.0.0.1:5060", "state": "partial", "error": why}])
+    ok = validate({"protocol": "udp", "address": "10.0.0.1"})
+    assert listed.state_of(ok.socket, ok.key) == (PARTIAL, why)
 
 
 def test_opensips_listing_counts_as_listening() -> None:

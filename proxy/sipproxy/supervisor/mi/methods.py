@@ -40,10 +40,12 @@ def entry_dict(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
         out["port"] = spec.port
     if entry.slot is not None:
         out["slot"] = entry.slot
-    out["state"] = (
-        "listening" if entry.state == "listening" else "failed" if entry.state == "failed" else entry.state
-    )
-    if entry.error:
+    out["state"] = entry.state
+    if entry.state == "listening" and entry.lagging:
+        # Bound and served, but not by every worker that should: say which, until each is replaced.
+        out["state"] = "partial"
+        out["error"] = "; ".join(entry.lagging[name] for name in sorted(entry.lagging))
+    elif entry.error:
         out["error"] = entry.error
     if with_kind:
         out["kind"] = entry.kind

@@ -1,0 +1,245 @@
+"""The UDP worker's event loop: a datagram wakes one worker, and only as many workers wait as the load needs.
+
+Every worker of a UDP pool (the `use_workers` of a static socket, or the `sockets_mgm` pool serving every
+dynamic UDP socket) holds the same bound sockets. uvloop registers them in its epoll without EPOLLEXCLUSIVE,
+so each datagram woke every idle worker of the pool; a worker here runs the standard asyncio loop on this
+selector instead, which registers the pool's sockets with EPOLLEXCLUSIVE (the kernel wakes one waiting
+worker) and reads their datagrams itself, inside `select`, without the loop's per-callback dispatch (which
+cost about 7 us per datagram, measured by bench/udp_receive.py).
+
+Waking one worker per datagram is not enough: a 180 and the 200 right behind it would still wake two
+workers (the first is busy with the 180), doubling the wake-ups and racing the two messages. So a pool keeps
+only the workers the load needs in the wait:
+
+- The pool's first worker is always *active*: its epoll holds the pool's sockets, and it waits on them.
+- The others start on *standby*: they wait on a second epoll holding everything but the pool's sockets,
+  plus the pool's recruit eventfd. A datagram never wakes them.
+- An active worker that finds its sockets still readable after every message for a while (it falls behind)
+  writes the recruit eventfd: one standby worker wakes and becomes active (EPOLLEXCLUSIVE again, so one).
+- An extra active worker that has not fallen behind for `RETIRE_AFTER` goes back to standby.
+- A standby worker also looks every `STANDBY_CHECK` for datagrams waiting while no active worker has read
+  any for `STALL_AFTER` (the pool's heartbeat, a shared page every active worker stamps): it takes over from
+  an active worker that is stuck or stopped.
+
+The other descriptors of the worker (its control channel, relay socket, TCP connections it opened) are in
+both epolls and go through asyncio as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import mmap
+import os
+import select
+import selectors
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sipproxy.shared.udp_pool import HEARTBEAT, PoolFds
+
+# Falling behind: the sockets were readable again right after each of this many messages in a row...
+RECRUIT_STREAK = 16
+# ...over at least this long (a burst that one worker clears at once recruits nobody).
+RECRUIT_AFTER = 0.002
+RETIRE_AFTER = 1.0
+STANDBY_CHECK = 0.25
+STALL_AFTER = 0.1
+
+_READ_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+
+
+class PoolState:
+    """This worker's view of its pool's shared descriptors (`sipproxy.shared.udp_pool`)."""
+
+    def __init__(self, fds: PoolFds) -> None:
+        self.recruit_fd = fds.recruit
+        self.heartbeat = mmap.mmap(fds.heartbeat, HEARTBEAT.size)
+
+    def beat(self, now: float) -> None:
+        HEARTBEAT.pack_into(self.heartbeat, 0, now)
+
+    def last_beat(self) -> float:
+        return float(HEARTBEAT.unpack_from(self.heartbeat, 0)[0])
+
+    def recruit(self) -> None:
+        os.eventfd_write(self.recruit_fd, 1)
+
+
+class PoolSelector(selectors.BaseSelector):
+    def __init__(self, pool: PoolState, always_active: bool) -> None:
+        self.pool = pool
+        self.always_active = always_active
+        self.active = always_active
+        self.recruits = 0  # how often this worker called for help
+        self.activations = 0  # how often it left standby
+        self._map: dict[int, selectors.SelectorKey] = {}
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._active_ep = select.epoll()
+        self._standby_ep = select.epoll()
+        self._standby_ep.register(pool.recruit_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        # Set when a datagram's handling scheduled work on the loop (a task, a timer): `select` then returns
+        # to the loop instead of waiting on.
+        self.loop_has_work = False
+        self._busy_since = 0.0
+        self._streak = 0
+        self._behind_at = time.monotonic()
+
+    # --- the pool's sockets ----------------------------------------------------------------------------
+
+    def add_datagram_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Serve `fd`: `on_readable` reads one datagram (or nothing) each time it is called."""
+        self._readers[fd] = on_readable
+        self._active_ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def remove_datagram_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._active_ep.unregister(fd)
+
+    # --- selectors.BaseSelector, for everything asyncio watches -----------------------------------------
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        if fd in self._map:
+            raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        mask = (select.EPOLLIN if events & selectors.EVENT_READ else 0) | (
+            select.EPOLLOUT if events & selectors.EVENT_WRITE else 0
+        )
+        self._active_ep.register(fd, mask)
+        self._standby_ep.register(fd, mask)
+        self._map[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        key = self._map.pop(fd)
+        for ep in (self._active_ep, self._standby_ep):
+            try:
+                ep.unregister(fd)
+            except OSError:
+                pass  # closed before it was unregistered: the kernel dropped it already
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        self.unregister(fileobj)
+        return self.register(fileobj, events, data)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
+
+    def close(self) -> None:
+        self._active_ep.close()
+        self._standby_ep.close()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait for asyncio's descriptors; datagrams of the pool's sockets are read meanwhile."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        self.loop_has_work = False
+        while True:
+            now = time.monotonic()
+            remaining = -1.0 if deadline is None else max(0.0, deadline - now)
+            if self.active:
+                events = self._select_active(remaining, now)
+            else:
+                events = self._select_standby(remaining, now)
+            if events is not None:
+                return events
+            if self.loop_has_work:
+                return []
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def _select_active(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
+        ready = self._active_ep.poll(0)
+        if ready:
+            # Readable again right away: a message arrived while the last one was handled.
+            self._streak += 1
+            if self._streak == 1:
+                self._busy_since = now
+            elif self._streak >= RECRUIT_STREAK and now - self._busy_since >= RECRUIT_AFTER:
+                self._streak = 0
+                self._behind_at = now
+                self.recruits += 1
+                self.pool.recruit()
+        else:
+            self._streak = 0
+            wait = remaining
+            if not self.always_active:
+                wait = RETIRE_AFTER if remaining < 0 else min(remaining, RETIRE_AFTER)
+            ready = self._active_ep.poll(wait)
+            now = time.monotonic()
+        events: list[tuple[selectors.SelectorKey, int]] = []
+        readers = self._readers
+        served = False
+        for fd, ev in ready:
+            reader = readers.get(fd)
+            if reader is not None:
+                reader()
+                served = True
+            else:
+                key = self._map.get(fd)
+                if key is not None:
+                    events.append((key, _selector_events(ev)))
+        if served:
+            self.pool.beat(now)
+        if not self.always_active and now - self._behind_at > RETIRE_AFTER:
+            self.active = False  # not needed: back to standby
+        return events if events else None
+
+    def _select_standby(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
+        wait = STANDBY_CHECK if remaining < 0 else min(remaining, STANDBY_CHECK)
+        ready = self._standby_ep.poll(wait)
+        events: list[tuple[selectors.SelectorKey, int]] = []
+        called = False
+        for fd, ev in ready:
+            if fd == self.pool.recruit_fd:
+                try:
+                    os.eventfd_read(fd)
+                    called = True
+                except BlockingIOError:
+                    pass  # another standby worker answered this call
+            else:
+                key = self._map.get(fd)
+                if key is not None:
+                    events.append((key, _selector_events(ev)))
+        if not called and not ready and self._active_ep.poll(0):
+            called = time.monotonic() - self.pool.last_beat() > STALL_AFTER
+        if called:
+            self.active = True
+            self.activations += 1
+            self._behind_at = time.monotonic()
+        return events if events else None
+
+
+def _selector_events(ev: int) -> int:
+    return (selectors.EVENT_READ if ev & _READ_EVENTS else 0) | (
+        selectors.EVENT_WRITE if ev & select.EPOLLOUT else 0
+    )
+
+
+class PoolEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop on a `PoolSelector`. A datagram handled inside `select` may schedule work (a task to
+    connect a TCP next hop, a DNS lookup, a timer) that the loop must run or wait for: scheduling tells the
+    selector to hand control back instead of waiting on."""
+
+    def __init__(self, selector: PoolSelector) -> None:
+        super().__init__(selector)
+        self._pool_selector = selector
+
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        self._pool_selector.loop_has_work = True
+        return super().call_soon(callback, *args, context=context)
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        self._pool_selector.loop_has_work = True
+        return super().call_at(when, callback, *args, context=context)
