@@ -1,4 +1,5 @@
-"""`python -m bench [proxy_cpu] [reload_latency] [operator] [options]`: the named benchmarks (default: all).
+"""`python -m bench [proxy_cpu] [reload_latency] [operator] [tls] [options]`: the named benchmarks (default:
+all).
 
 Figures are printed and written as JSON to `<workdir>/results.json`; nothing is asserted. Every process a
 benchmark starts is stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
@@ -16,13 +17,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reload_latency, udp_pool
+from bench import machine, operator_apply, proxy_cpu, reload_latency, tls_edge, udp_pool
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
     "reload_latency": reload_latency.run,
     "operator": operator_apply.run,
     "udp_pool": udp_pool.run,
+    "tls": tls_edge.run,
 }
 
 
@@ -38,6 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     reload_latency.add_arguments(parser.add_argument_group("reload_latency"))
     operator_apply.add_arguments(parser.add_argument_group("operator"))
     udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
+    tls_edge.add_arguments(parser.add_argument_group("tls"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]
     if unknown:

@@ -344,6 +344,9 @@ class Reconciler:
             "conditions": merged,
             "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
             "certificate": _certificate(step, seen[-1]),
+            # The `kubectl get -o wide` columns; None removes the field (a JSON merge patch).
+            "advertised": wanted.row.advertised if wanted and outcome.accepted else None,
+            "listening": cond.listening_count(outcome.pods) if outcome.accepted else None,
         }
         try:
             await self.status.write(known.namespace, known.name, status, seen)

@@ -24,7 +24,8 @@ from sipoperator.domains import DomainRow
 from sipoperator.spec import Row, same_row
 from sipproxy.shared.db_url import to_sqlalchemy_url
 from sipproxy.shared.schema import init_db, sockets_table
-from sipproxy.shared.tls_domains import SERVER_DOMAIN, init_tls_mgm, tls_mgm_table
+from sipproxy.shared.tls_domains import SERVER_DOMAIN
+from sipproxy.shared.tls_table import init_tls_mgm, tls_mgm_table
 
 OWNERS_TABLE = "sipsockets_owners"
 TLS_OWNERS_TABLE = "sipsockets_tls_owners"

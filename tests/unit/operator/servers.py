@@ -105,11 +105,16 @@ class FakeAPI:
         return web.json_response({"metadata": {"name": name}, "status": self.objects[(namespace, name)]})
 
 
+# OpenSIPS after 3.6: the sockets_mgm commands by their new names only (an OpenSIPS without the 3.6 aliases).
+NEW_NAMES = {"sockets_mgm:reload": "sockets_reload", "sockets_mgm:list": "sockets_list"}
+
+
 @dataclass
 class FakeMI:
     """A proxy's MI: serves `sockets` as listening after each reload, and keeps what `domains` gives as its
     TLS domains after each tls_reload (-32601 without `domains`, as a proxy without TLS); `on_call` sees
-    every method."""
+    every method. `new_names_only`: answers `sockets_mgm:reload`/`sockets_mgm:list` and -32601 to the 3.6
+    names."""
 
     sockets: Callable[[], list[str]]
     on_call: Callable[[str], None]
@@ -119,6 +124,7 @@ class FakeMI:
     domains: Callable[[], list[Any]] | None = None
     loaded: list[Any] = field(default_factory=list)  # the TLS domains as of the last tls_reload
     tls_failed: list[dict[str, str]] = field(default_factory=list)  # what tls_reload reports as failed
+    new_names_only: bool = False
     server: TestServer | None = None
 
     async def start(self) -> int:
@@ -137,6 +143,8 @@ class FakeMI:
         call = await request.json()
         method = call["method"]
         self.on_call(method)
+        if self.new_names_only:
+            method = NEW_NAMES.get(method, "" if method in NEW_NAMES.values() else method)
         result: Any
         if method == "sockets_reload":
             self.listed = list(self.sockets())

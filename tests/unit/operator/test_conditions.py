@@ -14,6 +14,7 @@ from sipoperator.conditions import (
     conditions,
     database_down,
     listeners,
+    listening_count,
     merge,
     refused,
     unresolved,
@@ -170,3 +171,14 @@ def test_a_domain_name_taken_by_hand_is_its_own_reason_not_database_unavailable(
         "tls_mgm already has server domain 'voip/a'",
     )
     assert got["Accepted"].message == "spec is valid"
+
+
+def test_listening_count_counts_listening_pods_of_all_ready_pods() -> None:
+    pods = [
+        PodResult("p0", True, LISTENING),
+        PodResult("p1", True, FAILED, "EADDRNOTAVAIL"),
+        PodResult("p2", False, error="timeout"),
+        PodResult("p3", True, LISTENING),
+    ]
+    assert listening_count(pods) == "2/4"
+    assert listening_count([]) == "0/0"

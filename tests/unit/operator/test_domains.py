@@ -36,8 +36,11 @@ NEW = issue(CA, "sip.example.com", dns=["sip.example.com", "edge.example.com"])
 
 
 def socket(address: str = "10.0.5.20", port: int = 5061, tls: dict[str, str] | None = None) -> DesiredSocket:
-    spec = {"secretName": "edge-tls", **(tls or {})}
-    return validate({"protocol": "tls", "address": address, "port": port, "tls": spec})
+    spec: dict[str, object] = {"protocol": "tls", "address": address, "port": port}
+    spec["tls"] = {"secretName": "edge-tls", **(tls or {})}
+    if address in ("0.0.0.0", "::"):
+        spec["advertised"] = {"address": "sip.example.com"}  # a wildcard needs one
+    return validate(spec)
 
 
 def resolved(leaf: Issued = OLD, ca: bytes | None = None) -> Resolution:

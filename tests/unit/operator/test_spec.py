@@ -171,3 +171,17 @@ def test_tls_specs_that_cannot_work_name_the_field(spec: dict[str, Any], field: 
         validate(spec)
     assert info.value.field == field
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "0:0::0"])
+def test_a_wildcard_without_advertised_is_invalid_naming_why(address: str) -> None:
+    with pytest.raises(
+        SpecError, match=r"a wildcard address \((0\.0\.0\.0|::)\) needs an advertised address"
+    ):
+        validate({"protocol": "udp", "address": address})
+    assert validate({"protocol": "udp", "address": address, "advertised": {"address": "203.0.113.10"}})
+
+
+def test_an_unspecified_advertised_address_is_invalid() -> None:
+    with pytest.raises(SpecError, match=r"advertised address 0\.0\.0\.0 is not one a peer can send to"):
+        validate({"protocol": "udp", "address": "10.0.0.1", "advertised": {"address": "0.0.0.0"}})

@@ -11,7 +11,8 @@ from sqlalchemy import insert, select, update
 from sipoperator.domains import DomainRow
 from sipoperator.spec import Row
 from sipoperator.store import DomainTaken, Store
-from sipproxy.shared.tls_domains import TlsDomain, read_domains
+from sipproxy.shared.tls_domains import TlsDomain
+from sipproxy.shared.tls_table import read_domains
 from tests.tlscerts import Issued, issue, make_ca
 
 
