@@ -157,21 +157,28 @@ class Coalesced(Generic[T]):
 
 @dataclass(frozen=True)
 class Listed:
-    """A pod's dynamic sockets: socket text -> (state, error)."""
+    """A pod's dynamic sockets: socket text -> (state, error); and the proxy's warnings about some of them
+    (ours: a tls/wss socket no loaded TLS server domain serves, whose handshakes all fail)."""
 
     entries: dict[str, tuple[str, str]]
     opensips: bool  # no per-socket state: a listed socket counts as listening
+    warnings: dict[str, str] = field(default_factory=dict)
+
+    def _text_of(self, socket: str, key: EndpointKey) -> str | None:
+        if socket in self.entries:
+            return socket
+        for text in self.entries:
+            if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
+                return text
+        return None
 
     def state_of(self, socket: str, key: EndpointKey) -> tuple[str, str]:
-        found = self.entries.get(socket)
-        if found is None:
-            for text, value in self.entries.items():
-                if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
-                    found = value
-                    break
-        if found is None:
-            return PENDING, ""
-        return found
+        text = self._text_of(socket, key)
+        return self.entries[text] if text is not None else (PENDING, "")
+
+    def warning_of(self, socket: str, key: EndpointKey) -> str:
+        text = self._text_of(socket, key)
+        return self.warnings.get(text, "") if text is not None else ""
 
 
 def mi_port_of(annotations: Mapping[str, str] | None) -> tuple[int | None, str]:
@@ -190,10 +197,13 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
     """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
     sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
     entries: dict[str, tuple[str, str]] = {}
+    warnings: dict[str, str] = {}
     saw_state = False
     for item in result if isinstance(result, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
             continue
+        if item.get("warning"):
+            warnings[item["socket"]] = str(item["warning"])
         state = item.get("state")
         if state is None:
             entries[item["socket"]] = (LISTENING, "")
@@ -205,7 +215,7 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (PARTIAL, str(item.get("error") or state))
         else:
             entries[item["socket"]] = (FAILED, str(item.get("error") or state))
-    return Listed(entries, opensips if opensips is not None else not saw_state)
+    return Listed(entries, opensips if opensips is not None else not saw_state, warnings)
 
 
 @dataclass

@@ -470,8 +470,14 @@ class Reconciler:
             except (Unreachable, MIError) as exc:
                 return cond.PodResult(pod.name, reachable=False, error=str(exc))
             state, error = listed.state_of(wanted.socket, wanted.key)
+            warning = listed.warning_of(wanted.socket, wanted.key) if domain is not None else ""
             if failure is not None and domain is not None:
                 state, error = cond.FAILED, f"TLS domain {domain.domain!r} not loaded: {failure}"
+            elif warning and state == cond.LISTENING:
+                # Listening, but the pod has no certificate for it (it missed a tls_reload, or the table
+                # was edited): not serving. The next pass reloads its TLS domains.
+                state, error = cond.FAILED, warning
+                memo.tls_applied.pop(pod.key, None)
             return cond.PodResult(pod.name, reachable=True, state=state, error=error)
 
         return list(await asyncio.gather(*(one(p) for p in ready)))

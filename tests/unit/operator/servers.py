@@ -125,6 +125,7 @@ class FakeMI:
     loaded: list[Any] = field(default_factory=list)  # the TLS domains as of the last tls_reload
     tls_failed: list[dict[str, str]] = field(default_factory=list)  # what tls_reload reports as failed
     new_names_only: bool = False
+    warnings: dict[str, str] = field(default_factory=dict)  # sockets_list's warning per socket
     server: TestServer | None = None
 
     async def start(self) -> int:
@@ -150,7 +151,14 @@ class FakeMI:
             self.listed = list(self.sockets())
             result = {}
         elif method == "sockets_list":
-            result = [{"socket": s, "state": "listening"} for s in self.listed]
+            result = [
+                {
+                    "socket": s,
+                    "state": "listening",
+                    **({"warning": self.warnings[s]} if s in self.warnings else {}),
+                }
+                for s in self.listed
+            ]
         elif method == "list_sockets":
             result = [{"socket": s, "kind": "static"} for s in self.static]
         elif method == "sockets_capacity":

@@ -256,3 +256,21 @@ async def test_a_pod_that_could_not_load_the_domain_is_failed_and_asked_again(wo
     result = await world.rec.reconcile(world.body("edge", tls()))
     assert world.methods()[0] == "tls_reload"  # not recorded as applied: asked again
     assert conditions(result.status)["Ready"][:2] == ("True", "Listening")
+
+
+async def test_a_pod_listening_without_the_certificate_is_not_serving_and_reloads_its_domains(
+    world: World,
+) -> None:
+    """The proxy warns in sockets_list when no loaded domain serves a TLS socket (every handshake fails):
+    e.g. it missed a tls_reload. That pod is Failed with the proxy's words, and the next pass reloads it."""
+    await ready_edge(world)
+    warning = "no TLS server domain matches 10.0.0.1:5061 (match_ip_address, or *): connections fail"
+    world.mi.warnings = {"tls:10.0.0.1:5061": warning}
+    result = await world.rec.reconcile(world.body("edge", tls()))
+    assert result.status["listeners"] == [{"pod": "proxy-0", "state": "Failed", "message": warning}]
+    assert world.methods() == ["sockets_list"]
+    world.mi.warnings = {}
+    world.calls.clear()
+    result = await world.rec.reconcile(world.body("edge", tls()))
+    assert world.methods() == ["tls_reload", "sockets_list"]
+    assert conditions(result.status)["Ready"][:2] == ("True", "Listening")
