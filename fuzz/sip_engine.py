@@ -101,7 +101,9 @@ class Stream:
 def engines(routes: object) -> tuple[SipEngine, SipEngine]:
     rules = parse_routes(routes)
     view = StaticListeners()
-    return SipEngine(rules, view), SipEngine(rules, view, scan=False)
+    # One flow key for both: the tokens they write in a stream request's Via must be the same.
+    key = bytes(range(32))
+    return SipEngine(rules, view, flow_key=key), SipEngine(rules, view, scan=False, flow_key=key)
 
 
 PAIRS = (engines(ROUTES), engines(None))
@@ -140,7 +142,7 @@ def scanned_path_answers(data: bytes) -> bool:
     if found_request is None:
         return False
     conn = CONNECTION if listener.proto == "tcp" else None
-    return scanned_path.request(scanned.state, body, found_request, listener, conn) is not None
+    return scanned_path.request(scanned.state, body, found_request, listener, UAC, conn) is not None
 
 
 def corpus_stats(folder: Path) -> None:
