@@ -50,13 +50,13 @@ async def _serve(app: web.Application, listen: str, what: str, ssl_context: obje
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    store = Store(settings.db_url, settings.table_name)
+    store = Store(settings.db_url, settings.table_name, tls_table_name=settings.tls_table_name)
     fleet = Fleet(settings, metrics)
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings, settings.peering)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
     handlers.register(registry, rec, settings.peering)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]

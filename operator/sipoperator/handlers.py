@@ -1,4 +1,7 @@
-"""kopf wiring: which Kubernetes events call which reconciler step. No decisions here."""
+"""kopf wiring: which Kubernetes events call which reconciler step. No decisions here.
+
+Every handler that touches the reconciler is a coroutine: kopf runs plain functions in a thread pool, and the
+reconciler's state (its dicts, the keepers' asyncio.Events) belongs to the event loop."""
 
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
         return login(settings)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def watch_sipsockets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def watch_sipsockets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             rec.forget(str(body.metadata.uid))
         else:
@@ -127,8 +130,18 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
                 "proxy pod %s missed the reload after deleting %s: %s", pod, body.metadata.name, error
             )
 
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    async def watch_secrets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        """A renewed, replaced or deleted Secret: the SipSockets referencing it run a pass (new domain row,
+        tls_reload); the others are not woken. The pass reads the Secret itself: nothing is kept here.
+        Async, so it runs in the event loop (kopf runs plain functions in a thread, where setting an
+        asyncio.Event is not safe)."""
+        deleted = event.get("type") == "DELETED"
+        version = None if deleted else str(body.metadata.get("resourceVersion") or "")
+        rec.secret_changed(str(body.metadata.name), version)
+
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
-    def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         name = str(body.metadata.name)
         if event.get("type") == "DELETED" or body.metadata.get("deletionTimestamp"):
             rec.fleet.forget(name)

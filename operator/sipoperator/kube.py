@@ -1,9 +1,9 @@
 """A small async client of the Kubernetes API: JSON get, patch and create over aiohttp.
 
-The operator's own writes (status patches today, a Lease loop later) go through it; kopf keeps its own client
-for the watches, Events and its annotations. Credentials come from kopf's public login functions
-(`kopf.ConnectionInfo`: server, CA, token or client certificate), asked again once when the API answers 401
-(a rotated service-account token).
+The operator's own writes (status patches today, a Lease loop later) and its reads of the Secrets that
+SipSockets reference go through it; kopf keeps its own client for the watches, Events and its annotations.
+Credentials come from kopf's public login functions (`kopf.ConnectionInfo`: server, CA, token or client
+certificate), asked again once when the API answers 401 (a rotated service-account token).
 """
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ class KubeClient:
         self, path: str, body: Mapping[str, Any], content_type: str = MERGE_PATCH
     ) -> dict[str, Any]:
         return await self.request("PATCH", path, body, content_type)
+
+    async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, or None when it does not exist. Raises KubeError for anything else (403, 5xx, ...)."""
+        try:
+            return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
 
 
 def _json(text: str) -> Any:

@@ -1,4 +1,4 @@
-"""The operator's RBAC is exactly what it calls: nothing broader, no wildcards, no Secrets."""
+"""The operator's RBAC is exactly what it calls: nothing broader, no wildcards; Secrets read-only."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 # kopf lists and watches, patches (finalizer, annotations, status) and posts Events; it never GETs one object.
+# Secrets: the operator's own client GETs those that tls/wss SipSockets name, kopf watches them for renewals.
 NAMESPACED = {
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("sipsockets.io", "sipsockets", "list"),
     ("sipsockets.io", "sipsockets", "watch"),
     ("sipsockets.io", "sipsockets", "patch"),
@@ -41,6 +45,12 @@ def test_operator_role_is_least_privilege() -> None:
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert "resourceNames" not in rule
+    # Secrets are never written: not created, patched, updated or deleted.
+    assert {verb for group, resource, verb in rules_of(role) if resource == "secrets"} == {
+        "get",
+        "list",
+        "watch",
+    }
 
 
 def test_peering_adds_only_kopfpeerings() -> None:
