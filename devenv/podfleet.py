@@ -393,11 +393,18 @@ class OperatorPod(_Pod):
         }
 
     def start(self, timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Create the Pod and return at once (several replicas are created at the same instant)."""
         if not self.service_account:
             self.ensure_rbac()
         self._delete(grace=0)
         share(self.share_dir)
         self._create()
+
+    def wait_started(self, timeout: float = 120.0) -> None:
         self._wait_running(timeout)
         _wait(self.healthy, f"the operator's /healthz (pod {self.name})", timeout, interval=0.5)
 

@@ -365,8 +365,8 @@ class Reconciler:
         return errors
 
     async def deletion_blocked(self, body: Mapping[str, Any], error: str) -> list[cond.Condition]:
-        """`finalize` could not remove the row: say so in the status (the conditions only); returns the
-        conditions that changed (each worth an Event)."""
+        """`finalize` could not remove the row: say so in the status (the conditions, and observedGeneration:
+        the deletion moved the generation on); returns the conditions that changed (each worth an Event)."""
         meta = body.get("metadata") or {}
         memo = self.memo(str(meta.get("uid")))
         current = body.get("status") or {}
@@ -374,7 +374,7 @@ class Reconciler:
         generation = int(meta.get("generation") or 0)
         new = cond.deletion_blocked(previous, error)
         merged, changed = cond.merge(previous, new, generation, now_rfc3339())
-        status: dict[str, Any] = {"conditions": merged}
+        status: dict[str, Any] = {"observedGeneration": generation, "conditions": merged}
         seen = [current] if memo.written_status is None else [current, memo.written_status]
         await self.status.write(str(meta.get("namespace")), str(meta.get("name")), status, seen)
         memo.written_status = {**(memo.written_status or current), **status}
