@@ -100,7 +100,11 @@ class Elector:
         log.info("leader election: Lease %s, identity %s", self.ref, self.identity)
         try:
             while not stop.is_set():
-                delay = await self.step()
+                try:
+                    delay = await self.step()
+                except Exception:  # a bug must not end the election for good: the fence still holds
+                    log.exception("leader election step failed")
+                    delay = self.timing.retry_period
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:

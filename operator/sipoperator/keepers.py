@@ -112,6 +112,9 @@ class Keepers:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # What this replica learnt as the leader goes stale now (its conditions metrics, its last statuses):
+        # a later term starts afresh, as a new leader would.
+        self.rec.memos.clear()
 
     def _ensure(self, uid: str) -> None:
         task = self.tasks.get(uid)
