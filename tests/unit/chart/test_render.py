@@ -338,7 +338,7 @@ def test_operator_settings_follow_the_operator_contract() -> None:
     assert env["SIPSOCKETS_WEBHOOK_LISTEN"] == "0.0.0.0:9443"
     assert env["SIPSOCKETS_HEALTH_LISTEN"] == "0.0.0.0:8080"
     assert env["SIPSOCKETS_LOG_FORMAT"] == "text"
-    assert "SIPSOCKETS_PEERING" not in env
+    assert env["SIPSOCKETS_LEASE_NAME"] == f"{RELEASE}-operator"
     # The selector finds exactly this release's proxy pods.
     selector = dict(kv.split("=") for kv in env["SIPSOCKETS_PROXY_SELECTOR"].split(","))
     proxy_labels = r.one("Deployment", "-proxy")["spec"]["template"]["metadata"]["labels"]
