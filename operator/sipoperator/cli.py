@@ -56,14 +56,14 @@ async def _serve(app: web.Application, listen: str, what: str, ssl_context: obje
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    store = Store(settings.db_url, settings.table_name)
+    store = Store(settings.db_url, settings.table_name, tls_table_name=settings.tls_table_name)
     fleet = Fleet(settings, metrics)
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
     status = StatusWriter(kube)
-    rec = Reconciler(settings, store, fleet, metrics, status)
+    rec = Reconciler(settings, store, fleet, metrics, status, kube)
     events = EventPoster(kube)
     fleet_sync = FleetSync(settings, store, fleet, metrics)
     keepers = Keepers(rec, kube, events, reload_missed=fleet_sync.wake)

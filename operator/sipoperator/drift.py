@@ -1,10 +1,12 @@
 """Does a proxy pod need a `sockets_reload` (pure)? Its listing is compared with what the table says: for one
 SipSocket in its pass (`needs_reload`), and for the whole pod in the leader's fleet check (`pod_out_of_sync`,
-run by `fleetsync.py` every resync, not tied to any SipSocket)."""
+run by `fleetsync.py` every resync, not tied to any SipSocket). And a `tls_reload`: has it applied this
+object's tls_mgm row as it is now?"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sipoperator.conditions import LISTENING, PENDING
 from sipoperator.proxies import Listed
@@ -47,3 +49,24 @@ def next_fleet_check(resync: float, retry_soon: bool) -> float:
     answer or the table could not be read, so that a pod that comes back (a hung process resumed, which
     Kubernetes may never have seen as not Ready) is repaired within seconds, not a resync later."""
     return min(resync, FLEET_RETRY) if retry_soon else resync
+
+
+def needs_tls_reload(applied: str | None, domain: str | None) -> bool:
+    """`applied`: the digest of our domain row that the pod's last tls_reload (by this process) saw; `domain`:
+    the row's digest now (None: we have none). A pod never asked by this process is asked once: it may have
+    missed a reload before the operator restarted."""
+    return domain is not None and applied != domain
+
+
+def tls_failure(result: Any, domain: str) -> str | None:
+    """Why a pod's `tls_reload` left our domain out, from its answer (ours: `{"generation", "loaded",
+    "failed": [{"domain", "kind", "source", "error"}]}`); None when it did not say (OpenSIPS answers "OK")."""
+    failed = result.get("failed") if isinstance(result, Mapping) else None
+    for item in failed if isinstance(failed, list) else ():
+        if (
+            isinstance(item, Mapping)
+            and item.get("domain") == domain
+            and item.get("kind", "server") == "server"
+        ):
+            return str(item.get("error") or "failed")
+    return None

@@ -67,6 +67,16 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, keepers: Keepers)
         rec.observe(raw)
         keepers.seen(raw)
 
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    async def watch_secrets(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        """A renewed, replaced or deleted Secret: the SipSockets referencing it run a pass (new domain row,
+        tls_reload); the others are not woken. The pass reads the Secret itself: nothing is kept here.
+        Async, so it runs in the event loop (kopf runs plain functions in a thread, where setting an
+        asyncio.Event is not safe)."""
+        deleted = event.get("type") == "DELETED"
+        version = None if deleted else str(body.metadata.get("resourceVersion") or "")
+        rec.secret_changed(str(body.metadata.name), version)
+
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     async def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         name = str(body.metadata.name)

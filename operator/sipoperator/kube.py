@@ -1,9 +1,9 @@
 """A small async client of the Kubernetes API: JSON get, create, replace and patch over aiohttp.
 
 The operator's own writes go through it: status patches, the finalizer, Events and the leader-election Lease;
-kopf keeps its own client for the watches. Credentials come from kopf's public login functions
-(`kopf.ConnectionInfo`: server, CA, token or client certificate), asked again once when the API answers 401
-(a rotated service-account token).
+so do its reads of the Secrets that SipSockets reference. kopf keeps its own client for the watches.
+Credentials come from kopf's public login functions (`kopf.ConnectionInfo`: server, CA, token or client
+certificate), asked again once when the API answers 401 (a rotated service-account token).
 """
 
 from __future__ import annotations
@@ -124,6 +124,15 @@ class KubeClient:
         within: float | None = None,
     ) -> dict[str, Any]:
         return await self.request("PATCH", path, body, content_type, within)
+
+    async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, or None when it does not exist. Raises KubeError for anything else (403, 5xx, ...)."""
+        try:
+            return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
 
 
 def _json(text: str) -> Any:

@@ -69,6 +69,7 @@ class Metrics:
         self.reconciles = Counter("sipsockets_reconciles_total", "Reconciles of SipSockets by result.")
         self.errors = Counter("sipsockets_reconcile_errors_total", "Reconcile problems by reason.")
         self.reloads = Counter("sipsockets_proxy_reloads_total", "MI sockets_reload calls by result.")
+        self.tls_reloads = Counter("sipsockets_proxy_tls_reloads_total", "MI tls_reload calls by result.")
         self.reload_seconds = Histogram(
             "sipsockets_proxy_reload_duration_seconds", "Duration of successful MI sockets_reload calls."
         )
@@ -85,7 +86,7 @@ class Metrics:
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.reconciles, self.errors, self.reloads, self.drift_repairs):
+        for metric in (self.reconciles, self.errors, self.reloads, self.tls_reloads, self.drift_repairs):
             lines += metric.render()
         lines += self.reload_seconds.render()
         lines += self.leader.render()

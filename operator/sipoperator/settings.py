@@ -31,6 +31,7 @@ class Settings:
     namespace: str
     db_url: str
     table_name: str = "sockets"
+    tls_table_name: str = "tls_mgm"
     proxy_selector: str = DEFAULT_PROXY_SELECTOR
     mi_port: int = 8888
     mi_root: str = "mi"
@@ -74,6 +75,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--db-url", "SIPSOCKETS_DB_URL", "OpenSIPS-style database URL, e.g. postgres://u:p@host/db"),
     ("--db-url-file", "SIPSOCKETS_DB_URL_FILE", "file holding the database URL (e.g. a mounted Secret)"),
     ("--table-name", "SIPSOCKETS_TABLE_NAME", "sockets table name (default: sockets)"),
+    ("--tls-table-name", "SIPSOCKETS_TLS_TABLE_NAME", "TLS domains table name (default: tls_mgm)"),
     ("--proxy-selector", "SIPSOCKETS_PROXY_SELECTOR", "label selector of the proxy pods (k=v,k2=v2)"),
     ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI port (8888); annotation sipsockets.io/mi-port wins"),
     ("--mi-root", "SIPSOCKETS_MI_ROOT", "proxy MI path (default: mi)"),
@@ -236,6 +238,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         namespace=get("--namespace") or _default_namespace(),
         db_url=db_url,
         table_name=get("--table-name") or "sockets",
+        tls_table_name=get("--tls-table-name") or "tls_mgm",
         proxy_selector=selector,
         mi_port=int(_number(get("--mi-port") or "8888", "--mi-port", "SIPSOCKETS_MI_PORT", int, 1)),
         mi_root=mi_root,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,19 @@ def test_install_upgrade_uninstall(
     # The first SipSocket of the NOTES is one the API server (schema, CEL) accepts.
     first = notes_sipsocket(out)
     assert first["kind"] == "SipSocket"
-    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(first))
+    # The API server drops an uninstalled ValidatingAdmissionPolicy from its admission chain a moment after
+    # the object is gone (its informer), so the first tries may still meet it.
+    deadline = time.monotonic() + 30
+    while True:
+        applied = cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(first), check=False)
+        if (
+            applied.returncode == 0
+            or time.monotonic() > deadline
+            or "ValidatingAdmissionPolicy" not in applied.stderr
+        ):
+            break
+        time.sleep(0.5)
+    assert applied.returncode == 0, applied.stderr
     cp.kubectl("delete", "sipsocket", first["metadata"]["name"], "-n", namespace, "--wait=false")
 
 

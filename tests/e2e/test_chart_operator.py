@@ -273,7 +273,17 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # And no more than enough: the same token is refused outside the Role.
     assert world.sa_kubeconfig is not None
     kc = world.sa_kubeconfig
-    assert forbidden(cp.kubectl("get", "secrets", "-n", ns, kubeconfig=kc, check=False))
+    # Secrets: read in its own namespace (the certificates of tls/wss SipSockets), never written, never
+    # elsewhere.
+    assert forbidden(cp.kubectl("get", "secrets", "-n", "default", kubeconfig=kc, check=False))
+    assert forbidden(
+        cp.kubectl(
+            "create", "secret", "generic", "x", "-n", ns, "--from-literal=a=b", kubeconfig=kc, check=False
+        )
+    )
+    assert forbidden(
+        cp.kubectl("delete", "secret", f"{RELEASE}-mi-token", "-n", ns, kubeconfig=kc, check=False)
+    )
     assert forbidden(cp.kubectl("get", "sipsockets", "-n", "default", kubeconfig=kc, check=False))
     assert forbidden(cp.kubectl("delete", "pod", pod.name, "-n", ns, kubeconfig=kc, check=False))
     assert forbidden(cp.kubectl("create", "configmap", "x", "-n", ns, kubeconfig=kc, check=False))
@@ -293,6 +303,7 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # While what it needs is allowed with the very same token.
     assert cp.kubectl("get", "sipsockets", "-n", ns, kubeconfig=kc, check=False).returncode == 0
     assert cp.kubectl("get", "pods", "-n", ns, kubeconfig=kc, check=False).returncode == 0
+    assert cp.kubectl("get", "secrets", "-n", ns, kubeconfig=kc, check=False).returncode == 0
 
 
 def leads(op: Operator) -> bool:

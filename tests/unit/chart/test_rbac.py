@@ -1,4 +1,4 @@
-"""The operator's RBAC is exactly what it calls: nothing broader, no wildcards, no Secrets; one Lease."""
+"""The operator's RBAC is exactly what it calls: no wildcards, Secrets read-only, one Lease by name."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 # kopf lists and watches; the operator's own client patches (finalizer, status) and posts Events; it never
-# GETs one SipSocket.
+# GETs one SipSocket. Secrets: the operator's own client GETs those that tls/wss SipSockets name, kopf watches
+# them for renewals.
 NAMESPACED = {
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("sipsockets.io", "sipsockets", "list"),
     ("sipsockets.io", "sipsockets", "watch"),
     ("sipsockets.io", "sipsockets", "patch"),
@@ -47,6 +51,12 @@ def test_operator_role_is_least_privilege() -> None:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         if rule not in lease_rules(role):
             assert "resourceNames" not in rule
+    # Secrets are never written: not created, patched, updated or deleted.
+    assert {verb for group, resource, verb in rules_of(role) if resource == "secrets"} == {
+        "get",
+        "list",
+        "watch",
+    }
 
 
 def test_the_lease_is_read_and_renewed_by_name_only() -> None:

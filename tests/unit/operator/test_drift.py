@@ -1,8 +1,16 @@
-"""When a proxy pod needs a `sockets_reload`: its listing against what the table says."""
+"""When a proxy pod needs a `sockets_reload` (its listing against what the table says) or a `tls_reload`."""
 
 from __future__ import annotations
 
-from sipoperator.drift import FLEET_RETRY, needs_reload, next_fleet_check, pod_out_of_sync, table_sockets
+from sipoperator.drift import (
+    FLEET_RETRY,
+    needs_reload,
+    needs_tls_reload,
+    next_fleet_check,
+    pod_out_of_sync,
+    table_sockets,
+    tls_failure,
+)
 from sipoperator.proxies import parse_listing
 from sipoperator.spec import validate
 
@@ -48,6 +56,27 @@ def test_without_the_table_no_reload_is_asked_for() -> None:
 
 def test_rows_the_proxy_cannot_parse_are_not_expected_in_its_listing() -> None:
     assert table_sockets(["udp:10.0.0.1:5070", "garbage", None]) == frozenset({"udp:10.0.0.1:5070"})
+
+
+def test_a_pod_gets_tls_reload_until_it_applied_the_current_domain_row() -> None:
+    assert needs_tls_reload(None, "d1")  # never asked by this operator process (it may have missed one)
+    assert needs_tls_reload("d1", "d2")  # the row changed (a renewal)
+    assert not needs_tls_reload("d2", "d2")
+    assert not needs_tls_reload(None, None)  # no domain row: nothing to load
+
+
+def test_a_tls_reload_that_left_our_domain_out_says_why() -> None:
+    answer = {
+        "generation": 4,
+        "loaded": [{"domain": "voip/other", "kind": "server", "source": "table"}],
+        "failed": [
+            {"domain": "voip/edge", "kind": "server", "source": "table", "error": "key does not match"},
+            {"domain": "voip/edge", "kind": "client", "source": "config", "error": "not ours"},
+        ],
+    }
+    assert tls_failure(answer, "voip/edge") == "key does not match"
+    assert tls_failure(answer, "voip/other") is None
+    assert tls_failure("OK", "voip/edge") is None  # OpenSIPS says nothing more
 
 
 def test_a_pod_is_judged_as_a_whole_against_the_table() -> None:

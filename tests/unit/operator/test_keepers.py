@@ -112,7 +112,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         metrics = Metrics()
         fleet = Fleet(settings, metrics)
         status = StatusWriter(kube, gate)
-        rec = Reconciler(settings, store, fleet, metrics, status)
+        rec = Reconciler(settings, store, fleet, metrics, status, kube)
         store.fence = fleet.client.fence = gate
         mi = FakeMI(sockets, lambda _: None)
         fleet.observe("proxy-0", "uid-p", "127.0.0.1", True, await mi.start())

@@ -11,7 +11,7 @@ from sipoperator.settings import DEFAULT_PROXY_SELECTOR, SettingsError, load, pa
 
 def test_defaults() -> None:
     s = load([], {"SIPSOCKETS_DB_URL": "sqlite:///x.db"})
-    assert s.table_name == "sockets"
+    assert (s.table_name, s.tls_table_name) == ("sockets", "tls_mgm")
     assert s.proxy_selector == DEFAULT_PROXY_SELECTOR
     assert (s.mi_port, s.mi_root, s.resync_period, s.mi_timeout) == (8888, "mi", 60.0, 5.0)
     assert s.webhook_listen == ""
@@ -39,6 +39,11 @@ def test_flag_wins_over_environment(tmp_path: Path) -> None:
     }
     s = load(["--namespace", "flag", "--mi-port", "9001"], env)
     assert (s.namespace, s.mi_port, s.db_url) == ("flag", 9001, "sqlite:///env.db")
+
+
+def test_the_tls_domains_table_is_named_like_the_proxys_tls_mgm_table_name() -> None:
+    s = load([], {"SIPSOCKETS_DB_URL": "sqlite:///x.db", "SIPSOCKETS_TLS_TABLE_NAME": "tls_domains"})
+    assert s.tls_table_name == "tls_domains"
 
 
 def test_database_url_from_a_secret_file(tmp_path: Path) -> None:
