@@ -248,6 +248,28 @@ def database_down(
     )
 
 
+DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+
+
+def deletion_blocked(previous: Sequence[Mapping[str, Any]] | None, error: str) -> list[Condition]:
+    """Deleted, but the row cannot be removed because the database is down: the finalizer stays, and
+    Programmed (then Ready, as the chain goes) says why. Accepted stays as it was: the spec did not change."""
+    kept = [
+        Condition(ACCEPTED, str(c.get("status")), str(c.get("reason")), str(c.get("message") or ""))
+        for c in previous or ()
+        if isinstance(c, Mapping) and c.get("type") == ACCEPTED
+    ][:1]
+    message = (
+        f"deleting: the row cannot be removed, the proxy database is unavailable ({error}); the finalizer "
+        "stays until it is removed, and the proxies keep serving the socket meanwhile"
+    )
+    return [
+        *kept,
+        Condition(PROGRAMMED, "False", DATABASE_UNAVAILABLE, message),
+        Condition(READY, "False", DATABASE_UNAVAILABLE, "cannot confirm the socket: " + message),
+    ]
+
+
 def merge(
     previous: Sequence[Mapping[str, Any]] | None,
     new: Sequence[Condition],

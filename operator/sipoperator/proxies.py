@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
+from sipoperator.lease import UNFENCED, Fence
 from sipoperator.metrics import Metrics
 from sipoperator.mi_tls import reloading_client_context
 from sipoperator.settings import Settings
@@ -59,6 +60,7 @@ class MIError(Exception):
 class MIClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.fence: Fence = UNFENCED  # asked before each reload: only the Lease's holder reloads proxies
         self._session: aiohttp.ClientSession | None = None
         # Plain HTTP without a CA: OpenSIPS' own MI, and the local environment without the chart.
         self._tls = (
@@ -269,6 +271,7 @@ class ProxyPod:
         return result
 
     async def _do_reload(self) -> Any:
+        self.client.fence.budget()  # raises NotLeader
         started = time.monotonic()
         try:
             result = await self._call_command("reload")
@@ -280,6 +283,7 @@ class ProxyPod:
         return result
 
     async def _do_tls_reload(self) -> Any:
+        self.client.fence.budget()  # raises NotLeader
         try:
             result = await self._call("tls_reload")
         except MIError as exc:
@@ -342,7 +346,13 @@ class Fleet:
         self.client = MIClient(settings)
         self.pods: dict[str, ProxyPod] = {}
         self.epoch = 0
-        self.on_change: Callable[[], None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._discovery: Coalesced[None] = Coalesced(self.discover_all)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """`listener` is called whenever the set of ready pods changes."""
+        self._listeners.append(listener)
 
     def observe(self, name: str, uid: str, ip: str | None, ready: bool, mi_port: int | None = None) -> None:
         current = self.pods.get(name)
@@ -367,8 +377,8 @@ class Fleet:
     def _bump(self, why: str) -> None:
         log.info("proxy fleet changed: %s", why)
         self.epoch += 1
-        if self.on_change is not None:
-            self.on_change()
+        for listener in self._listeners:
+            listener()
 
     def ready(self) -> list[ProxyPod]:
         return sorted(self.pods.values(), key=lambda p: p.name)
@@ -381,6 +391,14 @@ class Fleet:
                 log.debug("cannot discover %s: %s", pod.name, exc)
 
         await asyncio.gather(*(one(p) for p in self.ready()))
+
+    def discover_soon(self) -> None:
+        """Discover new pods in the background (coalesced: a pod seen during a run gets the next run): the
+        webhook answers on every replica, leader or not, and judges static sockets and capacity from what
+        discovery learnt."""
+        task = asyncio.get_running_loop().create_task(self._discovery())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def capacity(self) -> int | None:
         """The smallest max_sockets of the fleet; None when no pod says (OpenSIPS: not enforced)."""

@@ -113,7 +113,7 @@ class Reconciler:
         self._table_at = 0.0
         self._object_locks: dict[str, asyncio.Lock] = {}
         self._wakers: dict[str, asyncio.Event] = {}
-        fleet.on_change = self.wake_all
+        fleet.subscribe(self.wake_all)
         self._last_sweep = self.started
         metrics.conditions_source = self.condition_counts
 
@@ -500,6 +500,22 @@ class Reconciler:
         self.forget(uid)
         self._table_changed()
         return errors
+
+    async def deletion_blocked(self, body: Mapping[str, Any], error: str) -> list[cond.Condition]:
+        """`finalize` could not remove the row: say so in the status (the conditions, and observedGeneration:
+        the deletion moved the generation on); returns the conditions that changed (each worth an Event)."""
+        meta = body.get("metadata") or {}
+        memo = self.memo(str(meta.get("uid")))
+        current = body.get("status") or {}
+        previous = memo.written_status.get("conditions") if memo.written_status else current.get("conditions")
+        generation = int(meta.get("generation") or 0)
+        new = cond.deletion_blocked(previous, error)
+        merged, changed = cond.merge(previous, new, generation, now_rfc3339())
+        status: dict[str, Any] = {"observedGeneration": generation, "conditions": merged}
+        seen = [current] if memo.written_status is None else [current, memo.written_status]
+        await self.status.write(str(meta.get("namespace")), str(meta.get("name")), status, seen)
+        memo.written_status = {**(memo.written_status or current), **status}
+        return changed
 
 
 def _refs(step: TableStep) -> cond.Refs | None:

@@ -2,8 +2,8 @@
 wake-ups when the proxy fleet, (for objects waiting for an endpoint or a slot) the table, or a Secret the
 object references changed.
 
-The keeper daemon of each SipSocket sleeps `seconds_until_due`, or until woken, then asks `due`; a thousand
-idle SipSockets cost no polling.
+The keeper of each SipSocket (keepers.py) sleeps `seconds_until_due`, or until woken, then asks `due`; a
+thousand idle SipSockets cost no polling.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def due(memo: Memo, now: float, resync: float, fleet_epoch: int, table_epoch: in
     if running:
         return False  # a pass is running right now
     if memo.last_run == 0.0:
-        return False  # never reconciled here: kopf's resume/create handler is about to run
+        return False  # never reconciled by this leader: its keeper runs the first pass itself
     elapsed = now - memo.last_run
     if elapsed >= resync or memo.fleet_epoch != fleet_epoch or memo.refs_changed:
         return True

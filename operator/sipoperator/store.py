@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from sipoperator.domains import DomainRow
+from sipoperator.lease import UNFENCED, Fence, NotLeader
 from sipoperator.spec import Row, same_row
 from sipproxy.shared.db_url import to_sqlalchemy_url
 from sipproxy.shared.schema import init_db, sockets_table
@@ -141,14 +142,27 @@ class Store:
         self.tls = tls_mgm_table(metadata, tls_table_name)
         self.tls_owners = tls_owners_table(metadata)
         self._schema_ready = False
+        # Asked before every write (the leader's Lease, election.py): a write starts only while this replica
+        # leads, and is abandoned (its transaction never committed) when the Lease could pass to another.
+        self.fence: Fence = UNFENCED
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def _guard(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, what: str, fn: Callable[[], Awaitable[T]], write: bool = False) -> T:
+        timeout = self.timeout
+        fenced = False
+        if write:
+            budget = self.fence.budget()  # raises NotLeader: nothing is sent
+            fenced = budget < timeout
+            timeout = min(timeout, budget)
         try:
-            return await asyncio.wait_for(fn(), self.timeout)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            return await asyncio.wait_for(fn(), timeout)
+        except TimeoutError as exc:
+            if fenced:
+                raise NotLeader(f"{what}: abandoned, the Lease may pass to another replica now") from exc
+            raise DatabaseUnavailable(f"{what}: TimeoutError") from exc
+        except (SQLAlchemyError, OSError) as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise DatabaseUnavailable(f"{what}: {detail[0] if detail else type(exc).__name__}") from exc
 
@@ -234,7 +248,7 @@ class Store:
                 domain_changed, domain_id = await self._write_domain(conn, uid, namespace, name, domain)
                 return Written(written.row_id, written.changed, domain_changed, domain_id)
 
-        return await self._guard("writing the socket row", run)
+        return await self._guard("writing the socket row", run, write=True)
 
     async def _write_domain(
         self, conn: AsyncConnection, uid: str, namespace: str, name: str, domain: DomainRow | None
@@ -336,7 +350,7 @@ class Store:
                 await conn.execute(delete(o).where(o.c.uid == uid))
                 return Removed(socket=True, domain=domain)
 
-        return await self._guard("deleting the socket row", run)
+        return await self._guard("deleting the socket row", run, write=True)
 
 
 def _same_columns(current: Any, wanted: dict[str, Any]) -> bool:

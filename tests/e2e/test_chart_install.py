@@ -148,7 +148,7 @@ def test_install_upgrade_uninstall(
     cp.kubectl("delete", "sipsocket", first["metadata"]["name"], "-n", namespace, "--wait=false")
 
 
-def test_install_with_peering_creates_the_kopf_peering(
+def test_install_with_replicas_names_their_lease(
     control_plane: ClusterClient, chart_crds: None, namespace: str, tmp_path: Path
 ) -> None:
     cp = control_plane
@@ -159,12 +159,13 @@ def test_install_with_peering_creates_the_kopf_peering(
             {"operator": {"replicas": 2}, "database": {"external": {"existingSecret": "db"}}},
             tmp_path,
         )
-        sts = get_json(cp, "statefulset", f"{RELEASE}-operator", "-n", namespace)
-        assert sts["spec"]["replicas"] == 2
-        peering = get_json(cp, "kopfpeering", RELEASE, "-n", namespace)
-        assert peering["metadata"]["namespace"] == namespace
+        deployment = get_json(cp, "deployment", f"{RELEASE}-operator", "-n", namespace)
+        assert deployment["spec"]["replicas"] == 2
         role = get_json(cp, "role", f"{RELEASE}-operator", "-n", namespace)
-        assert any("kopfpeerings" in rule["resources"] for rule in role["rules"])
+        named = [r for r in role["rules"] if "leases" in r["resources"] and r.get("resourceNames")]
+        assert [r["resourceNames"] for r in named] == [[f"{RELEASE}-operator"]]
+        # No kopf peering any more: the Lease is created by the first replica, not by the chart.
+        assert cp.kubectl("get", "crd", "kopfpeerings.kopf.dev", check=False).returncode != 0
         # No bundled database with an external one.
         assert (
             cp.kubectl("get", "statefulset", f"{RELEASE}-postgresql", "-n", namespace, check=False).returncode

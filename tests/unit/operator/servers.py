@@ -14,6 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 STATUS_PATH = "/apis/sipsockets.io/v1alpha1/namespaces/{namespace}/sipsockets/{name}/status"
+OBJECT_PATH = "/apis/sipsockets.io/v1alpha1/namespaces/{namespace}/sipsockets/{name}"
+LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+LEASE_PATH = LEASES_PATH + "/{name}"
+EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 SECRET_PATH = "/api/v1/namespaces/{namespace}/secrets/{name}"
 
 
@@ -32,27 +36,39 @@ class Patch:
 
 
 class FakeAPI:
-    """Status subresources of the objects in `objects` ((namespace, name) -> status) and the Secrets in
-    `secrets` ((namespace, name) -> the Secret's body); only `token` is let in; `fail_with` answers every call
-    with that HTTP status, `secrets_fail_with` every Secret read."""
+    """Status subresources of the objects in `objects` ((namespace, name) -> status), whole objects added with
+    `add_object` (patched: their finalizers; a merge patch naming another resourceVersion gets 409), Leases
+    with the API's optimistic concurrency, Events, and the Secrets in `secrets` ((namespace, name) -> the
+    Secret's body); only `token` is let in; `fail_with` answers every call with that HTTP status,
+    `lease_fail_with` every Lease call, `secrets_fail_with` every Secret read."""
 
     def __init__(self, token: str = "t1") -> None:
         self.token = token
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.patches: list[Patch] = []
         self.secret_reads: list[str] = []
-        self.fail_with: int | None = None
         self.secrets_fail_with: int | None = None
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.patches: list[Patch] = []
+        self.object_patches: list[dict[str, Any]] = []
+        self.lease_writes: list[tuple[str, dict[str, Any]]] = []  # (method, spec) of each accepted write
+        self.fail_with: int | None = None
+        self.lease_fail_with: int | None = None
         self.server: TestServer | None = None
-        self._versions = iter(range(100, 10**9))
+        self._version = 100
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
 
     def put_secret(self, namespace: str, name: str, secret_type: str, data: dict[str, bytes]) -> None:
         """Create or replace a Secret; each write gets a new resourceVersion, as the API server gives."""
         self.secrets[(namespace, name)] = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"namespace": namespace, "name": name, "resourceVersion": str(next(self._versions))},
+            "metadata": {"namespace": namespace, "name": name, "resourceVersion": self._next_version()},
             "type": secret_type,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }
@@ -60,6 +76,11 @@ class FakeAPI:
     async def __aenter__(self) -> FakeAPI:
         app = web.Application()
         app.router.add_patch(STATUS_PATH, self._patch)
+        app.router.add_patch(OBJECT_PATH, self._patch_object)
+        app.router.add_get(LEASE_PATH, self._get_lease)
+        app.router.add_put(LEASE_PATH, self._put_lease)
+        app.router.add_post(LEASES_PATH, self._post_lease)
+        app.router.add_post(EVENTS_PATH, self._post_event)
         app.router.add_get(SECRET_PATH, self._secret)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
@@ -89,11 +110,102 @@ class FakeAPI:
             return _status(404, "NotFound", f'secrets "{name}" not found')
         return web.json_response(found)
 
-    async def _patch(self, request: web.Request) -> web.Response:
+    def _refused(self, request: web.Request, lease: bool = False) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "Unauthorized")
-        if self.fail_with is not None:
-            return _status(self.fail_with, "InternalError", "etcd is having a bad day")
+        failure = self.lease_fail_with if lease and self.lease_fail_with is not None else self.fail_with
+        if failure is not None:
+            return _status(failure, "InternalError", "etcd is having a bad day")
+        return None
+
+    def add_object(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An object the API knows (a new resourceVersion); returns it as the watch would show it."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        self.objects.setdefault(key, {})
+        stored = json.loads(json.dumps(body))
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        self.bodies[key] = stored
+        return self.current(*key)
+
+    def current(self, namespace: str, name: str) -> dict[str, Any]:
+        body = json.loads(json.dumps(self.bodies[(namespace, name)]))
+        body["status"] = json.loads(json.dumps(self.objects.get((namespace, name), {})))
+        return dict(body)
+
+    def touch(self, namespace: str, name: str) -> None:
+        """Someone else changed the object (a label, say): a new resourceVersion."""
+        self.bodies[(namespace, name)]["metadata"]["resourceVersion"] = self._next_version()
+
+    async def _patch_object(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        key = (request.match_info["namespace"], request.match_info["name"])
+        body = json.loads(await request.text())
+        self.object_patches.append(body)
+        stored = self.bodies.get(key)
+        if stored is None:
+            return _status(404, "NotFound", f'sipsockets.sipsockets.io "{key[1]}" not found')
+        meta = stored["metadata"]
+        wanted = body.get("metadata") or {}
+        if wanted.get("resourceVersion") not in (None, meta["resourceVersion"]):
+            return _status(409, "Conflict", "the object has been modified; please apply your changes")
+        if "finalizers" in wanted:
+            meta["finalizers"] = list(wanted["finalizers"] or [])
+        meta["resourceVersion"] = self._next_version()
+        return web.json_response(self.current(*key))
+
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        refused = self._refused(request, lease=True)
+        if refused is not None:
+            return refused
+        found = self.leases.get((request.match_info["namespace"], request.match_info["name"]))
+        if found is None:
+            return _status(404, "NotFound", "leases.coordination.k8s.io not found")
+        return web.json_response(found)
+
+    async def _post_lease(self, request: web.Request) -> web.Response:
+        refused = self._refused(request, lease=True)
+        if refused is not None:
+            return refused
+        body = json.loads(await request.text())
+        key = (request.match_info["namespace"], body["metadata"]["name"])
+        if key in self.leases:
+            return _status(409, "AlreadyExists", "leases.coordination.k8s.io already exists")
+        body["metadata"]["resourceVersion"] = self._next_version()
+        self.leases[key] = body
+        self.lease_writes.append(("POST", dict(body["spec"])))
+        return web.json_response(body, status=201)
+
+    async def _put_lease(self, request: web.Request) -> web.Response:
+        refused = self._refused(request, lease=True)
+        if refused is not None:
+            return refused
+        body = json.loads(await request.text())
+        key = (request.match_info["namespace"], request.match_info["name"])
+        current = self.leases.get(key)
+        if current is None:
+            return _status(404, "NotFound", "leases.coordination.k8s.io not found")
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified; please apply your changes")
+        body["metadata"]["resourceVersion"] = self._next_version()
+        self.leases[key] = body
+        self.lease_writes.append(("PUT", dict(body["spec"])))
+        return web.json_response(body)
+
+    async def _post_event(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        body = json.loads(await request.text())
+        self.events.append(body)
+        return web.json_response(body, status=201)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         body = json.loads(await request.text())
         self.patches.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sipoperator.conditions import (
+    DATABASE_UNAVAILABLE,
     FAILED,
     LISTENING,
     PARTIAL,
@@ -13,6 +14,7 @@ from sipoperator.conditions import (
     Refs,
     conditions,
     database_down,
+    deletion_blocked,
     listeners,
     listening_count,
     merge,
@@ -182,3 +184,23 @@ def test_listening_count_counts_listening_pods_of_all_ready_pods() -> None:
     ]
     assert listening_count(pods) == "2/4"
     assert listening_count([]) == "0/0"
+
+
+def test_a_deletion_blocked_by_the_database_says_so_and_keeps_accepted() -> None:
+    previous = [
+        {"type": "Accepted", "status": "False", "reason": "EndpointConflict", "message": "held by b"},
+        {"type": "Programmed", "status": "False", "reason": "EndpointConflict", "message": "not written"},
+        {"type": "Ready", "status": "False", "reason": "EndpointConflict", "message": "not served"},
+    ]
+    accepted, programmed, ready = deletion_blocked(previous, "connection refused")
+    assert accepted == Condition("Accepted", "False", "EndpointConflict", "held by b")
+    assert (programmed.type, programmed.status, programmed.reason) == (
+        "Programmed",
+        "False",
+        DATABASE_UNAVAILABLE,
+    )
+    assert programmed.message.startswith("deleting: the row cannot be removed")
+    assert "connection refused" in programmed.message and "finalizer stays" in programmed.message
+    assert (ready.status, ready.reason) == ("False", DATABASE_UNAVAILABLE)
+    # Never reconciled (no conditions yet): only the two.
+    assert [c.type for c in deletion_blocked(None, "x")] == ["Programmed", "Ready"]

@@ -39,7 +39,7 @@ def after(conditions: list[Condition], now: float = 100.0, fleet: int = 0, table
     return memo
 
 
-def test_never_reconciled_here_waits_for_kopfs_own_handler() -> None:
+def test_never_reconciled_here_waits_for_the_keepers_first_pass() -> None:
     memo = Memo()
     assert not due(memo, 1e6, RESYNC, 0, 0, running=False)
     assert seconds_until_due(memo, 0.0, RESYNC) == RESYNC

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from sipoperator.domains import DomainRow
+from sipoperator.lease import NotLeader
 from sipoperator.spec import Row
 from sipoperator.store import DomainTaken, Store
 from sipproxy.shared.tls_domains import TlsDomain
@@ -203,4 +204,42 @@ async def test_the_tls_table_name_is_configurable(tmp_path: Path) -> None:
     await store.write("uid-1", "voip", "edge", 1, TLS_ROW, domain())
     found, errors = await read_domains(store.engine, "tls_domains")
     assert errors == [] and [d.name for d in found] == ["voip/edge"]
+    await store.close()
+
+
+class Closed:
+    def budget(self) -> float:
+        raise NotLeader("not the leader")
+
+
+class Short:
+    """A leader with this little time left before the Lease could pass to another replica."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def budget(self) -> float:
+        return self.seconds
+
+
+async def test_a_replica_without_the_lease_writes_nothing_and_still_reads(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    await store.write("uid-1", "voip", "a", 1, Row(socket="udp:10.0.0.1:5060"))
+    store.fence = Closed()
+    with pytest.raises(NotLeader):
+        await store.write("uid-2", "voip", "b", 1, Row(socket="udp:10.0.0.2:5060"))
+    with pytest.raises(NotLeader):
+        await store.remove("uid-1")
+    assert [r.owner_uid for r in await store.snapshot()] == ["uid-1"]  # reads are not fenced (the webhook)
+    await store.close()
+
+
+async def test_a_write_that_would_outlive_the_lease_is_abandoned(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    await store.ensure_schema()
+    store.fence = Short(0.0)
+    with pytest.raises(NotLeader, match="abandoned"):
+        await store.write("uid-1", "voip", "a", 1, Row(socket="udp:10.0.0.1:5060"))
+    store.fence = Short(30.0)
+    assert await store.snapshot() == []  # nothing of the abandoned write was committed
     await store.close()
