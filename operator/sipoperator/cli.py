@@ -15,6 +15,7 @@ from aiohttp import web
 from sipoperator import handlers
 from sipoperator.kube import KubeClient
 from sipoperator.metrics import Metrics
+from sipoperator.nodes import NodeLabels
 from sipoperator.proxies import Fleet
 from sipoperator.reconciler import Reconciler
 from sipoperator.settings import Settings, SettingsError, load, split_listen
@@ -56,7 +57,7 @@ async def run(settings: Settings) -> None:
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings, settings.peering)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), NodeLabels(kube))
     handlers.register(registry, rec, settings.peering)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]

@@ -140,4 +140,5 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
         mi_port, problem = mi_port_of(body.metadata.annotations)
         if problem:
             log.warning("proxy pod %s: %s; using --mi-port %d", name, problem, rec.settings.mi_port)
-        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready, mi_port)
+        node = (body.get("spec") or {}).get("nodeName")
+        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready, mi_port, node or None)

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
+from sipoperator.conditions import ABSENT, FAILED, LISTENING, NOT_SELECTED, PARTIAL, PENDING
 from sipoperator.metrics import Metrics
 from sipoperator.mi_tls import reloading_client_context
 from sipoperator.settings import Settings
@@ -35,6 +35,9 @@ METHOD_NOT_FOUND = -32601
 MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
+# A socket "receives" on a pod whose proxy saw messages arrive on it within this many seconds (the proxy looks
+# at its counts every 10 s): where a floating address served with free bind is.
+RECEIVING_SECONDS = 60
 # The MI commands the operator needs, each by its names, oldest OpenSIPS first. The 3.6 name comes first:
 # OpenSIPS 3.6 knows nothing else, and the newer releases (and sipproxy) still answer it as an alias, so every
 # proxy known today answers the first call. The newer name is the fallback for a proxy that dropped the
@@ -155,22 +158,46 @@ class Coalesced(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What our proxy says of a socket besides its state: is the address on the pod's node, and when did
+    messages last arrive on it (None: not said, or never)."""
+
+    address_local: bool | None = None
+    last_received: int | None = None
+    reports_traffic: bool = False  # the proxy counts messages per socket (False: OpenSIPS, older sipproxy)
+
+    @property
+    def receiving(self) -> bool | None:
+        if not self.reports_traffic:
+            return None
+        return self.last_received is not None and self.last_received <= RECEIVING_SECONDS
+
+
+@dataclass(frozen=True)
 class Listed:
-    """A pod's dynamic sockets: socket text -> (state, error)."""
+    """A pod's dynamic sockets: socket text -> (state, error); and what else the proxy says of them."""
 
     entries: dict[str, tuple[str, str]]
     opensips: bool  # no per-socket state: a listed socket counts as listening
+    seen: dict[str, Seen] = field(default_factory=dict)
+
+    def _text_of(self, socket: str, key: EndpointKey) -> str | None:
+        if socket in self.entries:
+            return socket
+        for text in self.entries:
+            if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
+                return text
+        return None
 
     def state_of(self, socket: str, key: EndpointKey) -> tuple[str, str]:
-        found = self.entries.get(socket)
-        if found is None:
-            for text, value in self.entries.items():
-                if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
-                    found = value
-                    break
-        if found is None:
+        text = self._text_of(socket, key)
+        if text is None:
             return PENDING, ""
-        return found
+        return self.entries[text]
+
+    def seen_of(self, socket: str, key: EndpointKey) -> Seen:
+        text = self._text_of(socket, key)
+        return self.seen.get(text, Seen()) if text is not None else Seen()
 
 
 def mi_port_of(annotations: Mapping[str, str] | None) -> tuple[int | None, str]:
@@ -189,6 +216,7 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
     """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
     sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
     entries: dict[str, tuple[str, str]] = {}
+    seen: dict[str, Seen] = {}
     saw_state = False
     for item in result if isinstance(result, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
@@ -198,13 +226,25 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (LISTENING, "")
             continue
         saw_state = True
-        if str(state).lower() == "listening":
+        name = str(state).lower()
+        error = str(item.get("error") or state)
+        if name == "listening":
             entries[item["socket"]] = (LISTENING, "")
-        elif str(state).lower() == "partial":
-            entries[item["socket"]] = (PARTIAL, str(item.get("error") or state))
+        elif name in _STATES:
+            entries[item["socket"]] = (_STATES[name], error)
         else:
-            entries[item["socket"]] = (FAILED, str(item.get("error") or state))
-    return Listed(entries, opensips if opensips is not None else not saw_state)
+            entries[item["socket"]] = (FAILED, error)
+        local, last, received = item.get("address_local"), item.get("last_received"), item.get("received")
+        seen[item["socket"]] = Seen(
+            address_local=local if isinstance(local, bool) else None,
+            last_received=last if isinstance(last, int) and not isinstance(last, bool) else None,
+            reports_traffic=isinstance(received, int),
+        )
+    return Listed(entries, opensips if opensips is not None else not saw_state, seen)
+
+
+# Our proxy's states besides listening and failed (anything unknown counts as failed).
+_STATES = {"partial": PARTIAL, "absent": ABSENT, "unselected": NOT_SELECTED}
 
 
 @dataclass
@@ -215,6 +255,7 @@ class ProxyPod:
     client: MIClient
     metrics: Metrics
     mi_port: int | None = None  # None: the operator's --mi-port
+    node: str | None = None  # spec.nodeName
     static: list[str] | None = None
     capacity: int | None = None
     opensips: bool | None = None
@@ -306,7 +347,15 @@ class Fleet:
         self.epoch = 0
         self.on_change: Callable[[], None] | None = None
 
-    def observe(self, name: str, uid: str, ip: str | None, ready: bool, mi_port: int | None = None) -> None:
+    def observe(
+        self,
+        name: str,
+        uid: str,
+        ip: str | None,
+        ready: bool,
+        mi_port: int | None = None,
+        node: str | None = None,
+    ) -> None:
         current = self.pods.get(name)
         if not ready or not ip:
             if current is not None:
@@ -314,10 +363,11 @@ class Fleet:
                 self._bump(f"proxy pod {name} is no longer ready")
             return
         if current is not None and (current.uid, current.ip, current.mi_port) == (uid, ip, mi_port):
+            current.node = node or current.node  # spec.nodeName only ever goes from unset to set
             return
         # New pod, the same pod restarted, or its MI moved: forget what the old process said.
         self.pods[name] = ProxyPod(
-            name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics, mi_port=mi_port
+            name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics, mi_port=mi_port, node=node
         )
         port = mi_port or self.settings.mi_port
         self._bump(f"proxy pod {name} is ready at {ip}, MI port {port}")

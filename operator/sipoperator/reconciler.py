@@ -1,7 +1,8 @@
 """Reconcile one SipSocket, as a flat chain:
 
 (a) gather a read-only `Snapshot`: the object, the table rows, the fleet's static sockets and capacity, the
-    other known objects;
+    other known objects; and where it is served (`placement`: spec.nodeSelector against the labels of the
+    proxy pods' nodes, read before the table lock);
 (b) run `checks.CHAIN` on it (spec -> endpoint conflict -> capacity);
 (c) write: the owned row, or its removal (and rows whose SipSocket is gone, `orphans`);
 (d) observe the fleet: `sockets_reload` where needed (`drift`), `sockets_list` per ready pod;
@@ -29,12 +30,14 @@ from sipoperator import orphans, schedule
 from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal
 from sipoperator.drift import needs_reload, table_sockets
 from sipoperator.metrics import Metrics
+from sipoperator.nodes import NodeLabels
+from sipoperator.placement import EVERYWHERE, Placement, SocketOptions, place
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
 from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
 from sipoperator.status import StatusSink
-from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
+from sipoperator.store import NO_OPTIONS, DatabaseUnavailable, Store, TableRow, Written
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
@@ -64,9 +67,16 @@ def now_rfc3339() -> str:
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics, status: StatusSink
+        self,
+        settings: Settings,
+        store: Store,
+        fleet: Fleet,
+        metrics: Metrics,
+        status: StatusSink,
+        nodes: NodeLabels | None = None,
     ) -> None:
         self.settings = settings
+        self.nodes = nodes  # None: Nodes cannot be read (a SipSocket with a nodeSelector is served nowhere)
         self.store = store
         self.fleet = fleet
         self.metrics = metrics
@@ -158,11 +168,23 @@ class Reconciler:
             schedule.started(memo, time.monotonic(), self.fleet.epoch, self.table_epoch)
             generation = int(body.get("metadata", {}).get("generation") or 0)
             await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
-            step = await self._decide_and_write(known, generation)  # (a) the table's part, (b), (c)
-            outcome = await self._observe(known, step, body)  # (d)
+            placement = await self._placement(known.wanted)  # (a) Node reads, before the table lock too
+            options = placement.options(known.wanted.freebind) if known.wanted else NO_OPTIONS
+            step = await self._decide_and_write(known, generation, options)  # (a) the table's part, (b), (c)
+            outcome = await self._observe(known, step, body, placement)  # (d)
             return await self._report(known, body, memo, outcome)  # (e)
 
-    async def _decide_and_write(self, known: Known, generation: int) -> TableStep:
+    async def _placement(self, wanted: DesiredSocket | None) -> Placement:
+        if wanted is None or wanted.node_selector is None:
+            return EVERYWHERE
+        nodes = {p.node for p in self.fleet.ready() if p.node}
+        if self.nodes is None:
+            return place(wanted.node_selector, {n: "the operator does not read Nodes" for n in nodes})
+        return place(wanted.node_selector, await self.nodes.all(nodes))
+
+    async def _decide_and_write(
+        self, known: Known, generation: int, options: SocketOptions = NO_OPTIONS
+    ) -> TableStep:
         async with self.table_lock:
             removed, rows, error = False, None, None
             try:
@@ -197,13 +219,15 @@ class Reconciler:
                     return TableStep(rows, refusal, removed=removed, error=error)
                 if rows is None:
                     return TableStep(rows, refusal, removed=removed, error=error)
-                written = await self._write_locked(known, known.wanted, rows, generation)
+                written = await self._write_locked(known, known.wanted, rows, generation, options)
             except DatabaseUnavailable as exc:
                 return TableStep(rows, refusal, removed=removed, error=str(exc))
             kept = [r for r in rows if r.owner_uid != known.uid]
             return TableStep(kept, refusal, written=written, removed=removed, error=error)
 
-    async def _observe(self, known: Known, step: TableStep, body: Mapping[str, Any]) -> cond.Outcome:
+    async def _observe(
+        self, known: Known, step: TableStep, body: Mapping[str, Any], placement: Placement = EVERYWHERE
+    ) -> cond.Outcome:
         """(d): the fleet after the table lock is released."""
         wanted, refusal = known.wanted, step.refusal
         if refusal is not None and (refusal.reason == INVALID_SPEC or step.error is None):
@@ -220,10 +244,12 @@ class Reconciler:
                 await self.fleet.reload_all()
             if standing is not None:
                 return standing
-            pods = await self._observe_pods(wanted, None, force_reload=False)
+            pods = await self._observe_pods(wanted, None, force_reload=False, placement=placement)
             return cond.database_down(step.error or "unknown error", pods)
         table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
-        pods = await self._observe_pods(wanted, table, force_reload=step.written.changed or step.removed)
+        pods = await self._observe_pods(
+            wanted, table, force_reload=step.written.changed or step.removed, placement=placement
+        )
         return cond.Outcome(
             True,
             accepted_message=accepted_message(wanted),
@@ -280,13 +306,20 @@ class Reconciler:
         return self._table
 
     async def _write_locked(
-        self, known: Known, wanted: DesiredSocket, rows: Sequence[TableRow], generation: int
+        self,
+        known: Known,
+        wanted: DesiredSocket,
+        rows: Sequence[TableRow],
+        generation: int,
+        options: SocketOptions = NO_OPTIONS,
     ) -> Written:
         mine = [r for r in rows if r.owner_uid == known.uid]
-        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row):
+        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row) and mine[0].options == options:
             return Written(mine[0].id, changed=False)
-        written = await self.store.write(known.uid, known.namespace, known.name, generation, wanted.row)
-        self._cache_write(known, written.row_id, wanted.row)
+        written = await self.store.write(
+            known.uid, known.namespace, known.name, generation, wanted.row, options
+        )
+        self._cache_write(known, written.row_id, wanted.row, options)
         if written.changed:
             # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
             self._table_changed()
@@ -309,12 +342,14 @@ class Reconciler:
         if self._table is not None:
             self._table = [r for r in self._table if r.owner_uid != uid]
 
-    def _cache_write(self, known: Known, row_id: int, row: Row) -> None:
+    def _cache_write(self, known: Known, row_id: int, row: Row, options: SocketOptions = NO_OPTIONS) -> None:
         if self._table is None:
             return
         kept = [r for r in self._table if r.owner_uid != known.uid and r.id != row_id]
-        owner = {"owner_uid": known.uid, "owner_namespace": known.namespace, "owner_name": known.name}
-        kept.append(TableRow(row_id, **row.as_dict(), **owner))
+        c = row.as_dict()
+        owner = (known.uid, known.namespace, known.name)
+        columns = (c["socket"] or "", c["advertised"], c["tag"], c["flags"], c["tos"])
+        kept.append(TableRow(row_id, *columns, *owner, freebind=options.freebind, nodes=options.nodes))
         self._table = kept
 
     def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
@@ -327,22 +362,45 @@ class Reconciler:
     # -- the fleet, outside the table lock -----------------------------------------------------------
 
     async def _observe_pods(
-        self, wanted: DesiredSocket, table: frozenset[str] | None, force_reload: bool
+        self,
+        wanted: DesiredSocket,
+        table: frozenset[str] | None,
+        force_reload: bool,
+        placement: Placement = EVERYWHERE,
     ) -> list[cond.PodResult]:
         """`table`: the socket texts the table has (None when unknown: the database is down)."""
 
         async def one(pod: ProxyPod) -> cond.PodResult:
+            node = pod.node or ""
+            selected = placement.selects(pod.node)
             try:
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
-                if needs_reload(listed, wanted, table, reloaded=force_reload):
+                if needs_reload(listed, wanted, table, reloaded=force_reload, selected=selected):
                     await pod.reload()
                     listed = await pod.listing()
             except (Unreachable, MIError) as exc:
-                return cond.PodResult(pod.name, reachable=False, error=str(exc))
+                return cond.PodResult(pod.name, reachable=False, error=str(exc), selected=selected, node=node)
+            if pod.node in placement.unknown:
+                # Its node's labels could not be read: whether it should serve the socket is not known.
+                error = placement.unknown[pod.node or ""]
+                return cond.PodResult(pod.name, reachable=True, state=cond.FAILED, error=error, node=node)
+            if not selected:
+                why = f"node {node or '(unknown)'} is not selected by spec.nodeSelector"
+                state = cond.NOT_SELECTED
+                return cond.PodResult(pod.name, True, state=state, error=why, selected=False, node=node)
             state, error = listed.state_of(wanted.socket, wanted.key)
-            return cond.PodResult(pod.name, reachable=True, state=state, error=error)
+            seen = listed.seen_of(wanted.socket, wanted.key)
+            return cond.PodResult(
+                pod.name,
+                reachable=True,
+                state=state,
+                error=error,
+                node=node,
+                address_local=seen.address_local,
+                receiving=seen.receiving,
+            )
 
         return list(await asyncio.gather(*(one(p) for p in self.fleet.ready())))
 

@@ -30,6 +30,10 @@ _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
+# Kubernetes label keys ([prefix/]name) and values, as a nodeSelector takes them.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+NODE_SELECTOR_MAX = 16
 _COLUMN_MAX = 128  # CHAR(128) in the OpenSIPS schema
 
 EndpointKey = tuple[str, str, int]  # (transport layer, address, port)
@@ -70,6 +74,9 @@ class DesiredSocket:
     port: int
     row: Row
     parsed: SocketSpec
+    # Where it is served (not OpenSIPS columns: the placement side table, shared/placement.py).
+    freebind: bool = False
+    node_selector: tuple[tuple[str, str], ...] | None = None  # sorted (label, value) pairs; None: every node
 
     @property
     def key(self) -> EndpointKey:
@@ -129,6 +136,30 @@ def _tos(value: Any) -> tuple[int, str | None]:
     raise SpecError("tos", f"must be 0-255 or one of {', '.join(TOS_NAMES)}, got {value!r}")
 
 
+def _label_key(key: Any) -> bool:
+    if not isinstance(key, str) or len(key) > 317:
+        return False
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+        return False
+    return bool(name) and bool(_LABEL_NAME.match(name))
+
+
+def _node_selector(value: Any) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError("nodeSelector", "must be a map of node label names to values")
+    if len(value) > NODE_SELECTOR_MAX:
+        raise SpecError("nodeSelector", f"may have at most {NODE_SELECTOR_MAX} labels, got {len(value)}")
+    for key, label in value.items():
+        if not _label_key(key):
+            raise SpecError(f"nodeSelector[{key!r}]", "is not a label name ([prefix/]name)")
+        if not isinstance(label, str) or not _LABEL_NAME.match(label):
+            raise SpecError(f"nodeSelector[{key!r}]", f"{label!r} is not a label value")
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+
+
 def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     """The socket a spec asks for, defaults applied. Raises SpecError naming the field."""
     if not isinstance(spec, Mapping):
@@ -174,6 +205,13 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
 
     _, tos_text = _tos(spec.get("tos"))
 
+    freebind = spec.get("freebind", False)
+    if freebind is None:
+        freebind = False
+    if not isinstance(freebind, bool):
+        raise SpecError("freebind", f"must be true or false, got {freebind!r}")
+    node_selector = _node_selector(spec.get("nodeSelector"))
+
     row = Row(
         socket=format_socket(protocol, address, port),
         advertised=advertised_text,
@@ -185,13 +223,23 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
         if text is not None and len(text) > _COLUMN_MAX:
             raise SpecError(column, f"is longer than the table's {_COLUMN_MAX} characters")
     try:
-        parsed = parse_row(**row.as_dict(), resolve=_no_resolve)
+        parsed = parse_row(
+            row.socket, row.advertised, row.tag, row.flags, row.tos, freebind=freebind, resolve=_no_resolve
+        )
     except RowError as exc:  # the proxy would refuse the row: say so now, not after the reload
         raise SpecError("address", f"the proxy would refuse this socket: {exc}") from exc
     unreachable = unreachable_reason(parsed)
     if unreachable is not None:
         raise SpecError("advertised" if parsed.advertised_host else "address", unreachable)
-    return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed)
+    return DesiredSocket(
+        protocol=protocol,
+        address=address,
+        port=port,
+        row=row,
+        parsed=parsed,
+        freebind=freebind,
+        node_selector=node_selector,
+    )
 
 
 def _no_resolve(name: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Ownership lives in a side table (`sipsockets_owners`: sockets.id -> namespace/name/uid/generation) that
 OpenSIPS never reads. A row and its ownership are always written in one transaction, and a row without an
-owner entry is never changed or deleted.
+owner entry is never changed or deleted. So is the row's placement (free bind, the nodes that serve it) in the
+proxy's side table `sipsockets_socket_options`, which only SipSockets that need it have an entry in.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from sipoperator.placement import SocketOptions
 from sipoperator.spec import Row, same_row
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.schema import init_db, sockets_table
+from sipproxy.shared.schema import init_db, options_table, sockets_table
 
 OWNERS_TABLE = "sipsockets_owners"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NO_OPTIONS = SocketOptions()
 
 
 class DatabaseUnavailable(Exception):
@@ -42,6 +45,12 @@ class TableRow:
     owner_uid: str | None = None
     owner_namespace: str | None = None
     owner_name: str | None = None
+    freebind: bool = False  # the placement side table
+    nodes: str | None = None
+
+    @property
+    def options(self) -> SocketOptions:
+        return SocketOptions(self.freebind, self.nodes)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -86,6 +95,7 @@ class Store:
         metadata = MetaData()
         self.sockets = sockets_table(metadata, table_name)
         self.owners = owners_table(metadata)
+        self.options = options_table(metadata)
         self._schema_ready = False
 
     async def close(self) -> None:
@@ -113,15 +123,16 @@ class Store:
     async def snapshot(self) -> list[TableRow]:
         """Every row of the sockets table with its owner, if any."""
         await self.ensure_schema()
-        s, o = self.sockets, self.owners
-        query = select(
-            s.c.id, s.c.socket, s.c.advertised, s.c.tag, s.c.flags, s.c.tos, o.c.uid, o.c.namespace, o.c.name
-        ).select_from(s.outerjoin(o, o.c.socket_id == s.c.id))
+        s, o, p = self.sockets, self.owners, self.options
+        columns = (s.c.id, s.c.socket, s.c.advertised, s.c.tag, s.c.flags, s.c.tos)
+        owner = (o.c.uid, o.c.namespace, o.c.name)
+        joined = s.outerjoin(o, o.c.socket_id == s.c.id).outerjoin(p, p.c.socket_id == s.c.id)
+        query = select(*columns, *owner, p.c.freebind, p.c.nodes).select_from(joined)
 
         async def run() -> list[TableRow]:
             async with self.engine.connect() as conn:
                 result = await conn.execute(query)
-                return [TableRow(*(_clean(v) if i else v for i, v in enumerate(r))) for r in result]
+                return [_table_row(r) for r in result]
 
         return await self._guard("reading the sockets table", run)
 
@@ -137,13 +148,24 @@ class Store:
 
         return await self._guard("reading the owners table", run)
 
-    async def write(self, uid: str, namespace: str, name: str, generation: int, row: Row) -> Written:
-        """Make the row owned by `uid` exactly `row`: insert, repair (edited or deleted by hand) or keep."""
+    async def write(
+        self,
+        uid: str,
+        namespace: str,
+        name: str,
+        generation: int,
+        row: Row,
+        options: SocketOptions = NO_OPTIONS,
+    ) -> Written:
+        """Make the row owned by `uid` exactly `row`, placed as `options`: insert, repair (edited or deleted
+        by hand) or keep."""
         await self.ensure_schema()
 
         async def run() -> Written:
             async with self.engine.begin() as conn:
-                return await self._write(conn, uid, namespace, name, generation, row)
+                written = await self._write(conn, uid, namespace, name, generation, row)
+                placed = await self._write_options(conn, written.row_id, options)
+                return Written(written.row_id, written.changed or placed)
 
         return await self._guard("writing the socket row", run)
 
@@ -184,6 +206,21 @@ class Store:
         )
         return Written(socket_id, changed=True)
 
+    async def _write_options(self, conn: AsyncConnection, socket_id: int, options: SocketOptions) -> bool:
+        """The row's placement entry as `options` (none for the default); True when it changed."""
+        p = self.options
+        current = (
+            await conn.execute(select(p.c.freebind, p.c.nodes).where(p.c.socket_id == socket_id))
+        ).first()
+        if current is not None and SocketOptions(bool(current[0]), _clean(current[1])) == options:
+            return False
+        if current is not None:
+            await conn.execute(delete(p).where(p.c.socket_id == socket_id))
+        if not options.default:
+            values = {"socket_id": socket_id, "freebind": int(options.freebind), "nodes": options.nodes}
+            await conn.execute(insert(p).values(**values))
+        return current is not None or not options.default
+
     async def remove(self, uid: str) -> bool:
         """Delete the row owned by `uid` and its owner entry; True when something was deleted."""
         await self.ensure_schema()
@@ -195,10 +232,16 @@ class Store:
                 if owner is None:
                     return False
                 await conn.execute(delete(s).where(s.c.id == int(owner[0])))
+                await conn.execute(delete(self.options).where(self.options.c.socket_id == int(owner[0])))
                 await conn.execute(delete(o).where(o.c.uid == uid))
                 return True
 
         return await self._guard("deleting the socket row", run)
+
+
+def _table_row(r: Any) -> TableRow:
+    c = [_clean(v) for v in r]
+    return TableRow(r[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], bool(c[9]), c[10])
 
 
 def _clean(value: Any) -> Any:
