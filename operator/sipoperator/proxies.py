@@ -35,9 +35,6 @@ METHOD_NOT_FOUND = -32601
 MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
-# A socket "receives" on a pod whose proxy saw messages arrive on it within this many seconds (the proxy looks
-# at its counts every 10 s): where a floating address served with free bind is.
-RECEIVING_SECONDS = 60
 # The MI commands the operator needs, each by its names, oldest OpenSIPS first. The 3.6 name comes first:
 # OpenSIPS 3.6 knows nothing else, and the newer releases (and sipproxy) still answer it as an alias, so every
 # proxy known today answers the first call. The newer name is the fallback for a proxy that dropped the
@@ -159,18 +156,12 @@ class Coalesced(Generic[T]):
 
 @dataclass(frozen=True)
 class Seen:
-    """What our proxy says of a socket besides its state: is the address on the pod's node, and when did
-    messages last arrive on it (None: not said, or never)."""
+    """What our proxy says of a socket besides its state: is the address on the pod's node, and did messages
+    arrive on it within the last minute (where a floating address served with free bind is). None: the proxy
+    does not say (OpenSIPS, an older sipproxy, a socket not bound there)."""
 
     address_local: bool | None = None
-    last_received: int | None = None
-    reports_traffic: bool = False  # the proxy counts messages per socket (False: OpenSIPS, older sipproxy)
-
-    @property
-    def receiving(self) -> bool | None:
-        if not self.reports_traffic:
-            return None
-        return self.last_received is not None and self.last_received <= RECEIVING_SECONDS
+    receiving: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -234,11 +225,10 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (_STATES[name], error)
         else:
             entries[item["socket"]] = (FAILED, error)
-        local, last, received = item.get("address_local"), item.get("last_received"), item.get("received")
+        local, receiving = item.get("address_local"), item.get("receiving")
         seen[item["socket"]] = Seen(
             address_local=local if isinstance(local, bool) else None,
-            last_received=last if isinstance(last, int) and not isinstance(last, bool) else None,
-            reports_traffic=isinstance(received, int),
+            receiving=receiving if isinstance(receiving, bool) else None,
         )
     return Listed(entries, opensips if opensips is not None else not saw_state, seen)
 

@@ -4,12 +4,18 @@ The workers count every message (shared/counters.py) but keep no clock on the ho
 their counts whenever it collects them (every `TRAFFIC_CHECK_SECONDS`, and for each `get_statistics` or
 /metrics), so "when" is the first look that saw the count higher, at most that long after the message. For a
 floating address served with free bind on several nodes, the pod whose count grows is the one the address is
-on; the operator shows it in status.listeners."""
+on; the operator shows it in status.listeners.
+
+`sockets_list` says, per bound socket, `received` (the count) and `receiving` (the count grew within the last
+`RECEIVING_SECONDS`): a yes/no that stays put while traffic flows, so listings compare equal from one call to
+the next, judged with this proxy's own clock."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+RECEIVING_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,6 @@ class Traffic:
         return self._seen.get(label)
 
 
-def seconds_since(seen: Seen | None, now: float) -> int | None:
-    """Whole seconds since traffic was last seen growing; None when never."""
-    if seen is None or seen.grew_at is None:
-        return None
-    return max(0, int(now - seen.grew_at))
+def receiving(seen: Seen, now: float) -> bool:
+    """Did messages arrive within the last RECEIVING_SECONDS (as far as the looks can tell)?"""
+    return seen.grew_at is not None and now - seen.grew_at <= RECEIVING_SECONDS

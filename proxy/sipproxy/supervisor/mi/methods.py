@@ -12,7 +12,7 @@ from sipproxy.supervisor.metrics import render_prometheus
 from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
 from sipproxy.supervisor.supervisor import ReloadError, Supervisor
 from sipproxy.supervisor.tls import TlsReloadError, reload_result, socket_warning, tls_list
-from sipproxy.supervisor.traffic import Seen, seconds_since
+from sipproxy.supervisor.traffic import Seen, receiving
 
 
 def entry_dict(
@@ -25,7 +25,7 @@ def entry_dict(
     """OpenSIPS' sockets_list fields first (empty ones left out), then ours: `freebind`, the state
     (listening, partial, absent, unselected, failed) and its error, whether the address is on this host
     (`address_local`, once looked at), and from `traffic` the messages received on it here (`received`) and
-    the seconds since their count last grew (`last_received`)."""
+    whether they arrived lately (`receiving`, traffic.py)."""
     spec, row = entry.spec, entry.row
     out: dict[str, Any] = {}
     if row is not None and row.socket:
@@ -69,9 +69,7 @@ def entry_dict(
         out["address_local"] = entry.address_local
     if traffic is not None:
         out["received"] = traffic.received
-        last = seconds_since(traffic, now)
-        if last is not None:
-            out["last_received"] = last
+        out["receiving"] = receiving(traffic, now)
     notes = [w for w in (warning, entry.note) if w]
     if notes:
         out["warning"] = "; ".join(notes)
@@ -80,12 +78,18 @@ def entry_dict(
     return out
 
 
-def reload_dict(result: ReloadResult, warn: Callable[[Entry], str | None] = lambda _: None) -> dict[str, Any]:
+def reload_dict(
+    result: ReloadResult,
+    warn: Callable[[Entry], str | None] = lambda _: None,
+    listed: Callable[[Entry], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`listed`: how sockets_list shows an entry (added, kept and updated ones are shown the same way)."""
+    show = listed or (lambda e: entry_dict(e, warning=warn(e)))
     return {
-        "added": [entry_dict(e, warning=warn(e)) for e in result.added],
+        "added": [show(e) for e in result.added],
         "removed": [entry_dict(e) for e in result.removed],
-        "kept": [entry_dict(e, warning=warn(e)) for e in result.kept],
-        "updated": [entry_dict(e, warning=warn(e)) for e in result.updated],
+        "kept": [show(e) for e in result.kept],
+        "updated": [show(e) for e in result.updated],
         "failed": [
             {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
         ],
@@ -127,16 +131,18 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
             return None
         return socket_warning(entry.spec, sup.tls.domains)
 
+    def listed(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
+        seen = sup.traffic.of(entry.spec.socket_str) if entry.spec is not None else None
+        if seen is None and entry.sock is not None:
+            seen = Seen(0, None)  # bound, and no message counted on it yet
+        return entry_dict(entry, with_kind, warn(entry), seen, time.monotonic())
+
     async def sockets_reload(params: Params) -> Any:
         no_params(params)
         try:
-            return reload_dict(await sup.reload(), warn)
+            return reload_dict(await sup.reload(), warn, listed)
         except ReloadError as exc:
             raise MIError(500, "Could not reload sockets", str(exc)) from None
-
-    def listed(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
-        seen = sup.traffic.of(entry.spec.socket_str) if entry.spec is not None else None
-        return entry_dict(entry, with_kind, warn(entry), seen, time.monotonic())
 
     async def sockets_list(params: Params) -> Any:
         no_params(params)
