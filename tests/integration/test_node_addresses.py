@@ -1,5 +1,5 @@
-"""Sockets whose address lives on some nodes only: proxies in network namespaces of their own (devenv.netns), one
-holding the address and one not, on one LAN where SIPp runs.
+"""Sockets whose address lives on some nodes only: proxies in network namespaces of their own (devenv.netns),
+one holding the address and one not, on one LAN where SIPp runs.
 
 - Where the address is not, the socket is absent (not failed), and bound as soon as the address arrives: an
   address moved from one node to the other under SIPp load is served by its new holder, and calls go on.
@@ -139,9 +139,9 @@ class Sipp:
 
     def uac(self, target: str, calls: int, rate: int, name: str, port: int) -> subprocess.Popen[str]:
         args = [
-            "-sn", "uac", target, "-s", "uas", "-i", self.ip, "-p", str(port), "-m", str(calls), "-r", str(rate),
-            "-timeout", "240s", "-timeout_error", "-trace_stat", "-stf", str(self.stats_file(name)), "-fd", "1",
-            *SIPP_TOLERATE_REORDER,
+            "-sn", "uac", target, "-s", "uas", "-i", self.ip, "-p", str(port),
+            "-m", str(calls), "-r", str(rate), "-timeout", "240s", "-timeout_error",
+            "-trace_stat", "-stf", str(self.stats_file(name)), "-fd", "1", *SIPP_TOLERATE_REORDER,
         ]  # fmt: skip
         return self._start(args, name)
 
@@ -235,7 +235,7 @@ def test_absent_where_the_address_is_not_and_bound_where_it_moves_under_load(
 
     # Calls go on through the new holder.
     after_move = wait_for(
-        lambda: (c := sipp.counts("load"))[0] >= before_move[0] + 60 and c, "60 more calls after the move", 120
+        lambda: (c := sipp.counts("load"))[0] >= before_move[0] + 60 and c, "60 calls after the move", 120
     )
     load.wait(300)
     successful, failed = sipp.counts("load")
