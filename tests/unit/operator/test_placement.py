@@ -81,7 +81,7 @@ def test_a_selector_picks_the_nodes_with_every_label() -> None:
             "sbc-3": "cannot read Node sbc-3: 403 Forbidden",
         },
     )
-    assert placed.nodes == {"sbc-1"} and dict(placed.unknown) == {
+    assert placed.nodes == frozenset({"sbc-1"}) and dict(placed.unknown) == {
         "sbc-3": "cannot read Node sbc-3: 403 Forbidden"
     }
     assert placed.selects("sbc-1") and not placed.selects("sbc-2") and not placed.selects(None)

@@ -115,8 +115,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         fleet = Fleet(settings, metrics)
         rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), NodeLabels(kube, ttl=0.0))
         mis: dict[str, NodeMI] = {}
+
+        def recorder(pod: str) -> Callable[[str], None]:
+            return lambda method: calls.append((pod, method))
+
         for pod, node in (("proxy-a", "sbc-1"), ("proxy-b", "sbc-2")):
-            mi = NodeMI(sockets, lambda method, pod=pod: calls.append((pod, method)))
+            mi = NodeMI(sockets, recorder(pod))
             mis[pod] = mi
             fleet.observe(pod, f"uid-{pod}", "127.0.0.1", True, await mi.start(), node)
         try:

@@ -28,7 +28,7 @@ NOT_HERE = "192.0.2.77"
 
 def test_the_nodes_column_is_every_node_when_empty_and_a_set_otherwise() -> None:
     assert parse_nodes(None) is None and parse_nodes("  ") is None
-    assert parse_nodes("node-b, node-a") == {"node-a", "node-b"}
+    assert parse_nodes("node-b, node-a") == frozenset({"node-a", "node-b"})
     assert parse_nodes(",") == frozenset()  # placed on no node at all
     assert format_nodes(frozenset({"node-b", "node-a"})) == "node-a,node-b"
     assert format_nodes(frozenset()) == "," and format_nodes(None) is None
