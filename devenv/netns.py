@@ -5,14 +5,17 @@ another, as keepalived or an L2 announcer moves a floating address between the n
 
 Nothing is created in the host's own namespace: veth pairs are made directly inside the namespaces
 (`ip -n NODE link add ... peer ... netns LAN`), and the test process talks to a namespace from a thread that
-entered it (`Netns.call`), so the host's interfaces, addresses and routes are never touched.
+entered it (`Netns.call`), so the host's interfaces, addresses and routes are never touched. A process of the
+host's namespace (the operator) reaches a TCP port inside one through a `Relay` on a host loopback address.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -131,3 +134,60 @@ class Lan:
         for ns in reversed(self.namespaces):
             ns.delete()
         self.namespaces = []
+
+
+class Relay:
+    """Connections to `listen` (a loopback address of the host) relayed to `target` inside `netns`: how the
+    operator, which runs in the host's namespace, reaches the MI of a proxy in a namespace of its own. Each
+    connection's far end is opened from a thread inside the namespace (a socket stays in the namespace it was
+    made in), so no route between the namespaces is needed."""
+
+    def __init__(self, listen: tuple[str, int], netns: Netns, target: tuple[str, int]) -> None:
+        self.netns, self.target = netns, target
+        self.server = socket.create_server(listen, reuse_port=False)
+        self.server.settimeout(0.5)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._accept, name=f"relay-{listen[0]}:{listen[1]}", daemon=True
+        )
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = self.netns.call(lambda: socket.create_connection(self.target, timeout=10))
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        client.settimeout(None)
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        _pump(client, upstream)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.server.close()
+        self._thread.join(5)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy until either side closes, then close both (the other pump ends with them)."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -34,8 +34,10 @@ class PodResult:
     error: str = ""
     selected: bool = True  # serves the socket (spec.nodeSelector); False: left out of Ready
     node: str = ""  # the pod's node, when known
-    address_local: bool | None = None  # the node holds the address (None: the proxy does not say)
-    receiving: bool | None = None  # messages arrived on the socket lately (None: the proxy does not say)
+    # Free-bind sockets only (None otherwise, or when the proxy does not say): the node holds the address;
+    # messages arrived on the socket there lately.
+    address_local: bool | None = None
+    receiving: bool | None = None
 
 
 @dataclass(frozen=True)

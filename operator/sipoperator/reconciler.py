@@ -32,7 +32,7 @@ from sipoperator.drift import needs_reload, table_sockets
 from sipoperator.metrics import Metrics
 from sipoperator.nodes import NodeLabels
 from sipoperator.placement import EVERYWHERE, Placement, SocketOptions, place
-from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
+from sipoperator.proxies import Fleet, MIError, ProxyPod, Seen, Unreachable
 from sipoperator.settings import Settings
 from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
@@ -391,7 +391,9 @@ class Reconciler:
                 state = cond.NOT_SELECTED
                 return cond.PodResult(pod.name, True, state=state, error=why, selected=False, node=node)
             state, error = listed.state_of(wanted.socket, wanted.key)
-            seen = listed.seen_of(wanted.socket, wanted.key)
+            # Where the address is and traffic arrives, for a free-bind socket (bound on every pod); without
+            # free bind Listening already says the address is there.
+            seen = listed.seen_of(wanted.socket, wanted.key) if wanted.freebind else Seen()
             return cond.PodResult(
                 pod.name,
                 reachable=True,
