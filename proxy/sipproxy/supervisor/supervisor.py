@@ -83,6 +83,7 @@ class Supervisor:
         self.entries: dict[int, Entry] = {}  # bound sockets, static and dynamic
         # Dynamic rows not bound: failed, absent or unselected, as of the last reload (and the retries since).
         self.unbound: list[Entry] = []
+        self._said: set[tuple[str, object]] = set()  # (state, key) of the unbound rows already logged
         self.node_name = config.node_name
         self.traffic = Traffic()
         self._events = AddressEvents()
@@ -250,7 +251,8 @@ class Supervisor:
         label = entry.label if spec else (row.socket if row else "?")
         if state == "failed":
             log.warning("socket %s failed: %s", label, error)
-        else:
+        elif spec is None or (state, spec.key) not in self._said:
+            # Said once: on a node without a carrier's address every reload would say it again.
             log.info("socket %s %s: %s", label, state, error)
         return entry
 
@@ -334,7 +336,7 @@ class Supervisor:
         added, not_bound = self._bind(to_bind)
         unbound += not_bound
         await self._hand_over(added, updated)
-        self.unbound = unbound
+        self._set_unbound(unbound)
         for entry in self.entries.values():
             if entry.kind == "dynamic" and entry.spec is not None:
                 entry.note = notes.get(entry.spec.key)
@@ -372,6 +374,10 @@ class Supervisor:
             self.entries[entry.sid] = entry
             added.append(entry)
         return added, not_bound
+
+    def _set_unbound(self, unbound: list[Entry]) -> None:
+        self.unbound = unbound
+        self._said = {(e.state, e.spec.key) for e in unbound if e.spec is not None}
 
     async def _hand_over(self, added: list[Entry], updated: list[Entry]) -> None:
         """New and updated sockets to every worker; returns once each has them (or is being replaced)."""
@@ -430,7 +436,7 @@ class Supervisor:
             for entry in added:
                 entry.address_local = True
                 log.info("socket %s: its address arrived, bound", entry.label)
-            self.unbound = [e for e in self.unbound if id(e) not in gone] + not_bound
+            self._set_unbound([e for e in self.unbound if id(e) not in gone] + not_bound)
             await self._hand_over(added, [])
             return added
 
