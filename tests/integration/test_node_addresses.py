@@ -204,8 +204,9 @@ def test_absent_where_the_address_is_not_and_bound_where_it_moves_under_load(
     node_a, node_b = lan.node("a", 2), lan.node("b", 3)
     vip = lan.address(VIP_HOST)
     lan.move(vip, None, node_a)
-    row = f"udp:{vip}:5060"
+    row, tcp_row = f"udp:{vip}:5060", f"tcp:{vip}:5060"
     sqlite_table.add(row)
+    sqlite_table.add(tcp_row)
     proxy_a = node_proxies(node_a, node_config(sqlite_table, "node-a", sipp.uas_uri))
     proxy_b = node_proxies(node_b, node_config(sqlite_table, "node-b", sipp.uas_uri))
 
@@ -215,8 +216,9 @@ def test_absent_where_the_address_is_not_and_bound_where_it_moves_under_load(
     b = proxy_b.entry(row)
     assert b["state"] == "absent" and "address_local" not in b, b
     assert "not on this host" in b["error"], b
+    assert proxy_b.entry(tcp_row)["state"] == "absent"
     reloaded = proxy_b.call("sockets_reload")
-    assert reloaded["failed"] == [] and [e["socket"] for e in reloaded["absent"]] == [row], reloaded
+    assert reloaded["failed"] == [] and sorted(e["socket"] for e in reloaded["absent"]) == [tcp_row, row]
     assert options_from_lan(lan, vip, 5060) == 1
 
     # Calls through the floating address, and the address moved to the other node meanwhile.
@@ -232,6 +234,9 @@ def test_absent_where_the_address_is_not_and_bound_where_it_moves_under_load(
     assert b["address_local"] is True
     a = wait_for(lambda: (e := proxy_a.entry(row))["state"] == "absent" and e, "node a to see it leave", 30)
     assert "has left this host" in a["error"] and a["address_local"] is False, a
+    # The TCP listener followed too: node b accepts connections on it.
+    wait_for(lambda: proxy_b.entry(tcp_row)["state"] == "listening", "node b to listen on TCP", 30)
+    assert lan.lan.call(lambda: socket.create_connection((vip, 5060), timeout=5).close()) is None
 
     # Calls go on through the new holder.
     after_move = wait_for(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -512,6 +513,6 @@ class Supervisor:
 
 def _absent(spec: SocketSpec) -> str:
     return (
-        f"address {spec.host} is not on this host (bind: EADDRNOTAVAIL); "
-        "the socket is bound when the address appears"
+        f"address {spec.host} is not on this host ([Errno {errno.EADDRNOTAVAIL}] "
+        f"{os.strerror(errno.EADDRNOTAVAIL)}); the socket is bound when the address appears"
     )

@@ -146,7 +146,8 @@ async def test_ready_with_one_pod_absent_and_no_reload_for_it(world: World) -> N
     world.mis["proxy-a"].report = lambda _: {"state": "listening", "address_local": True, "received": 40,
                                              "receiving": True}  # fmt: skip
     absent = (
-        "address 10.0.5.20 is not on this host (bind: EADDRNOTAVAIL); the socket is bound when it appears"
+        "address 10.0.5.20 is not on this host ([Errno 99] Cannot assign requested address); "
+        "the socket is bound when the address appears"
     )
     world.mis["proxy-b"].report = lambda _: {"state": "absent", "error": absent}
     spec = {"protocol": "udp", "address": "10.0.5.20", "port": 5070}

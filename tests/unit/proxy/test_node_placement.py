@@ -117,7 +117,8 @@ async def test_rows_come_with_their_placement_when_the_side_table_exists(tmp_pat
 def test_an_absent_row_says_why_and_is_not_failed() -> None:
     spec = parse_row(f"udp:{NOT_HERE}:5060")
     error = (
-        f"address {NOT_HERE} is not on this host (bind: EADDRNOTAVAIL); the socket is bound when it appears"
+        f"address {NOT_HERE} is not on this host ([Errno 99] Cannot assign requested address); "
+        "the socket is bound when the address appears"
     )
     entry = Entry(3, "dynamic", spec, row=Row(f"udp:{NOT_HERE}:5060", None, None, None, None), state="absent")
     entry.error = error
