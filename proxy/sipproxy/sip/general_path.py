@@ -28,7 +28,7 @@ from sipproxy.sip.outcome import Outcome, Send, drop
 from sipproxy.sip.replies import OPTIONS_HEADERS, REASON_PHRASES, answer, header_name
 from sipproxy.sip.routing import Route, select_route
 from sipproxy.sip.state import EngineState
-from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
+from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri, port_or_default
 from sipproxy.sip.validate import RequestFacts, inspect_request
 from sipproxy.sip.via import Via, fix_received, parse_via
 
@@ -86,7 +86,7 @@ def request(
             routes
             and ruri is not None
             and ruri.param(b"lr") is not None
-            and index.is_ours(ruri.host, ruri.port)
+            and index.is_ours(ruri.host, port_or_default(ruri))
         ):
             ruri_raw = addr_uri(routes.pop())
             ruri = parse_sip_uri(ruri_raw)
@@ -94,7 +94,7 @@ def request(
         removed = 0
         while routes and removed < 2:
             uri = parse_sip_uri(addr_uri(routes[0]))
-            if uri is None or not index.is_ours(uri.host, uri.port):
+            if uri is None or not index.is_ours(uri.host, port_or_default(uri)):
                 break
             del routes[0]
             removed += 1
@@ -107,7 +107,12 @@ def request(
             elif uri.param(b"r2") is None:
                 break  # a single entry: a following one of ours belongs to a later spiral
 
-    if msg.method == b"OPTIONS" and not routes and ruri is not None and index.is_ours(ruri.host, ruri.port):
+    if (
+        msg.method == b"OPTIONS"
+        and not routes
+        and ruri is not None
+        and index.is_ours(ruri.host, port_or_default(ruri))
+    ):
         return reply(200, "OK", None, OPTIONS_HEADERS)
     if facts.max_forwards == 0:
         return reply(483, "Too Many Hops", "max_forwards")

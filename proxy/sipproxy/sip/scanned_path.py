@@ -50,8 +50,8 @@ def request(
     in_wire = index.known_wire(listener)
     if in_wire is None:
         return None
-    if method == b"OPTIONS" and index.is_ours(ruri_host, ruri_port):
-        return None
+    if method == b"OPTIONS" and (ruri_port is None or index.is_ours(ruri_host, ruri_port)):
+        return None  # ours to answer, or a port the transport's default gives: the general path decides
     out_tag: str | None = None
     facing: tuple[str, int | None, str | None] | None = None
     rule: Route | None = None
@@ -61,12 +61,12 @@ def request(
         # all the set may hold here, and the request goes on to its Request-URI, or over the flow a token
         # in our entry names.
         host, port, r2, _, user = route_set[0]
-        if not index.is_ours(host, port):
-            return None
+        if port is None or not index.is_ours(host, port):
+            return None  # not ours, or a port-less entry (its transport's default port): the general path
         tokens = [user] if user is not None else []
         if len(route_set) == 2:
             host, port, _, transport, user = route_set[1]
-            if not r2 or not index.is_ours(host, port):
+            if not r2 or port is None or not index.is_ours(host, port):
                 return None
             facing = (host, port, transport)
             if user is not None:
