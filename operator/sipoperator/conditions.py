@@ -38,6 +38,7 @@ class PodResult:
     # messages arrived on the socket there lately.
     address_local: bool | None = None
     receiving: bool | None = None
+    advertised: str | None = None  # the advertised address the pod uses (spec.advertised from a source)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Outcome:
     programmed_reason: str = "Programmed"
     programmed_message: str = ""
     pods: Sequence[PodResult] = field(default_factory=tuple)
+    # spec.advertised from a Service or the nodes, not known (yet): why (the socket is programmed and may
+    # listen, but Via would not name the address peers reach it on)
+    advertised_pending: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ def listeners(pods: Iterable[PodResult]) -> list[dict[str, Any]]:
             entry["addressOnNode"] = p.address_local
         if p.reachable and p.receiving is not None:
             entry["receiving"] = p.receiving
+        if p.reachable and p.advertised is not None:
+            entry["advertised"] = p.advertised
         out.append(entry)
     return out
 
@@ -189,7 +195,12 @@ def conditions(outcome: Outcome) -> list[Condition]:
     programmed = Condition(
         PROGRAMMED, "True", "Programmed", outcome.programmed_message or "row written to the sockets table"
     )
-    return [accepted, programmed, _ready(outcome.pods)]
+    ready = _ready(outcome.pods)
+    if outcome.advertised_pending:
+        ready = Condition(
+            READY, "False", "AdvertisedAddressPending", f"{outcome.advertised_pending}; {ready.message}"
+        )
+    return [accepted, programmed, ready]
 
 
 def refused(reason: str, message: str) -> Outcome:

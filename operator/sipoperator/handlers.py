@@ -127,6 +127,22 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, peering: str) -> 
                 "proxy pod %s missed the reload after deleting %s: %s", pod, body.metadata.name, error
             )
 
+    @kopf.on.startup(registry=registry)
+    async def start_source_watch(memo: kopf.Memo, **_: Any) -> None:
+        memo["sources"] = asyncio.get_running_loop().create_task(rec.watch_sources())
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_source_watch(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get("sources")
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+
+    @kopf.on.event("", "v1", "services", registry=registry)
+    async def watch_services(body: kopf.Body, **_: Any) -> None:
+        """A Service changed (a new load-balancer address) or went: the SipSockets advertising its address
+        run a pass, within moments; the others are not woken."""
+        rec.service_changed(str(body.metadata.name))
+
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         name = str(body.metadata.name)

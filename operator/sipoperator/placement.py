@@ -23,10 +23,11 @@ class SocketOptions:
 
     freebind: bool = False
     nodes: str | None = None  # shared.placement's text: None every node, "a,b" those nodes, "," none
+    advertised: str | None = None  # per node, "node=host:port,..." (spec.advertised.fromNode)
 
     @property
     def default(self) -> bool:
-        return not self.freebind and self.nodes is None
+        return not self.freebind and self.nodes is None and self.advertised is None
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class Placement:
             return True
         return node is not None and node in self.nodes
 
-    def options(self, freebind: bool) -> SocketOptions:
-        return SocketOptions(freebind, format_nodes(self.nodes))
+    def options(self, freebind: bool, advertised: str | None = None) -> SocketOptions:
+        return SocketOptions(freebind, format_nodes(self.nodes), advertised)
 
 
 EVERYWHERE = Placement()

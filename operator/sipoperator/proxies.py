@@ -162,6 +162,7 @@ class Seen:
 
     address_local: bool | None = None
     receiving: bool | None = None
+    advertised: str | None = None  # what the socket advertises there (the pod's node's own, with fromNode)
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,15 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (_STATES[name], error)
         else:
             entries[item["socket"]] = (FAILED, error)
-        local, receiving = item.get("address_local"), item.get("receiving")
+        local, receiving, advertised = (
+            item.get("address_local"),
+            item.get("receiving"),
+            item.get("advertised"),
+        )
         seen[item["socket"]] = Seen(
             address_local=local if isinstance(local, bool) else None,
             receiving=receiving if isinstance(receiving, bool) else None,
+            advertised=advertised if isinstance(advertised, str) else None,
         )
     return Listed(entries, opensips if opensips is not None else not saw_state, seen)
 

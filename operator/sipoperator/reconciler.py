@@ -17,6 +17,7 @@ Level-triggered: every pass recomputes the whole status, so a pass interrupted a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,14 +26,15 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from sipoperator import advertised, orphans, schedule
 from sipoperator import conditions as cond
-from sipoperator import orphans, schedule
+from sipoperator.advertised import Resolved
 from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal
 from sipoperator.drift import needs_reload, table_sockets
 from sipoperator.metrics import Metrics
 from sipoperator.nodes import NodeLabels
 from sipoperator.placement import EVERYWHERE, Placement, SocketOptions, place
-from sipoperator.proxies import Fleet, MIError, ProxyPod, Seen, Unreachable
+from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
 from sipoperator.settings import Settings
 from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
@@ -41,6 +43,9 @@ from sipoperator.store import NO_OPTIONS, DatabaseUnavailable, Store, TableRow, 
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
+# How often the nodes of SipSockets with spec.advertised.fromNode are read for a changed address (a changed
+# Service is told by its watch): within this much, plus one pass, new messages carry the new address.
+SOURCE_CHECK_SECONDS = 5.0
 Memo = schedule.Memo
 
 
@@ -135,6 +140,50 @@ class Reconciler:
         for event in self._wakers.values():
             event.set()
 
+    def _poke(self, uid: str) -> None:
+        self.memo(uid).sources_changed = True
+        if uid in self._wakers:
+            self._wakers[uid].set()
+
+    def service_changed(self, name: str) -> None:
+        """A Service of the namespace changed (its load-balancer address...): the SipSockets that take their
+        advertised address from it run a pass."""
+        for uid, known in list(self.known.items()):
+            source = known.wanted.advertised_from if known.wanted else None
+            if source is not None and source.service == name:
+                self._poke(uid)
+
+    async def check_sources(self) -> None:
+        """Read the nodes of the SipSockets whose advertised address comes from the nodes; wake those whose
+        addresses changed since their last pass. A changed Service is told by its watch instead."""
+        subjects = [
+            (uid, known.wanted)
+            for uid, known in list(self.known.items())
+            if known.wanted is not None
+            and known.wanted.advertised_from is not None
+            and known.wanted.advertised_from.node_address is not None
+        ]
+        if not subjects or self.nodes is None:
+            return
+        names = {p.node for p in self.fleet.ready() if p.node}
+        found = await self.nodes.nodes(names, max_age=0.0)
+        for uid, wanted in subjects:
+            assert wanted.advertised_from is not None
+            now = advertised.from_nodes(wanted.advertised_from, found)
+            memo = self.memo(uid)
+            if memo.last_run and memo.advertised_seen is not None and now != memo.advertised_seen:
+                log.info("the node addresses advertised by %s/%s changed", wanted.socket, uid)
+                self._poke(uid)
+
+    async def watch_sources(self) -> None:
+        """`check_sources` every SOURCE_CHECK_SECONDS, for as long as the operator runs."""
+        while True:
+            await asyncio.sleep(SOURCE_CHECK_SECONDS)
+            try:
+                await self.check_sources()
+            except Exception:
+                log.exception("reading the nodes of advertised addresses failed; trying again")
+
     def _table_changed(self) -> None:
         self.table_epoch += 1
         for uid, memo in self.memos.items():
@@ -168,11 +217,17 @@ class Reconciler:
             schedule.started(memo, time.monotonic(), self.fleet.epoch, self.table_epoch)
             generation = int(body.get("metadata", {}).get("generation") or 0)
             await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
-            placement = await self._placement(known.wanted)  # (a) Node reads, before the table lock too
-            options = placement.options(known.wanted.freebind) if known.wanted else NO_OPTIONS
-            step = await self._decide_and_write(known, generation, options)  # (a) the table's part, (b), (c)
+            # (a) Node and Service reads, before the table lock too
+            placement = await self._placement(known.wanted)
+            resolved = await self._advertised(known.wanted, memo)
+            options = (
+                placement.options(known.wanted.freebind, resolved.per_node) if known.wanted else NO_OPTIONS
+            )
+            step = await self._decide_and_write(known, generation, options, resolved.column)  # (a), (b), (c)
             outcome = await self._observe(known, step, body, placement)  # (d)
-            return await self._report(known, body, memo, outcome)  # (e)
+            if resolved.pending and outcome.accepted and outcome.programmed:
+                outcome = dataclasses.replace(outcome, advertised_pending=resolved.pending)
+            return await self._report(known, body, memo, outcome, resolved.shown)  # (e)
 
     async def _placement(self, wanted: DesiredSocket | None) -> Placement:
         if wanted is None or wanted.node_selector is None:
@@ -182,9 +237,31 @@ class Reconciler:
             return place(wanted.node_selector, {n: "the operator does not read Nodes" for n in nodes})
         return place(wanted.node_selector, await self.nodes.all(nodes))
 
+    async def _advertised(self, wanted: DesiredSocket | None, memo: Memo) -> Resolved:
+        """spec.advertised from a Service or the nodes (advertised.py); what was seen is kept for the watch of
+        the sources (`watch_sources`), which wakes the object when it changes."""
+        source = wanted.advertised_from if wanted else None
+        if source is None:
+            return Resolved()
+        if self.nodes is None:
+            return Resolved(pending="the operator does not read Services and Nodes")
+        if source.service is not None:
+            found = await self.nodes.service(self.settings.namespace, source.service)
+            resolved = advertised.from_service(source, found)
+        else:
+            names = {p.node for p in self.fleet.ready() if p.node}
+            resolved = advertised.from_nodes(source, await self.nodes.nodes(names, SOURCE_CHECK_SECONDS))
+        memo.advertised_seen = resolved
+        return resolved
+
     async def _decide_and_write(
-        self, known: Known, generation: int, options: SocketOptions = NO_OPTIONS
+        self,
+        known: Known,
+        generation: int,
+        options: SocketOptions = NO_OPTIONS,
+        advertised_column: str | None = None,
     ) -> TableStep:
+        """`advertised_column`: the row's advertised address resolved from spec.advertised's source."""
         async with self.table_lock:
             removed, rows, error = False, None, None
             try:
@@ -219,7 +296,10 @@ class Reconciler:
                     return TableStep(rows, refusal, removed=removed, error=error)
                 if rows is None:
                     return TableStep(rows, refusal, removed=removed, error=error)
-                written = await self._write_locked(known, known.wanted, rows, generation, options)
+                wanted = known.wanted
+                if wanted.advertised_from is not None:
+                    wanted = wanted.with_advertised(advertised_column)
+                written = await self._write_locked(known, wanted, rows, generation, options)
             except DatabaseUnavailable as exc:
                 return TableStep(rows, refusal, removed=removed, error=str(exc))
             kept = [r for r in rows if r.owner_uid != known.uid]
@@ -259,7 +339,12 @@ class Reconciler:
         )
 
     async def _report(
-        self, known: Known, body: Mapping[str, Any], memo: Memo, outcome: cond.Outcome
+        self,
+        known: Known,
+        body: Mapping[str, Any],
+        memo: Memo,
+        outcome: cond.Outcome,
+        advertised_shown: str | None = None,
     ) -> Result:
         """(e): conditions, metrics and the status, written once."""
         current = body.get("status") or {}
@@ -279,7 +364,11 @@ class Reconciler:
             "conditions": merged,
             "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
             # The `kubectl get -o wide` columns; None removes the field (a JSON merge patch).
-            "advertised": wanted.row.advertised if wanted and outcome.accepted else None,
+            "advertised": (
+                (advertised_shown if wanted.advertised_from else wanted.row.advertised)
+                if wanted and outcome.accepted
+                else None
+            ),
             "listening": cond.listening_count(outcome.pods) if outcome.accepted else None,
         }
         seen = [current] if memo.written_status is None else [current, memo.written_status]
@@ -349,7 +438,16 @@ class Reconciler:
         c = row.as_dict()
         owner = (known.uid, known.namespace, known.name)
         columns = (c["socket"] or "", c["advertised"], c["tag"], c["flags"], c["tos"])
-        kept.append(TableRow(row_id, *columns, *owner, freebind=options.freebind, nodes=options.nodes))
+        kept.append(
+            TableRow(
+                row_id,
+                *columns,
+                *owner,
+                freebind=options.freebind,
+                nodes=options.nodes,
+                node_advertised=options.advertised,
+            )
+        )
         self._table = kept
 
     def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
@@ -391,17 +489,20 @@ class Reconciler:
                 state = cond.NOT_SELECTED
                 return cond.PodResult(pod.name, True, state=state, error=why, selected=False, node=node)
             state, error = listed.state_of(wanted.socket, wanted.key)
-            # Where the address is and traffic arrives, for a free-bind socket (bound on every pod); without
-            # free bind Listening already says the address is there.
-            seen = listed.seen_of(wanted.socket, wanted.key) if wanted.freebind else Seen()
+            seen = listed.seen_of(wanted.socket, wanted.key)
+            # Where the address is and traffic arrives, for a free-bind socket (bound on every pod; without
+            # free bind Listening already says the address is there); what each pod advertises, for an
+            # address from a Service or the nodes.
+            floating = wanted.freebind
             return cond.PodResult(
                 pod.name,
                 reachable=True,
                 state=state,
                 error=error,
                 node=node,
-                address_local=seen.address_local,
-                receiving=seen.receiving,
+                address_local=seen.address_local if floating else None,
+                receiving=seen.receiving if floating else None,
+                advertised=seen.advertised if wanted.advertised_from is not None else None,
             )
 
         return list(await asyncio.gather(*(one(p) for p in self.fleet.ready())))

@@ -47,10 +47,11 @@ class TableRow:
     owner_name: str | None = None
     freebind: bool = False  # the placement side table
     nodes: str | None = None
+    node_advertised: str | None = None
 
     @property
     def options(self) -> SocketOptions:
-        return SocketOptions(self.freebind, self.nodes)
+        return SocketOptions(self.freebind, self.nodes, self.node_advertised)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -127,7 +128,7 @@ class Store:
         columns = (s.c.id, s.c.socket, s.c.advertised, s.c.tag, s.c.flags, s.c.tos)
         owner = (o.c.uid, o.c.namespace, o.c.name)
         joined = s.outerjoin(o, o.c.socket_id == s.c.id).outerjoin(p, p.c.socket_id == s.c.id)
-        query = select(*columns, *owner, p.c.freebind, p.c.nodes).select_from(joined)
+        query = select(*columns, *owner, p.c.freebind, p.c.nodes, p.c.advertised).select_from(joined)
 
         async def run() -> list[TableRow]:
             async with self.engine.connect() as conn:
@@ -209,15 +210,22 @@ class Store:
     async def _write_options(self, conn: AsyncConnection, socket_id: int, options: SocketOptions) -> bool:
         """The row's placement entry as `options` (none for the default); True when it changed."""
         p = self.options
-        current = (
-            await conn.execute(select(p.c.freebind, p.c.nodes).where(p.c.socket_id == socket_id))
-        ).first()
-        if current is not None and SocketOptions(bool(current[0]), _clean(current[1])) == options:
+        query = select(p.c.freebind, p.c.nodes, p.c.advertised).where(p.c.socket_id == socket_id)
+        current = (await conn.execute(query)).first()
+        if (
+            current is not None
+            and SocketOptions(bool(current[0]), _clean(current[1]), _clean(current[2])) == options
+        ):
             return False
         if current is not None:
             await conn.execute(delete(p).where(p.c.socket_id == socket_id))
         if not options.default:
-            values = {"socket_id": socket_id, "freebind": int(options.freebind), "nodes": options.nodes}
+            values = {
+                "socket_id": socket_id,
+                "freebind": int(options.freebind),
+                "nodes": options.nodes,
+                "advertised": options.advertised,
+            }
             await conn.execute(insert(p).values(**values))
         return current is not None or not options.default
 
@@ -241,7 +249,7 @@ class Store:
 
 def _table_row(r: Any) -> TableRow:
     c = [_clean(v) for v in r]
-    return TableRow(r[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], bool(c[9]), c[10])
+    return TableRow(r[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], bool(c[9]), c[10], c[11])
 
 
 def _clean(value: Any) -> Any:

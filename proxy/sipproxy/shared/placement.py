@@ -5,7 +5,11 @@ OpenSIPS, which serves every row on every proxy and has no free bind.
 
 The node list is the operator's answer to a SipSocket's `spec.nodeSelector`: the names of the nodes it
 selects, among the nodes the proxy pods run on. A proxy knows its own node by name (the chart's `NODE_NAME`,
-from the downward API); node labels stay with the operator, which can read Nodes."""
+from the downward API); node labels stay with the operator, which can read Nodes.
+
+The same table carries an advertised address per node (`advertised`, for `spec.advertised.fromNode`: each
+node's own ExternalIP or InternalIP), which replaces the row's `advertised` column on that node: the row keeps
+one value for OpenSIPS, which cannot have more."""
 
 from __future__ import annotations
 
@@ -36,6 +40,34 @@ def format_nodes(nodes: frozenset[str] | None) -> str | None:
     if nodes is None:
         return None
     return ",".join(sorted(nodes)) or ","
+
+
+def parse_node_advertised(text: str | None) -> dict[str, str]:
+    """The `advertised` column: `node=host:port` items separated by commas (`[v6]:port` for IPv6); empty or
+    NULL is none. Values are checked where they are used (as the `advertised` column is)."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        node, sep, value = item.strip().partition("=")
+        if not sep or not _NODE_NAME.match(node) or not value:
+            raise NodesError(f"advertised column: {item.strip()!r} is not node=host:port")
+        out[node] = value
+    return out
+
+
+def format_node_advertised(values: dict[str, str]) -> str | None:
+    return ",".join(f"{node}={values[node]}" for node in sorted(values)) or None
+
+
+def advertised_here(
+    row_advertised: str | None, node_advertised: str | None, node_name: str | None
+) -> str | None:
+    """The advertised address this proxy uses for a row: its node's own when the side table has one, else
+    the row's column."""
+    if node_name is not None and node_advertised:
+        return parse_node_advertised(node_advertised).get(node_name, row_advertised)
+    return row_advertised
 
 
 def serves_here(nodes: frozenset[str] | None, node_name: str | None) -> bool:

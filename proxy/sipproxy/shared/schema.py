@@ -59,6 +59,7 @@ def options_table(metadata: MetaData, name: str = OPTIONS_TABLE) -> Table:
         Column("socket_id", Integer, primary_key=True, autoincrement=False),
         Column("freebind", SmallInteger, nullable=False, server_default=text("0")),
         Column("nodes", Text, nullable=True),
+        Column("advertised", Text, nullable=True),  # node=host:port,... (placement.parse_node_advertised)
     )
 
 

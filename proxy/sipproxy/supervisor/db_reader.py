@@ -23,6 +23,7 @@ class Row:
     # From the side table; a row without an entry there: every node, no free bind.
     freebind: bool = False
     nodes: str | None = None
+    node_advertised: str | None = None  # per node, replacing `advertised` on that node
 
 
 def make_engine(db_url: str) -> AsyncEngine:
@@ -47,12 +48,22 @@ async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Ro
         # (a database made by OpenSIPS' tools has none), and one catalog lookup costs less than the read.
         if await conn.run_sync(_has_options):
             options = options_table(metadata)
-            query = select(*columns, options.c.freebind, options.c.nodes).select_from(
+            placed = (options.c.freebind, options.c.nodes, options.c.advertised)
+            query = select(*columns, *placed).select_from(
                 table.outerjoin(options, options.c.socket_id == table.c.id)
             )
             result = await conn.execute(query)
             return [
-                Row(_text(r[0]), _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4]), bool(r[5]), _text(r[6]))
+                Row(
+                    _text(r[0]),
+                    _text(r[1]),
+                    _text(r[2]),
+                    _text(r[3]),
+                    _text(r[4]),
+                    freebind=bool(r[5]),
+                    nodes=_text(r[6]),
+                    node_advertised=_text(r[7]),
+                )
                 for r in result
             ]
         result = await conn.execute(select(*columns))

@@ -25,7 +25,7 @@ from typing import Any
 
 from sipproxy.shared.control import Init, tls_domains_document
 from sipproxy.shared.counters import SocketCounters
-from sipproxy.shared.placement import NodesError, parse_nodes, serves_here
+from sipproxy.shared.placement import NodesError, advertised_here, parse_nodes, serves_here
 from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
 from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.sip.flowtoken import new_key
@@ -55,10 +55,11 @@ class ReloadError(Exception):
 
 
 def parse_rows(
-    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None
+    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None, node_name: str | None = None
 ) -> tuple[list[tuple[Row, SocketSpec | RowError]], dict[Row, SocketSpec | RowError]]:
     """Each row parsed, reusing what `known` (the last reload's results) says of identical rows; also the
-    results to pass next time (only the rows seen now, so it never grows beyond the table)."""
+    results to pass next time (only the rows seen now, so it never grows beyond the table). A row's
+    advertised address is this node's own when the side table has one (`node_name`)."""
     known = known or {}
     seen: dict[Row, SocketSpec | RowError] = {}
     out: list[tuple[Row, SocketSpec | RowError]] = []
@@ -66,9 +67,10 @@ def parse_rows(
         parsed = seen.get(row) or known.get(row)
         if parsed is None:
             try:
-                parsed = parse_row(
-                    row.socket, row.advertised, row.tag, row.flags, row.tos, freebind=row.freebind
-                )
+                advertised = advertised_here(row.advertised, row.node_advertised, node_name)
+                parsed = parse_row(row.socket, advertised, row.tag, row.flags, row.tos, freebind=row.freebind)
+            except NodesError as exc:
+                parsed = RowError(str(exc))
             except RowError as exc:
                 parsed = exc
         seen[row] = parsed
@@ -213,7 +215,7 @@ class Supervisor:
                 self.reload_failures += 1
                 log.error("cannot read table %s: %s", mgm.table_name, exc)
                 raise ReloadError(str(exc)) from exc
-            parsed, self._parsed = parse_rows(rows, self._parsed)
+            parsed, self._parsed = parse_rows(rows, self._parsed, self.node_name)
             result = await self._apply(parsed)
             self.reloads += 1
             self.reload_seconds += time.monotonic() - t0

@@ -17,7 +17,8 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-# kopf lists and watches, patches (finalizer, annotations, status) and posts Events; it never GETs one object.
+# kopf lists and watches, patches (finalizer, annotations, status) and posts Events; the operator GETs a
+# Service (spec.advertised.fromService) and nothing else of its namespace.
 NAMESPACED = {
     ("sipsockets.io", "sipsockets", "list"),
     ("sipsockets.io", "sipsockets", "watch"),
@@ -25,6 +26,10 @@ NAMESPACED = {
     ("sipsockets.io", "sipsockets/status", "patch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
+    # spec.advertised.fromService: the Service is read at a pass and watched for a new load-balancer address.
+    ("", "services", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
     ("", "events", "create"),
 }
 PEERING = {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}

@@ -27,28 +27,50 @@ ROW = "udp:10.0.5.20:5070"
 
 
 class NodesAPI(FakeAPI):
-    """The fake API with Nodes: `nodes` maps a name to its labels; a missing name is 404."""
+    """The fake API with Nodes (`nodes`: name -> labels, `addresses`: name -> {type: address}) and Services of
+    the namespace (`services`: name -> load-balancer ingress list); a missing name is 404."""
 
     def __init__(self) -> None:
         super().__init__()
         self.nodes: dict[str, dict[str, str]] = {}
+        self.addresses: dict[str, dict[str, str]] = {}
+        self.services: dict[str, list[dict[str, str]]] = {}
         self.node_reads = 0
 
     async def __aenter__(self) -> NodesAPI:
         app = web.Application()
         app.router.add_patch(STATUS_PATH, self._patch)
         app.router.add_get("/api/v1/nodes/{name}", self._node)
+        app.router.add_get("/api/v1/namespaces/voip/services/{name}", self._service)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
         return self
+
+    @staticmethod
+    def _missing(kind: str, name: str) -> web.Response:
+        body = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+        return web.json_response({**body, "message": f'{kind} "{name}" not found'}, status=404)
 
     async def _node(self, request: web.Request) -> web.Response:
         self.node_reads += 1
         name = request.match_info["name"]
         if request.headers.get("Authorization") != f"Bearer {self.token}" or name not in self.nodes:
-            body = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
-            return web.json_response({**body, "message": f'nodes "{name}" not found'}, status=404)
-        return web.json_response({"kind": "Node", "metadata": {"name": name, "labels": self.nodes[name]}})
+            return self._missing("nodes", name)
+        addresses = [{"type": t, "address": a} for t, a in self.addresses.get(name, {}).items()]
+        return web.json_response(
+            {
+                "kind": "Node",
+                "metadata": {"name": name, "labels": self.nodes[name]},
+                "status": {"addresses": addresses},
+            }
+        )
+
+    async def _service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.services:
+            return self._missing("services", name)
+        ingress = self.services[name]
+        return web.json_response({"kind": "Service", "status": {"loadBalancer": {"ingress": ingress}}})
 
 
 @dataclass
@@ -232,3 +254,78 @@ async def test_a_node_that_cannot_be_read_fails_its_pod_with_the_reason(world: W
     assert (status, reason) == ("False", "PartiallyListening")
     assert "proxy-b: cannot read Node sbc-2: 404 NotFound" in message
     assert world.placement() == [(0, "sbc-1")]
+
+
+def advertised_column(world: World) -> list[str | None]:
+    with sqlite3.connect(world.db) as conn:
+        return [r[0] for r in conn.execute("SELECT advertised FROM sockets")]
+
+
+async def test_the_advertised_address_follows_a_services_load_balancer(world: World) -> None:
+    world.api.services["sip-lb"] = []
+    spec = {"protocol": "udp", "address": "10.0.5.20", "port": 5070, "advertised": {"fromService": "sip-lb"}}
+    result = await world.rec.reconcile(world.body(spec))
+    status, reason, message = ready(result.status)
+    assert (status, reason) == ("False", "AdvertisedAddressPending")
+    assert message.startswith("Service sip-lb has no load-balancer ingress address yet; listening on 2/2")
+    assert advertised_column(world) == [None]
+
+    # The cloud controller gives it an address: the Service's watch wakes the object, whose pass writes it.
+    world.api.services["sip-lb"] = [{"ip": "203.0.113.7"}]
+    uid = "uid-carrier"
+    assert not world.rec.due(uid) or world.rec.memo(uid).failures  # (backoff aside) nothing due yet
+    world.rec.service_changed("other-service")
+    assert not world.rec.memo(uid).sources_changed
+    world.rec.service_changed("sip-lb")
+    assert world.rec.memo(uid).sources_changed and world.rec.due(uid)
+    for mi in world.mis.values():
+        mi.report = lambda _: {"state": "listening", "advertised": "203.0.113.7:5070"}
+    result = await world.rec.reconcile(world.body(spec))
+    assert ready(result.status)[:2] == ("True", "Listening")
+    assert advertised_column(world) == ["203.0.113.7:5070"]
+    assert result.status["advertised"] == "203.0.113.7:5070"
+    assert listeners(result.status)["proxy-a"]["advertised"] == "203.0.113.7:5070"
+    assert not world.rec.memo(uid).sources_changed
+
+    # A new address: the row changes (the proxies update the socket in place) and every pod reloads.
+    world.api.services["sip-lb"] = [{"hostname": "a1b2.elb.example.com"}]
+    reloads = world.reloads("proxy-a")
+    await world.rec.reconcile(world.body(spec))
+    assert advertised_column(world) == ["a1b2.elb.example.com:5070"]
+    assert world.reloads("proxy-a") == reloads + 1
+
+
+async def test_each_pod_advertises_its_own_nodes_address(world: World) -> None:
+    world.api.addresses = {"sbc-1": {"ExternalIP": "203.0.113.1"}, "sbc-2": {"ExternalIP": "203.0.113.2"}}
+    spec = {"protocol": "udp", "address": "0.0.0.0", "port": 5070, "advertised": {"fromNode": "ExternalIP"}}
+    world.mis["proxy-a"].report = lambda _: {"state": "listening", "advertised": "203.0.113.1:5070"}
+    result = await world.rec.reconcile(world.body(spec))
+    assert ready(result.status)[:2] == ("True", "Listening")
+    assert advertised_column(world) == [None]  # OpenSIPS reads one value per row: none fits every node
+    with sqlite3.connect(world.db) as conn:
+        [(per_node,)] = conn.execute("SELECT advertised FROM sipsockets_socket_options").fetchall()
+    assert per_node == "sbc-1=203.0.113.1:5070,sbc-2=203.0.113.2:5070"
+    assert result.status["advertised"] == "ExternalIP of each node, port 5070"
+    assert listeners(result.status)["proxy-a"]["advertised"] == "203.0.113.1:5070"
+
+    # Nothing changed: the periodic look wakes nobody. A node's new address wakes the object.
+    uid = "uid-carrier"
+    await world.rec.check_sources()
+    assert not world.rec.memo(uid).sources_changed
+    world.api.addresses["sbc-2"] = {"ExternalIP": "198.51.100.2"}
+    await world.rec.check_sources()
+    assert world.rec.memo(uid).sources_changed
+    await world.rec.reconcile(world.body(spec))
+    with sqlite3.connect(world.db) as conn:
+        [(per_node,)] = conn.execute("SELECT advertised FROM sipsockets_socket_options").fetchall()
+    assert per_node == "sbc-1=203.0.113.1:5070,sbc-2=198.51.100.2:5070"
+
+    # A node without that address: the others keep theirs, and Ready says which node lacks one.
+    del world.api.addresses["sbc-2"]
+    await world.rec.check_sources()
+    assert world.rec.memo(uid).sources_changed
+    result = await world.rec.reconcile(world.body(spec))
+    status, reason, message = ready(result.status)
+    assert (status, reason) == ("False", "AdvertisedAddressPending") and message.startswith(
+        "Node sbc-2 has no ExternalIP"
+    )

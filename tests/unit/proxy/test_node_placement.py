@@ -11,15 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from sipproxy.shared.placement import NodesError, format_nodes, parse_nodes, serves_here
+from sipproxy.shared.placement import (
+    NodesError,
+    advertised_here,
+    format_node_advertised,
+    format_nodes,
+    parse_node_advertised,
+    parse_nodes,
+    serves_here,
+)
 from sipproxy.shared.schema import init_db
-from sipproxy.shared.socketspec import parse_row
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
 from sipproxy.supervisor.binding import address_absent, address_present, bind_socket
 from sipproxy.supervisor.config import load_config, parse_config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry
 from sipproxy.supervisor.mi.methods import entry_dict
 from sipproxy.supervisor.reload_diff import diff_sockets
+from sipproxy.supervisor.supervisor import parse_rows
 from sipproxy.supervisor.traffic import RECEIVING_SECONDS, Seen, Traffic, receiving
 
 # TEST-NET-1 (RFC 5737): on no host.
@@ -97,7 +106,7 @@ async def test_rows_come_with_their_placement_when_the_side_table_exists(tmp_pat
         with sqlite3.connect(db) as conn:
             conn.execute("INSERT INTO sockets (id, socket) VALUES (1, 'udp:10.0.0.1:5060')")
             conn.execute("INSERT INTO sockets (id, socket, tag) VALUES (2, 'udp:10.0.0.2:5060', 'b')")
-            conn.execute("INSERT INTO sipsockets_socket_options VALUES (2, 1, 'node-a')")
+            conn.execute("INSERT INTO sipsockets_socket_options VALUES (2, 1, 'node-a', NULL)")
         rows = sorted(await read_rows(engine), key=lambda r: str(r.socket))
         assert rows == [
             Row("udp:10.0.0.1:5060", None, None, None, None),
@@ -177,3 +186,26 @@ def test_a_note_on_an_entry_is_a_warning_of_the_listing() -> None:
     entry = Entry(1, "dynamic", parse_row("udp:10.0.0.1:5060"), slot=0, note="placed on some nodes")
     assert entry_dict(entry)["warning"] == "placed on some nodes"
     assert entry_dict(entry, warning="no TLS domain")["warning"] == "no TLS domain; placed on some nodes"
+
+
+def test_each_node_advertises_its_own_address_when_the_side_table_says() -> None:
+    text = "sbc-1=203.0.113.1:5060,sbc-2=[2001:db8::2]:5060"
+    assert parse_node_advertised(text) == {"sbc-1": "203.0.113.1:5060", "sbc-2": "[2001:db8::2]:5060"}
+    assert format_node_advertised(parse_node_advertised(text)) == text
+    assert parse_node_advertised(None) == {} and format_node_advertised({}) is None
+    with pytest.raises(NodesError, match="is not node=host:port"):
+        parse_node_advertised("sbc-1:203.0.113.1")
+    assert advertised_here("lb.example.com:5060", text, "sbc-2") == "[2001:db8::2]:5060"
+    assert advertised_here("lb.example.com:5060", text, "sbc-3") == "lb.example.com:5060"
+    assert advertised_here(None, text, None) is None  # a proxy that does not know its node: the column
+
+
+def test_rows_parse_with_the_advertised_address_of_this_node() -> None:
+    row = Row("udp:0.0.0.0:5060", None, None, None, None, node_advertised="sbc-1=203.0.113.1:5060")
+    [(_, here)], _ = parse_rows([row], node_name="sbc-1")
+    assert isinstance(here, SocketSpec) and here.advertised_str == "203.0.113.1:5060"
+    [(_, elsewhere)], _ = parse_rows([row], node_name="sbc-2")
+    assert isinstance(elsewhere, SocketSpec) and elsewhere.advertised_host is None  # refused as unreachable
+    bad = Row("udp:10.0.0.1:5060", None, None, None, None, node_advertised="garbage")
+    [(_, refused)], _ = parse_rows([bad], node_name="sbc-1")
+    assert isinstance(refused, RowError) and "is not node=host:port" in str(refused)
