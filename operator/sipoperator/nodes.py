@@ -4,8 +4,8 @@
 
 Nodes are read with a GET each (RBAC: `get` on `nodes`, a ClusterRole the chart grants with
 `operator.readNodes`), only for SipSockets that need them, and kept for `TTL_SECONDS` (a label change reaches
-the next pass after that); the address watch (`Reconciler.watch_sources`) reads them fresher. A node that
-cannot be read is retried after `ERROR_TTL_SECONDS`. A Service is read at each pass that needs it (RBAC:
+the next pass after that); the leader's look at node addresses (`sources.py`) reads them fresher. A node
+that cannot be read is retried after `ERROR_TTL_SECONDS`. A Service is read at each pass that needs it (RBAC:
 `get` on `services` in the namespace); its watch wakes the SipSockets that name it.
 """
 

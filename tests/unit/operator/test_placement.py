@@ -216,19 +216,19 @@ async def test_the_placement_is_written_with_the_row_and_only_when_needed(tmp_pa
         [entry] = await store.snapshot()
         assert entry.options == SocketOptions() and plain.changed
 
-        placed = await store.write("uid-1", "voip", "a", 2, row, SocketOptions(True, "sbc-1,sbc-2"))
+        placed = await store.write("uid-1", "voip", "a", 2, row, options=SocketOptions(True, "sbc-1,sbc-2"))
         assert placed.changed and placed.row_id == plain.row_id
         [entry] = await store.snapshot()
         assert (entry.freebind, entry.nodes) == (True, "sbc-1,sbc-2")
         assert not (
-            await store.write("uid-1", "voip", "a", 2, row, SocketOptions(True, "sbc-1,sbc-2"))
+            await store.write("uid-1", "voip", "a", 2, row, options=SocketOptions(True, "sbc-1,sbc-2"))
         ).changed
 
         # Back to every node without free bind: the side table's entry goes.
         assert (await store.write("uid-1", "voip", "a", 3, row)).changed
         [entry] = await store.snapshot()
         assert entry.options == SocketOptions()
-        await store.write("uid-1", "voip", "a", 4, row, SocketOptions(False, ","))
+        await store.write("uid-1", "voip", "a", 4, row, options=SocketOptions(False, ","))
         assert await store.remove("uid-1")
         assert await store.snapshot() == []
         async with store.engine.connect() as conn:

@@ -135,7 +135,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         kube = KubeClient(api.login())
         metrics = Metrics()
         fleet = Fleet(settings, metrics)
-        rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), NodeLabels(kube, ttl=0.0))
+        rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube, NodeLabels(kube, ttl=0.0))
         mis: dict[str, NodeMI] = {}
 
         def recorder(pod: str) -> Callable[[str], None]:
