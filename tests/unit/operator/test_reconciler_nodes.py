@@ -3,6 +3,7 @@ address, one not), Nodes read from a Kubernetes API on loopback, a real SQLite t
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sipoperator.nodes import NodeLabels
 from sipoperator.proxies import Fleet
 from sipoperator.reconciler import Reconciler
 from sipoperator.settings import Settings
+from sipoperator.sources import SourceWatch
 from sipoperator.status import StatusWriter
 from sipoperator.store import Store
 from tests.unit.operator.servers import STATUS_PATH, FakeAPI, FakeMI
@@ -329,3 +331,25 @@ async def test_each_pod_advertises_its_own_nodes_address(world: World) -> None:
     assert (status, reason) == ("False", "AdvertisedAddressPending") and message.startswith(
         "Node sbc-2 has no ExternalIP"
     )
+
+
+async def test_the_look_at_node_addresses_runs_only_as_leader_work(world: World) -> None:
+    """The look is started and stopped with the Lease (sources.py, beside the keepers): started, it reads the
+    nodes and wakes the SipSocket whose node address changed; stopped, it reads no Node any more."""
+    world.api.addresses = {"sbc-1": {"ExternalIP": "203.0.113.1"}, "sbc-2": {"ExternalIP": "203.0.113.2"}}
+    spec = {"protocol": "udp", "address": "0.0.0.0", "port": 5070, "advertised": {"fromNode": "ExternalIP"}}
+    await world.rec.reconcile(world.body(spec))
+    uid = "uid-carrier"
+    wake = world.rec.waker(uid)
+    wake.clear()
+    look = SourceWatch(world.rec, period=0.05)
+    look.start()
+    try:
+        world.api.addresses["sbc-2"] = {"ExternalIP": "198.51.100.2"}
+        await asyncio.wait_for(wake.wait(), 30)
+        assert world.rec.memo(uid).sources_changed
+    finally:
+        await look.stop()
+    reads = world.api.node_reads
+    await asyncio.sleep(0.5)  # ten periods
+    assert world.api.node_reads == reads
