@@ -1,14 +1,16 @@
-"""Reading the sockets table as OpenSIPS does: five columns, no WHERE, no ORDER BY."""
+"""Reading the sockets table as OpenSIPS does (five columns, no WHERE, no ORDER BY), with the placement of
+each row from our side table when the database has it (`sipsockets_socket_options`, shared/placement.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, inspect, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.schema import sockets_table
+from sipproxy.shared.schema import OPTIONS_TABLE, options_table, sockets_table
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,10 @@ class Row:
     tag: str | None
     flags: str | None
     tos: str | None
+    # From the side table; a row without an entry there: every node, no free bind.
+    freebind: bool = False
+    nodes: str | None = None
+    node_advertised: str | None = None  # per node, replacing `advertised` on that node
 
 
 def make_engine(db_url: str) -> AsyncEngine:
@@ -29,9 +35,40 @@ def make_engine(db_url: str) -> AsyncEngine:
     )
 
 
+def _has_options(conn: Connection) -> bool:
+    return bool(inspect(conn).has_table(OPTIONS_TABLE))
+
+
 async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:
-    table = sockets_table(MetaData(), table_name)
-    query = select(table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
+    metadata = MetaData()
+    table = sockets_table(metadata, table_name)
+    columns = (table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
     async with engine.connect() as conn:
-        result = await conn.execute(query)
-        return [Row(*(None if v is None else str(v) for v in r)) for r in result]
+        # Asked at every reload: the operator creates the side table after the proxies may have started
+        # (a database made by OpenSIPS' tools has none), and one catalog lookup costs less than the read.
+        if await conn.run_sync(_has_options):
+            options = options_table(metadata)
+            placed = (options.c.freebind, options.c.nodes, options.c.advertised)
+            query = select(*columns, *placed).select_from(
+                table.outerjoin(options, options.c.socket_id == table.c.id)
+            )
+            result = await conn.execute(query)
+            return [
+                Row(
+                    _text(r[0]),
+                    _text(r[1]),
+                    _text(r[2]),
+                    _text(r[3]),
+                    _text(r[4]),
+                    freebind=bool(r[5]),
+                    nodes=_text(r[6]),
+                    node_advertised=_text(r[7]),
+                )
+                for r in result
+            ]
+        result = await conn.execute(select(*columns))
+        return [Row(_text(r[0]), _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4])) for r in result]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
