@@ -108,7 +108,15 @@ def test_a_wildcard_sipsocket_is_reached_through_the_service_and_advertises_its_
             "advertised": {"fromService": SERVICE},
         },
     }
-    release.c.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+    # As in test_chart: right after the install the operator's webhook can lack a ready endpoint for a moment.
+    def applied() -> bool:
+        r = release.c.kubectl("apply", "-f", "-", input=json.dumps(obj), check=False)
+        if r.returncode != 0 and "failed calling webhook" not in r.stderr:
+            raise AssertionError(f"kubectl apply refused the SipSocket: {r.stderr}")
+        return r.returncode == 0
+
+    wait_for(applied, "SipSocket edge accepted", timeout=120)
     ready = release.sipsocket_ready("edge")
     assert ready["status"]["advertised"] == f"{lb}:{SIP_PORT}"
     assert ready["status"]["listening"] == "2/2", ready["status"]
