@@ -83,6 +83,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    """Take the sockets over from the older proxy of the same fleet on this host at start-up, and hand them to
+    the next one (supervisor/handover.py). `name` names the fleet: only proxies with the same name exchange
+    sockets (the chart uses the release's namespace and name)."""
+
+    name: str = "default"
+
+
+@dataclass(frozen=True)
 class Config:
     sockets: tuple[SocketSpec, ...] = ()
     udp_workers: int = 8
@@ -96,6 +105,7 @@ class Config:
     # A worker that has not applied a socket change this long after it was sent is replaced.
     worker_ack_timeout: float = 10.0
     tls_mgm: TlsMgm = field(default_factory=TlsMgm)
+    handover: HandoverConfig | None = None
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -139,6 +149,7 @@ _TOP = {
     "tcp_idle_timeout",
     "worker_ack_timeout",
     "tls_mgm",
+    "handover",
 }
 _DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
 _DOMAIN_FILES = ("certificate", "private_key", "ca_list", "dh_params")
@@ -196,6 +207,24 @@ def _tls_mgm(value: object) -> TlsMgm:
             raise ConfigError(key, "a server domain needs certificate and private_key")
         domains.append(StaticTlsDomain(**values))
     return TlsMgm(table_name=table_name, domains=tuple(domains))
+
+
+def _handover(value: object) -> HandoverConfig | None:
+    from sipproxy.supervisor.handover import address
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return HandoverConfig()
+    if not isinstance(value, dict):
+        raise ConfigError("handover", "must be true, false or a mapping {name: NAME}")
+    m = _mapping(value, "handover", {"name"})
+    name = _str(m.get("name", "default"), "handover.name")
+    try:
+        address(name)
+    except ValueError as exc:
+        raise ConfigError("handover.name", str(exc)) from None
+    return HandoverConfig(name=name)
 
 
 def parse_config(data: object) -> Config:
@@ -301,6 +330,7 @@ def parse_config(data: object) -> Config:
         log_level=log_level,
         tcp_idle_timeout=float(idle),
         worker_ack_timeout=float(ack),
+        handover=_handover(top.get("handover")),
     )
 
 

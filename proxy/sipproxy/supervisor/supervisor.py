@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,7 @@ from sipproxy.supervisor.binding import bind_socket, set_tos
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry, ReloadResult
+from sipproxy.supervisor.handover import Predecessor
 from sipproxy.supervisor.reload_diff import diff_sockets
 from sipproxy.supervisor.slots import Slots
 from sipproxy.supervisor.tls import TlsGeneration, TlsReloadError, build_generation, read_sources
@@ -57,8 +59,13 @@ def parse_rows(
 
 
 class Supervisor:
-    def __init__(self, config: Config, log_level: str = "info") -> None:
+    def __init__(
+        self, config: Config, log_level: str = "info", predecessor: Predecessor | None = None
+    ) -> None:
         self.config = config
+        # The older proxy of the fleet on this node whose sockets this one takes over (handover.py): a
+        # socket it has is used instead of binding one beside it.
+        self.predecessor = predecessor
         self.log_level = log_level
         self.started_at = time.time()
         self.entries: dict[int, Entry] = {}  # listening sockets, static and dynamic
@@ -91,10 +98,19 @@ class Supervisor:
 
     # --- start-up and shutdown ----------------------------------------------------------------------
 
+    def bind(self, spec: SocketSpec) -> socket.socket:
+        """The socket for `spec`: the predecessor's when it has one bound the same way, else a new one (which
+        raises OSError as the kernel reports it: an address held by anyone else is a conflict, as always)."""
+        if self.predecessor is not None:
+            sock = self.predecessor.take(spec)
+            if sock is not None:
+                return sock
+        return bind_socket(spec)
+
     def bind_static(self) -> None:
         """Static sockets are bound before any worker starts; a failure stops start-up."""
         for spec in self.config.sockets:
-            sock = bind_socket(spec)
+            sock = self.bind(spec)
             sid = next(self._sids)
             self.entries[sid] = Entry(sid, "static", spec, sock=sock)
 
@@ -145,6 +161,10 @@ class Supervisor:
         # serves every socket: only then is the pod ready (a slow start must not look ready too early).
         while await self.pool.sync():
             log.warning("start-up: waiting for every worker to take its sockets before reporting ready")
+        if self.predecessor is not None:
+            unused = self.predecessor.close_unused_sockets()
+            if unused:
+                log.info("handover: %d sockets of the predecessor are not in this proxy's set", len(unused))
         self.ready = True
 
     async def stop(self) -> None:
@@ -257,7 +277,7 @@ class Supervisor:
                 failed.append(self._new_failed(spec, spec_row, "no free slot"))
                 continue
             try:
-                sock = bind_socket(spec)
+                sock = self.bind(spec)
             except OSError as exc:
                 self.slots.release(slot)
                 failed.append(self._new_failed(spec, spec_row, str(exc)))
@@ -294,6 +314,10 @@ class Supervisor:
             key=lambda e: e.slot if e.slot is not None else -1,
         )
         return listening + self.failed
+
+    def open_sockets(self) -> list[tuple[SocketSpec, socket.socket]]:
+        """Every listening socket with its spec (what a successor is handed)."""
+        return [(e.spec, e.sock) for e in self.entries.values() if e.spec is not None and e.sock is not None]
 
     def static_entries(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.kind == "static"]
