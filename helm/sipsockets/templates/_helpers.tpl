@@ -232,5 +232,9 @@ CA), and the token when enabled. */}}
   "log_level" $p.logLevel
   "tcp_idle_timeout" $p.tcpIdleTimeout
 -}}
+{{- if and (eq $p.mode "hostNetwork") $p.hostNetwork.handover }}
+{{- /* The fleet's name: only pods of this release's DaemonSet hand sockets to each other. */}}
+{{- $_ := set $config "handover" (dict "name" (printf "%s/%s" .Release.Namespace (include "sipsockets.componentName" (list . "proxy")))) }}
+{{- end }}
 {{- toYaml $config -}}
 {{- end -}}

@@ -45,7 +45,7 @@ from sipproxy.supervisor.binding import BindKey, bind_key, set_tos
 log = logging.getLogger("sipproxy.handover")
 
 PREFIX = "sipsockets-handover/"
-# sun_path holds 108 bytes; the leading NUL of an abstract name is one of them.
+# sun_path holds 108 bytes; the leading NUL of an abstract name is one of them (there is no terminator).
 MAX_NAME = 107 - len(PREFIX)
 MAX_MESSAGE = 4096
 OFFER_TIMEOUT = 30.0
