@@ -1,5 +1,5 @@
-"""`python -m bench [proxy_cpu] [reload_latency] [operator] [tls] [options]`: the named benchmarks (default:
-all).
+"""`python -m bench [proxy_cpu] [reload_latency] [operator] [tls] [udp_pool] [handover] [options]`: the named
+benchmarks (default: all).
 
 Figures are printed and written as JSON to `<workdir>/results.json`; nothing is asserted. Every process a
 benchmark starts is stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reload_latency, tls_edge, udp_pool
+from bench import handover, machine, operator_apply, proxy_cpu, reload_latency, tls_edge, udp_pool
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
@@ -25,6 +25,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]
     "operator": operator_apply.run,
     "udp_pool": udp_pool.run,
     "tls": tls_edge.run,
+    "handover": handover.run,
 }
 
 
@@ -41,6 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     operator_apply.add_arguments(parser.add_argument_group("operator"))
     udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
     tls_edge.add_arguments(parser.add_argument_group("tls"))
+    handover.add_arguments(parser.add_argument_group("handover"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]
     if unknown:

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +50,15 @@ async def serve(config: Config, access: MiAccess) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    def serving() -> bool:
+        return sup.ready and all(w.alive for w in sup.workers)
+
     def ready() -> bool:
-        # A proxy that handed its sockets to a successor is on its way out: never ready again (unless the
-        # successor dies), so that the kubelet's probes of the successor, which reach this proxy's metrics
-        # port until it lets go of it, do not report the successor ready too early.
+        # /readyz: a proxy that handed its sockets to a successor answers not ready (unless the successor
+        # dies), so that HTTP probes of the successor, which reach this proxy's metrics port until it lets go
+        # of it, never report the successor ready too early. The ready file is per process (`serving`).
         handing_over = server is not None and server.attached
-        return sup.ready and all(w.alive for w in sup.workers) and not handing_over
+        return serving() and not handing_over
 
     listeners = MiListeners(config, access, make_methods(sup), ready, lambda: metrics_text(sup))
     if predecessor is None:
@@ -66,6 +69,10 @@ async def serve(config: Config, access: MiAccess) -> int:
             return 1
     code = 0
     tasks: list[asyncio.Task[None]] = []
+    if config.ready_file is not None:
+        # A file left by a previous run (killed before it could remove it) must not say ready meanwhile.
+        _set_ready_file(config.ready_file, False)
+        tasks.append(loop.create_task(_keep_ready_file(config.ready_file, serving)))
     try:
         starting = loop.create_task(sup.start())
         stopped = loop.create_task(stop.wait())
@@ -93,6 +100,8 @@ async def serve(config: Config, access: MiAccess) -> int:
     finally:
         for task in tasks:
             task.cancel()
+        if config.ready_file is not None:
+            _set_ready_file(config.ready_file, False)
         if server is not None:
             await server.close()
         await listeners.stop()
@@ -101,6 +110,30 @@ async def serve(config: Config, access: MiAccess) -> int:
             # Last: the predecessor (if still there) takes its MI and metrics ports back when this closes.
             predecessor.close()
     return code
+
+
+def _set_ready_file(path: str, ready: bool) -> None:
+    try:
+        if ready:
+            with open(path, "w") as f:
+                f.write("ready\n")
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("ready_file %s: %s", path, exc)
+
+
+async def _keep_ready_file(path: str, serving: Callable[[], bool]) -> None:
+    """The file exists while the proxy serves every socket (checked twice a second)."""
+    state: bool | None = None
+    while True:
+        now = serving()
+        if now != state:
+            _set_ready_file(path, now)
+            state = now
+        await asyncio.sleep(0.5)
 
 
 async def _take_over(

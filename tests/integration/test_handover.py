@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import (
@@ -94,7 +95,10 @@ def sipp_calls(ip: str, port: int, calls: int, rate: int) -> subprocess.Popen[st
 
 
 def test_a_new_proxy_takes_the_sockets_over_under_load_and_no_call_fails(
-    proxies: Callable[..., Proxy], sqlite_table: SocketsTable, uas_factory: Callable[..., SippUas]
+    proxies: Callable[..., Proxy],
+    sqlite_table: SocketsTable,
+    uas_factory: Callable[..., SippUas],
+    tmp_path: Path,
 ) -> None:
     uas = uas_factory("udp")
     ip = loopback_ip()
@@ -106,14 +110,21 @@ def test_a_new_proxy_takes_the_sockets_over_under_load_and_no_call_fails(
         sockets=[f"udp:{ip}:{static_port}"],
         routes=[{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
     )
-    old = proxies(config)
+    # Each generation's own ready file (a pod's /tmp): readiness per process, though they share ports.
+    old_ready, new_ready = tmp_path / "old-ready", tmp_path / "new-ready"
+    old = proxies({**config, "ready_file": str(old_ready)})
     assert old.proc is not None
+    wait_for(old_ready.exists, "the old proxy's ready file", 10)
     uacs = [sipp_calls(ip, port, calls=900, rate=60) for port in (static_port, dynamic_port)]
     try:
         time.sleep(3)
-        new = take_over(proxies, config)
+        new = take_over(proxies, {**config, "ready_file": str(new_ready)})
         assert new.proc is not None
+        # Both serve the same sockets now: both ready, so the node never has no ready proxy.
+        wait_for(new_ready.exists, "the new proxy's ready file", 10)
+        assert old_ready.exists()
         stop_old(old)
+        assert not old_ready.exists() and new_ready.exists()
         outputs = [uac.communicate(timeout=240)[0] for uac in uacs]
     finally:
         for uac in uacs:

@@ -106,6 +106,9 @@ class Config:
     worker_ack_timeout: float = 10.0
     tls_mgm: TlsMgm = field(default_factory=TlsMgm)
     handover: HandoverConfig | None = None
+    # A file that exists exactly while this proxy serves every socket: readiness for an exec probe, which is
+    # per pod even where two pods share the metrics port (a handover on a hostNetwork node).
+    ready_file: str | None = None
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -150,6 +153,7 @@ _TOP = {
     "worker_ack_timeout",
     "tls_mgm",
     "handover",
+    "ready_file",
 }
 _DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
 _DOMAIN_FILES = ("certificate", "private_key", "ca_list", "dh_params")
@@ -331,6 +335,7 @@ def parse_config(data: object) -> Config:
         tcp_idle_timeout=float(idle),
         worker_ack_timeout=float(ack),
         handover=_handover(top.get("handover")),
+        ready_file=None if top.get("ready_file") is None else _str(top["ready_file"], "ready_file"),
     )
 
 

@@ -119,11 +119,16 @@ def test_host_network_rolling_updates_hand_the_sockets_over_unless_turned_off() 
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert proxy_config(r)["handover"] == {"name": f"{NAMESPACE}/{RELEASE}-proxy"}
     # Declared container ports would be hostPorts the scheduler places once per node: the surge pod would stay
-    # Pending. The probes and the MI Service use the numbers instead.
+    # Pending. The liveness probe and the MI Service use the numbers instead.
     proxy = next(c for c in pod_spec(ds)["containers"] if c["name"] == "proxy")
     assert "ports" not in proxy
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert proxy[probe]["httpGet"]["port"] == 8889, probe
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8889}
+    # Readiness is per pod, though both pods of a node share the metrics port during a handover: the file the
+    # proxy keeps while it serves every socket, in the pod's own /tmp.
+    assert proxy_config(r)["ready_file"] == "/tmp/sipproxy-ready"
+    assert {"name": "tmp", "mountPath": "/tmp"} in proxy["volumeMounts"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert proxy[probe]["exec"] == {"command": ["test", "-e", "/tmp/sipproxy-ready"]}, probe
     svc = r.one("Service", "-proxy-mi")
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8888, 8888), (8889, 8889)]
     # A pod stopped with SIGTERM has time to stop its workers (10 s each at most).
@@ -137,7 +142,7 @@ def test_host_network_rolling_updates_hand_the_sockets_over_unless_turned_off() 
     )
     ds = off.one("DaemonSet", "-proxy")
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
-    assert "handover" not in proxy_config(off)
+    assert "handover" not in proxy_config(off) and "ready_file" not in proxy_config(off)
     proxy = next(c for c in pod_spec(ds)["containers"] if c["name"] == "proxy")
     assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {"mi": 8888, "metrics": 8889}
     # The other modes never hand over: two pods never share an address there.
