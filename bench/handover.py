@@ -168,6 +168,13 @@ async def _start_proxy(
     return proc
 
 
+async def _sigterm(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the supervisor alone, as the kubelet sends it to a container's first process."""
+    proc.send_signal(signal.SIGTERM)
+    if await asyncio.wait_for(proc.wait(), 60) != 0:
+        raise RuntimeError(f"proxy pid {proc.pid} exited with {proc.returncode}")
+
+
 async def processes_part(workdir: Path, rate: float, rounds: int) -> list[Replacement]:
     out: list[Replacement] = []
     async with Processes(workdir / "logs") as procs:
@@ -205,11 +212,11 @@ async def processes_part(workdir: Path, rate: float, rounds: int) -> list[Replac
                 generation += 1
                 name = f"{mode}-{generation}"
                 if mode == "restart":
-                    await procs.stop(current, grace=30)
+                    await _sigterm(current)
                     current = await _start_proxy(procs, workdir, name, config)
                 else:
                     new = await _start_proxy(procs, workdir, name, config)
-                    await procs.stop(current, grace=30)
+                    await _sigterm(current)
                     current = new
                 replace_s = time.monotonic() - t0
                 await asyncio.sleep(MARGIN_S)
