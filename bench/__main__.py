@@ -1,4 +1,5 @@
-"""`python -m bench [proxy_cpu] [reload_latency] [operator] [options]`: the named benchmarks (default: all).
+"""`python -m bench [proxy_cpu] [reload_latency] [operator] [udp_pool] [reliability] [options]`: the named
+benchmarks (default: all).
 
 Figures are printed and written as JSON to `<workdir>/results.json`; nothing is asserted. Every process a
 benchmark starts is stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
@@ -16,20 +17,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reload_latency, udp_pool
+from bench import machine, operator_apply, proxy_cpu, reliability, reload_latency, udp_pool
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
     "reload_latency": reload_latency.run,
     "operator": operator_apply.run,
     "udp_pool": udp_pool.run,
+    "reliability": reliability.run,
 }
+# Without names: all but `reliability`, which takes about an hour (docs/reliability.md) and is run on its own.
+DEFAULT = [name for name in BENCHES if name != "reliability"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHES)} (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(BENCHES)} (default: {', '.join(DEFAULT)})",
     )
     parser.add_argument(
         "--workdir", type=Path, help="logs and results (default: a new /tmp/sipsockets-bench-*)"
@@ -38,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     reload_latency.add_arguments(parser.add_argument_group("reload_latency"))
     operator_apply.add_arguments(parser.add_argument_group("operator"))
     udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
+    reliability.add_arguments(parser.add_argument_group("reliability"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]
     if unknown:
@@ -52,7 +60,7 @@ async def main(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="sipsockets-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
-    names = args.names or list(BENCHES)
+    names = args.names or DEFAULT
     results: dict[str, Any] = {"machine": machine.describe(), "argv": sys.argv[1:], "results": {}}
     print(f"bench: {', '.join(names)}; workdir {workdir}")
     m = results["machine"]
