@@ -117,10 +117,13 @@ async def churn_with_fault(
         "live_at_end": len(expected),
         "churn_seconds": churn_end - t0,
         "api_retries": setup.churn.retries,
+        # The figure: from the later of the fault's end and the last operation taken by the API.
+        "converged_s": done - max(fault_end, churn_end),
         "converged_after_fault_end_s": done - fault_end,
         "converged_after_last_operation_s": done - churn_end,
         "waited_for_convergence_s": converge_s,
         "unanswered_after": unanswered,
+        "convergence": setup.observer.history,
         "loadavg_start": load_start,
         "loadavg_end": load(),
         **figures,
@@ -262,10 +265,12 @@ FAULTS: dict[str, Callable[[ControlPlane, Path, argparse.Namespace], Awaitable[d
 
 
 def show(name: str, r: dict[str, Any]) -> None:
-    keys = [k for k in r if k not in ("during_outage", "killed_at_s")]
+    keys = [k for k in r if k not in ("during_outage", "killed_at_s", "convergence")]
     print(f"  {name}: " + ", ".join(f"{k} {r[k]}" for k in keys), flush=True)
     for sample in r.get("during_outage", [])[:: max(1, len(r.get("during_outage", [])) // 6)]:
         print(f"    outage t={sample['t_s']}s: {json.dumps(sample)}", flush=True)
+    for t, n, first in r.get("convergence", []):
+        print(f"    +{t}s: {n} problems, e.g. {first}", flush=True)
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:

@@ -299,19 +299,26 @@ class Observer:
     mi_urls: Mapping[str, str]  # proxy pod name -> MI URL
     table: str = "sockets"
     last: list[str] = field(default_factory=list)
+    # While waiting: (seconds, how many problems, the first) whenever the count changed.
+    history: list[tuple[float, int, str]] = field(default_factory=list)
 
     def check(self, expected: Mapping[str, Op]) -> list[str]:
         listings = {pod: sockets_list(url) for pod, url in self.mi_urls.items()}
         sockets = {name: op.socket for name, op in expected.items()}
-        self.last = problems(self.watch.snapshot(), sockets, read_table(self.db_url, self.table), listings)
+        table = read_table(self.db_url, self.table)
+        self.last = problems(self.watch.snapshot(), sockets, table, listings, limit=10_000)
         return self.last
 
     def wait(self, expected: Mapping[str, Op], timeout: float, interval: float = 0.5) -> float:
         """Seconds until converged; raises TimeoutError naming what was still wrong."""
         t0 = time.monotonic()
+        self.history = []
         while self.check(expected):
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"not converged after {timeout:.0f}s: {'; '.join(self.last)}")
+            elapsed = time.monotonic() - t0
+            if not self.history or self.history[-1][1] != len(self.last):
+                self.history.append((round(elapsed, 1), len(self.last), self.last[0]))
+            if elapsed > timeout:
+                raise TimeoutError(f"not converged after {timeout:.0f}s: {'; '.join(self.last[:8])}")
             time.sleep(interval)
         return time.monotonic() - t0
 

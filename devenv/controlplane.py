@@ -131,9 +131,11 @@ class ControlPlane(ClusterClient):
     def stop(self) -> None:
         self.procs.stop_all(order=["kube-apiserver", "etcd"])
 
-    def stop_apiserver(self) -> None:
-        """Stop kube-apiserver alone (SIGTERM: its graceful shutdown), etcd and its data kept."""
-        self.procs.stop("kube-apiserver")
+    def stop_apiserver(self, grace: float = 5.0) -> None:
+        """Stop kube-apiserver alone, etcd and its data kept: SIGTERM (its graceful shutdown: it stops
+        listening at once, but its process lingers in shutdown for longer than 15 s here), SIGKILL after
+        `grace` seconds (0: at once, a crash)."""
+        self.procs.stop("kube-apiserver", timeout=grace)
 
     def start_apiserver(self, timeout: float = 120.0) -> None:
         """Start kube-apiserver again, same port, flags and etcd, after `stop_apiserver`."""
