@@ -11,6 +11,7 @@ import base64
 import contextlib
 import http.client
 import json
+import socket
 import ssl
 import tempfile
 import threading
@@ -101,10 +102,14 @@ class ApiClient:
             raise ApiError(resp.status, str(payload.get("message") or text[:200]))
         return payload if isinstance(payload, dict) else {}
 
-    def stream(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
+    def stream(
+        self, path: str, timeout: float, opened: Callable[[http.client.HTTPSConnection], None] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """The JSON lines of a watch, until the server ends it, `timeout` passes without a line, or the
-        connection breaks (ApiError)."""
+        connection breaks (ApiError). `opened` is given the connection (to close it from another thread)."""
         conn = self._connection(timeout)
+        if opened is not None:
+            opened(conn)
         try:
             conn.request("GET", path, headers=self.headers)
             resp = conn.getresponse()
@@ -152,6 +157,7 @@ class Watch:
         self.synced = threading.Event()  # the first list has been read
         self.errors = 0
         self._stop = threading.Event()
+        self._conn: http.client.HTTPSConnection | None = None
         self._thread = threading.Thread(target=self._run, name=f"watch {path}", daemon=True)
 
     def __enter__(self) -> Watch:
@@ -162,7 +168,14 @@ class Watch:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)  # ends the blocked read of the watch at once
         self._thread.join(timeout=10)
+
+    def _opened(self, conn: http.client.HTTPSConnection) -> None:
+        self._conn = conn
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
@@ -207,7 +220,7 @@ class Watch:
                     "allowWatchBookmarks": "true",
                 }
             )
-            for event in self.api.stream(f"{self.path}?{query}", timeout=90):
+            for event in self.api.stream(f"{self.path}?{query}", timeout=90, opened=self._opened):
                 if self._stop.is_set():
                     return
                 kind, obj = event.get("type"), event.get("object") or {}
