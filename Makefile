@@ -8,7 +8,7 @@ CORE_STAMP := $(VENV)/.sip-core-compiled
 SIP_CORE := $(filter-out %/__init__.py,$(wildcard proxy/sipproxy/sip/*.py)) proxy/sipproxy/sip/_scan.c
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: venv lint binaries test test-unit test-integration test-e2e test-e2e-kind demo demo-down bench clean
+.PHONY: venv lint binaries prerequisites test test-unit test-integration test-e2e test-e2e-kind demo demo-down bench clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ lint: $(STAMP)
 binaries: $(STAMP)
 	$(PY) -m devenv.binaries ensure
 
-test: lint test-unit test-integration test-e2e
+# The Debian packages the tiers use (devenv/prerequisites.py holds the list): installed when missing if this runs
+# as root with apt; otherwise it stops here, before any tier, printing the one command that installs them.
+prerequisites:
+	$(PYTHON) -m devenv.prerequisites
+
+test: prerequisites lint test-unit test-integration test-e2e
 
 test-unit: $(CORE_STAMP)
 	$(PYTEST) tests/unit

@@ -1,5 +1,5 @@
-"""`python -m bench [proxy_cpu] [reload_latency] [operator] [udp_pool] [reliability] [options]`: the named
-benchmarks (default: all).
+"""`python -m bench [proxy_cpu] [reload_latency] [operator] [udp_pool] [tls] [reliability] [options]`: the
+named benchmarks (default: all but reliability).
 
 Figures are printed and written as JSON to `<workdir>/results.json`; nothing is asserted. Every process a
 benchmark starts is stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
@@ -17,13 +17,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reliability, reload_latency, udp_pool
+from bench import machine, operator_apply, proxy_cpu, reliability, reload_latency, tls_edge, udp_pool
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
     "reload_latency": reload_latency.run,
     "operator": operator_apply.run,
     "udp_pool": udp_pool.run,
+    "tls": tls_edge.run,
     "reliability": reliability.run,
 }
 # Without names: all but `reliability`, which takes about an hour (docs/reliability.md) and is run on its own.
@@ -45,6 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     reload_latency.add_arguments(parser.add_argument_group("reload_latency"))
     operator_apply.add_arguments(parser.add_argument_group("operator"))
     udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
+    tls_edge.add_arguments(parser.add_argument_group("tls"))
     reliability.add_arguments(parser.add_argument_group("reliability"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]

@@ -58,7 +58,13 @@ class ProxyPod:
         mi = self.config.setdefault("mi", {})
         mi.setdefault("listen", f"{ip}:{MI_PORT}")
         self.mi_listen = str(mi["listen"])
-        self.mi_url = f"http://{self.mi_listen}/{mi.get('root', 'mi')}"
+        scheme = "https" if mi.get("tls") else "http"
+        self.mi_url = f"{scheme}://{self.mi_listen}/{mi.get('root', 'mi')}"
+        if mi.get("tls"):
+            # Mutual TLS on the MI: /readyz (and /metrics) on a plain-HTTP port of their own, as in the chart.
+            self.config.setdefault("metrics", {"listen": f"{ip}:{MI_PORT + 1}"})
+        # Where the harness (as the kubelet's probe would) asks /readyz.
+        self.probe_listen = str((self.config.get("metrics") or {}).get("listen") or self.mi_listen)
         self.procs = ProcessTable(cp.workdir)
         self._proc_name = f"proxy-{namespace}-{name}"
 
@@ -104,7 +110,7 @@ class ProxyPod:
                 log = (self.workdir / "sipproxy.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"sipproxy {self.name} exited during start-up:\n{log}")
             try:
-                with urllib.request.urlopen(f"http://{self.mi_listen}/readyz", timeout=2) as resp:
+                with urllib.request.urlopen(f"http://{self.probe_listen}/readyz", timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (OSError, urllib.error.URLError):

@@ -248,7 +248,12 @@ class ProxyPod(_Pod):
         self.mi_port = free_port(layout.NODE_IP)
         mi = self.config.setdefault("mi", {})
         mi["listen"] = f"{layout.NODE_IP}:{self.mi_port}"
-        self.mi_url = f"http://{mi['listen']}/{mi.get('root', 'mi')}"
+        self.mi_url = f"{'https' if mi.get('tls') else 'http'}://{mi['listen']}/{mi.get('root', 'mi')}"
+        # The readiness probe's port: with mutual TLS on the MI, a plain-HTTP port of its own (as the chart).
+        self.probe_port = self.mi_port
+        if mi.get("tls"):
+            self.probe_port = free_port(layout.NODE_IP)
+            self.config["metrics"] = {"listen": f"{layout.NODE_IP}:{self.probe_port}"}
         self.config_map = f"{name}-config"
 
     def manifest(self) -> dict[str, Any]:
@@ -275,7 +280,7 @@ class ProxyPod(_Pod):
                         "imagePullPolicy": "Never",
                         "command": ["sipproxy", "--config", "/etc/sipsockets/proxy.yaml"],
                         "readinessProbe": {
-                            "httpGet": {"path": "/readyz", "port": self.mi_port},
+                            "httpGet": {"path": "/readyz", "port": self.probe_port},
                             "periodSeconds": 1,
                             "timeoutSeconds": 1,
                             "failureThreshold": PROBE_FAILURES_TOLERATED,

@@ -10,7 +10,9 @@ from typing import Any
 
 from devenv import binaries
 from devenv.images import Images
+from devenv.localcluster import layout
 from devenv.localcluster.cluster import LocalCluster
+from devenv.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "sipsockets"
@@ -23,10 +25,15 @@ def image_values(ref: str) -> dict[str, str]:
     return {"repository": repo, "tag": tag, "pullPolicy": "Never"}
 
 
-def values(built: Images, mi_port: int, **proxy_overrides: Any) -> dict[str, Any]:
-    """Chart values for this node. Small worker counts: the machine is shared and has two cores."""
+def values(
+    built: Images, mi_port: int, metrics_port: int | None = None, **proxy_overrides: Any
+) -> dict[str, Any]:
+    """Chart values for this node. Small worker counts: the machine is shared and has two cores. The MI and
+    metrics ports are on the node's address (hostNetwork), so free ones of this machine; the proxies reach the
+    bundled PostgreSQL from the node's address, which its NetworkPolicy admits by CIDR."""
     return {
-        "mi": {"port": mi_port},
+        "mi": {"port": mi_port, "metricsPort": metrics_port or free_port(layout.NODE_IP)},
+        "networkPolicy": {"database": {"nodeCIDRs": [f"{layout.NODE_IP}/32"]}},
         "operator": {"image": image_values(built.operator), "resyncPeriod": 15},
         "proxy": {
             "mode": "hostNetwork",

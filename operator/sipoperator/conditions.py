@@ -57,6 +57,12 @@ def listeners(pods: Iterable[PodResult]) -> list[dict[str, str]]:
     return out
 
 
+def listening_count(pods: Sequence[PodResult]) -> str:
+    """`n/m`: the ready proxy pods listening on the socket, of all ready proxy pods (the -o wide column)."""
+    listening = sum(1 for p in pods if p.reachable and p.state == LISTENING)
+    return f"{listening}/{len(pods)}"
+
+
 def _default_message(state: str) -> str:
     return {
         LISTENING: "listening",

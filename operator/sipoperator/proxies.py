@@ -1,7 +1,10 @@
-"""The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP).
+"""The proxy fleet: which pods are ready proxies, and their Management Interface (JSON-RPC over HTTP, or
+HTTPS with the operator's client certificate when `--mi-tls-ca-file` is set: see `mi_tls.py`).
 
 Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
 `list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
+OpenSIPS after 3.6 names the two required commands `sockets_mgm:reload` and `sockets_mgm:list` (the 3.6 names
+stay as aliases); each pod is asked by the 3.6 name first and, on -32601, by the newer one, which it keeps.
 Reloads and listings are coalesced per pod: callers that ask while one is running share the next one, so a
 thousand SipSockets reconciling at once cost a handful of reloads, never a thousand.
 """
@@ -20,6 +23,7 @@ import aiohttp
 
 from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
 from sipoperator.metrics import Metrics
+from sipoperator.mi_tls import reloading_client_context
 from sipoperator.settings import Settings
 from sipoperator.spec import EndpointKey, row_key
 
@@ -31,6 +35,14 @@ METHOD_NOT_FOUND = -32601
 MI_PORT_ANNOTATION = "sipsockets.io/mi-port"
 T = TypeVar("T")
 _ids = itertools.count(1)
+# The MI commands the operator needs, each by its names, oldest OpenSIPS first. The 3.6 name comes first:
+# OpenSIPS 3.6 knows nothing else, and the newer releases (and sipproxy) still answer it as an alias, so every
+# proxy known today answers the first call. The newer name is the fallback for a proxy that dropped the
+# aliases.
+MI_NAMES: dict[str, tuple[str, ...]] = {
+    "reload": ("sockets_reload", "sockets_mgm:reload"),
+    "list": ("sockets_list", "sockets_mgm:list"),
+}
 
 
 class Unreachable(Exception):
@@ -47,6 +59,14 @@ class MIClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # Plain HTTP without a CA: OpenSIPS' own MI, and the local environment without the chart.
+        self._tls = (
+            reloading_client_context(
+                settings.mi_tls_ca_file, settings.mi_tls_cert_file, settings.mi_tls_key_file
+            )
+            if settings.mi_tls_ca_file
+            else None
+        )
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -60,7 +80,8 @@ class MIClient:
 
     def url(self, ip: str, port: int | None = None) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{port or self.settings.mi_port}/{self.settings.mi_root}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{port or self.settings.mi_port}/{self.settings.mi_root}"
 
     async def call(self, ip: str, method: str, wait: float | None = None, *, port: int | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -71,18 +92,28 @@ class MIClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         payload = {"jsonrpc": "2.0", "method": method, "params": {}, "id": next(_ids)}
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            # The pod IP is dialled; the certificate is checked for the fixed name (see mi_tls.py).
+            tls = {"ssl": self._tls.current(), "server_hostname": self.settings.mi_tls_server_name}
         try:
             async with self._sess().post(
                 self.url(ip, port),
                 json=payload,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=wait or self.settings.mi_timeout),
+                **tls,
             ) as resp:
                 if resp.status == 401:
                     raise Unreachable("the MI refused the token (HTTP 401); check the MI token file")
                 if resp.status != 200:
                     raise Unreachable(f"{method}: HTTP {resp.status}")
                 body = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise Unreachable(
+                f"{method}: the proxy's MI certificate is not trusted (CA, or name "
+                f"{self.settings.mi_tls_server_name}): {exc.certificate_error}"
+            ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise Unreachable(f"{method}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         except TimeoutError as exc:
@@ -187,6 +218,8 @@ class ProxyPod:
     static: list[str] | None = None
     capacity: int | None = None
     opensips: bool | None = None
+    # command -> the name this pod answered to (MI_NAMES); learnt once per process, like `static`
+    mi_names: dict[str, str] = field(default_factory=dict)
     _reload: Coalesced[Any] = field(init=False)
     _listing: Coalesced[Listed] = field(init=False)
 
@@ -197,10 +230,30 @@ class ProxyPod:
     async def _call(self, method: str) -> Any:
         return await self.client.call(self.ip, method, port=self.mi_port)
 
+    async def _call_command(self, command: str) -> Any:
+        """`command` (a key of MI_NAMES) by the name this pod answers to: the known one, else each name in
+        turn while the proxy says -32601 (method not found)."""
+        known = self.mi_names.get(command)
+        if known is not None:
+            return await self._call(known)
+        names = MI_NAMES[command]
+        for name in names[:-1]:
+            try:
+                result = await self._call(name)
+            except MIError as exc:
+                if exc.code != METHOD_NOT_FOUND:
+                    raise
+                continue
+            self.mi_names[command] = name
+            return result
+        result = await self._call(names[-1])
+        self.mi_names[command] = names[-1]
+        return result
+
     async def _do_reload(self) -> Any:
         started = time.monotonic()
         try:
-            result = await self._call("sockets_reload")
+            result = await self._call_command("reload")
         except (Unreachable, MIError):
             self.metrics.reloads.inc(result="error")
             raise
@@ -209,7 +262,7 @@ class ProxyPod:
         return result
 
     async def _do_list(self) -> Listed:
-        return parse_listing(await self._call("sockets_list"), self.opensips)
+        return parse_listing(await self._call_command("list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()

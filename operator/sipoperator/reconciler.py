@@ -252,6 +252,9 @@ class Reconciler:
             "socket": wanted.socket if wanted else None,
             "conditions": merged,
             "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
+            # The `kubectl get -o wide` columns; None removes the field (a JSON merge patch).
+            "advertised": wanted.row.advertised if wanted and outcome.accepted else None,
+            "listening": cond.listening_count(outcome.pods) if outcome.accepted else None,
         }
         seen = [current] if memo.written_status is None else [current, memo.written_status]
         try:

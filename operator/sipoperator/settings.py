@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sipoperator.mi_tls import client_context
+
 SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_PROXY_SELECTOR = "app.kubernetes.io/name=sipsockets,app.kubernetes.io/component=proxy"
+DEFAULT_MI_TLS_SERVER_NAME = "sipsockets-proxy"
 
 
 class SettingsError(ValueError):
@@ -25,6 +29,12 @@ class Settings:
     mi_port: int = 8888
     mi_root: str = "mi"
     mi_token_file: str | None = None
+    # With a CA the MI is called over HTTPS, the proxies' certificate checked against it and the server name;
+    # with a certificate and key too, the operator presents them (mutual TLS).
+    mi_tls_ca_file: str | None = None
+    mi_tls_cert_file: str | None = None
+    mi_tls_key_file: str | None = None
+    mi_tls_server_name: str = DEFAULT_MI_TLS_SERVER_NAME
     resync_period: float = 60.0
     mi_timeout: float = 5.0
     webhook_listen: str = ""
@@ -56,6 +66,18 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI port (8888); annotation sipsockets.io/mi-port wins"),
     ("--mi-root", "SIPSOCKETS_MI_ROOT", "proxy MI path (default: mi)"),
     ("--mi-token-file", "SIPSOCKETS_MI_TOKEN_FILE", "file holding the MI bearer token"),
+    (
+        "--mi-tls-ca-file",
+        "SIPSOCKETS_MI_TLS_CA_FILE",
+        "CA of the proxies' MI certificate: call the MI over HTTPS",
+    ),
+    ("--mi-tls-cert-file", "SIPSOCKETS_MI_TLS_CERT_FILE", "the operator's MI client certificate (PEM)"),
+    ("--mi-tls-key-file", "SIPSOCKETS_MI_TLS_KEY_FILE", "the key of that certificate (PEM)"),
+    (
+        "--mi-tls-server-name",
+        "SIPSOCKETS_MI_TLS_SERVER_NAME",
+        f"name the proxies' MI certificate must carry ({DEFAULT_MI_TLS_SERVER_NAME})",
+    ),
     ("--resync-period", "SIPSOCKETS_RESYNC_PERIOD", "seconds between drift checks of each SipSocket (60)"),
     ("--mi-timeout", "SIPSOCKETS_MI_TIMEOUT", "seconds to wait for one MI call (5)"),
     ("--webhook-listen", "SIPSOCKETS_WEBHOOK_LISTEN", "host:port of the admission webhook (empty: off)"),
@@ -111,6 +133,37 @@ def _number(raw: str, flag: str, env: str, kind: type[int] | type[float], minimu
     return value
 
 
+def mi_tls_settings(
+    ca: str | None, cert: str | None, key: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """The MI client's TLS files, checked once at start so that a wrong mount stops the operator with a
+    message naming the setting (they are read again on every change afterwards)."""
+    if bool(cert) != bool(key):
+        raise SettingsError(
+            "--mi-tls-cert-file/SIPSOCKETS_MI_TLS_CERT_FILE and --mi-tls-key-file/SIPSOCKETS_MI_TLS_KEY_FILE "
+            "go together"
+        )
+    if cert and not ca:
+        raise SettingsError(
+            "--mi-tls-cert-file needs --mi-tls-ca-file/SIPSOCKETS_MI_TLS_CA_FILE (the CA of the proxies' "
+            "certificate)"
+        )
+    if not ca:
+        return None, None, None
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        probe.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise SettingsError(f"--mi-tls-ca-file/SIPSOCKETS_MI_TLS_CA_FILE: {ca}: {exc}") from None
+    try:
+        client_context(ca, cert, key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise SettingsError(
+            f"--mi-tls-cert-file/SIPSOCKETS_MI_TLS_CERT_FILE with --mi-tls-key-file: {cert}, {key}: {exc}"
+        ) from None
+    return ca, cert, key
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -153,6 +206,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     selector = get("--proxy-selector") or DEFAULT_PROXY_SELECTOR
     parse_selector(selector)
     mi_root = (get("--mi-root") or "mi").strip("/")
+    mi_tls = mi_tls_settings(get("--mi-tls-ca-file"), get("--mi-tls-cert-file"), get("--mi-tls-key-file"))
 
     settings = Settings(
         namespace=get("--namespace") or _default_namespace(),
@@ -162,6 +216,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         mi_port=int(_number(get("--mi-port") or "8888", "--mi-port", "SIPSOCKETS_MI_PORT", int, 1)),
         mi_root=mi_root,
         mi_token_file=get("--mi-token-file"),
+        mi_tls_ca_file=mi_tls[0],
+        mi_tls_cert_file=mi_tls[1],
+        mi_tls_key_file=mi_tls[2],
+        mi_tls_server_name=get("--mi-tls-server-name") or DEFAULT_MI_TLS_SERVER_NAME,
         resync_period=_number(
             get("--resync-period") or "60", "--resync-period", "SIPSOCKETS_RESYNC_PERIOD", float, 1
         ),

@@ -23,6 +23,7 @@ from sipproxy.shared.socketspec import (
     format_socket,
     parse_row,
     transport_layer,
+    unreachable_reason,
 )
 
 _HOSTNAME = re.compile(
@@ -187,6 +188,9 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
         parsed = parse_row(**row.as_dict(), resolve=_no_resolve)
     except RowError as exc:  # the proxy would refuse the row: say so now, not after the reload
         raise SpecError("address", f"the proxy would refuse this socket: {exc}") from exc
+    unreachable = unreachable_reason(parsed)
+    if unreachable is not None:
+        raise SpecError("advertised" if parsed.advertised_host else "address", unreachable)
     return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed)
 
 

@@ -10,9 +10,12 @@ import signal
 import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sipproxy.supervisor.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from sipproxy.supervisor.mi.listeners import MiAccess
 
 log = logging.getLogger("sipproxy")
 
@@ -26,10 +29,9 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
 
 
-async def serve(config: Config, token: str | None) -> int:
+async def serve(config: Config, access: MiAccess) -> int:
+    from sipproxy.supervisor.mi.listeners import start_listeners
     from sipproxy.supervisor.mi.methods import make_methods, metrics_text
-    from sipproxy.supervisor.mi.server import make_app
-    from sipproxy.supervisor.mi.server import serve as serve_mi
     from sipproxy.supervisor.supervisor import Supervisor
 
     sup = Supervisor(config, config.log_level)
@@ -37,17 +39,16 @@ async def serve(config: Config, token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = make_app(
-        config.mi.root,
-        make_methods(sup),
-        token,
-        ready=lambda: sup.ready and all(w.alive for w in sup.workers),
-        metrics=lambda: metrics_text(sup),
-    )
     try:
-        runner = await serve_mi(app, config.mi.listen_host, config.mi.listen_port)
+        runners = await start_listeners(
+            config,
+            access,
+            make_methods(sup),
+            ready=lambda: sup.ready and all(w.alive for w in sup.workers),
+            metrics=lambda: metrics_text(sup),
+        )
     except OSError as exc:
-        log.error("mi.listen %s:%s: %s", config.mi.listen_host, config.mi.listen_port, exc)
+        log.error("%s", exc)
         return 1
     code = 0
     try:
@@ -67,21 +68,25 @@ async def serve(config: Config, token: str | None) -> int:
             starting.cancel()
         log.info("stopping")
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await sup.stop()
     return code
 
 
-async def db_init(db_url: str, table_name: str) -> int:
+async def db_init(db_url: str, table_name: str, tls_table_name: str = "tls_mgm") -> int:
     from sipproxy.shared.schema import init_db
+    from sipproxy.shared.tls_table import init_tls_mgm
     from sipproxy.supervisor.db_reader import make_engine
 
     engine = make_engine(db_url)
     try:
         created = await init_db(engine, table_name)
+        tls_created = await init_tls_mgm(engine, tls_table_name)
     finally:
         await engine.dispose()
     print(f"sipproxy db init: {'created' if created else 'already present'} ({table_name}, version)")
+    print(f"sipproxy db init: {'created' if tls_created else 'already present'} ({tls_table_name}, version)")
     return 0
 
 
@@ -120,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = parser.add_subparsers(dest="command", required=True)
         init = sub.add_parser(
             "init",
-            help="create the sockets and version tables when missing",
-            description="Create the sockets and version tables when missing (never alters existing ones). "
+            help="create the sockets, tls_mgm and version tables when missing",
+            description="Create the sockets, tls_mgm and version tables when missing (never alters existing "
+            "ones). "
             f"The database URL comes from --db-url-file, or the environment: {DB_URL_ENV} (the URL) or "
             f"{DB_URL_FILE_ENV} (a file holding it, e.g. a mounted Secret).",
         )
@@ -137,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             help=f"OpenSIPS-style db_url; local use only, as a command line is public [env {DB_URL_ENV}]",
         )
         init.add_argument("--table-name", metavar="NAME", default="sockets", help="default: sockets")
+        init.add_argument(
+            "--tls-table-name",
+            metavar="NAME",
+            default="tls_mgm",
+            help="the TLS domains table; default: tls_mgm",
+        )
         args = parser.parse_args(argv[1:])
         try:
             db_url = db_url_from(args.db_url, args.db_url_file, os.environ)
-            return _run(db_init(db_url, args.table_name))
+            return _run(db_init(db_url, args.table_name, args.tls_table_name))
         except ValueError as exc:
             print(f"sipproxy db init: {exc}", file=sys.stderr)
             return 2
@@ -152,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        from sipproxy.supervisor.mi.token import load_token
+        from sipproxy.supervisor.mi.listeners import load_access
 
-        try:
-            token = load_token(config.mi.token_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("mi.token_file", str(exc)) from None
+        access = load_access(config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from sipproxy.shared.fdlimit import raise_fd_limit
 
     raise_fd_limit()
-    return _run(serve(config, token))
+    return _run(serve(config, access))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,19 @@ def get_json(cp: ClusterClient, *args: str) -> dict[str, Any]:
 def secret_data(cp: ClusterClient, namespace: str, name: str) -> dict[str, str]:
     data = get_json(cp, "secret", name, "-n", namespace)["data"]
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def mi_refuses_strangers(listen: str) -> bool:
+    """Neither plain HTTP nor TLS without a client certificate gets any HTTP answer from the MI."""
+    body = b'{"jsonrpc":"2.0","method":"version","id":1}'
+    anyone = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anyone.check_hostname, anyone.verify_mode = False, ssl.CERT_NONE
+    for url, context in ((f"http://{listen}/mi", None), (f"https://{listen}/mi", anyone)):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10, context=context)
+        except urllib.error.HTTPError:
+            return False  # an HTTP answer, even an error, is too much
+        except OSError:
+            continue
+        return False
+    return True

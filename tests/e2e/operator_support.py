@@ -32,6 +32,7 @@ from devenv import podfleet
 from devenv.cluster_client import ClusterClient
 from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
+from devenv.mitls import MiPki
 from devenv.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,12 +137,17 @@ def events(cp: ClusterClient, namespace: str, name: str) -> list[dict[str, Any]]
     return list(json.loads(out.stdout)["items"])
 
 
-def proxy_config(db_url: str, max_sockets: int = 100, static: list[str] | None = None) -> dict[str, Any]:
-    return {
+def proxy_config(
+    db_url: str, max_sockets: int = 100, static: list[str] | None = None, mi_tls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "sockets": static or [],
         # The worker counts at their defaults (8 UDP per static socket, 8 in the pool, 8 TCP), as deployed.
         "sockets_mgm": {"db_url": db_url, "max_sockets": max_sockets},
     }
+    if mi_tls is not None:
+        config["mi"] = {"tls": mi_tls}  # the fleet puts /metrics and the probes on a port of their own
+    return config
 
 
 def init_db(db_url: str) -> None:
@@ -314,7 +320,10 @@ class PodBackend:
 
 
 class Env:
-    """One test's world: namespace, SQLite database, proxy pods, operator; everything stopped afterwards."""
+    """One test's world: namespace, SQLite database, proxy pods, operator; everything stopped afterwards.
+
+    The MI is mutual TLS, as the chart sets it up by default: a CA of the test's own, the proxies' server
+    certificate and the operator's client certificate (devenv.mitls), in the work dir both fleets share."""
 
     def __init__(self, backend: ProcessBackend | PodBackend, namespace: str, workdir: Path) -> None:
         self.backend = backend
@@ -324,6 +333,7 @@ class Env:
         self.db_path = workdir / "sockets.db"
         self.db_url = f"sqlite:///{self.db_path}"
         init_db(self.db_url)
+        self.pki = MiPki.create(workdir)
         self.pods: list[FleetPod] = []
         self.operators: list[FleetOperator] = []
 
@@ -332,7 +342,7 @@ class Env:
             self.namespace,
             name,
             ip or self.addresses.next(),
-            proxy_config(db_url or self.db_url, **config),
+            proxy_config(db_url or self.db_url, mi_tls=self.pki.proxy_config(), **config),
             self.workdir,
         )
         self.pods.append(pod)
@@ -340,8 +350,9 @@ class Env:
         return pod
 
     def operator(self, db_url: str | None = None, **settings: str) -> FleetOperator:
+        tls = {k.removeprefix("SIPSOCKETS_").lower(): v for k, v in self.pki.operator_env().items()}
         op = self.backend.operator(
-            self.namespace, db_url or self.db_url, self.workdir, len(self.operators), settings
+            self.namespace, db_url or self.db_url, self.workdir, len(self.operators), {**tls, **settings}
         )
         self.operators.append(op)
         op.start()

@@ -1,5 +1,6 @@
-"""`helm install` into the real API server: what it creates, what an upgrade keeps (generated token,
-passwords, webhook CA), the webhook enforced with failurePolicy Fail, and the CRD kept by `helm uninstall`."""
+"""`helm install` into the real API server: what it creates, what an upgrade keeps (generated MI
+certificates, passwords, webhook CA), the webhook enforced with failurePolicy Fail, the CRD kept by
+`helm uninstall`, and the MI's certificates from cert-manager when the API server serves it."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def test_install_upgrade_uninstall(
     control_plane: ClusterClient, chart_crds: None, namespace: str, tmp_path: Path
 ) -> None:
     cp = control_plane
+    # The chart's own MI CA (this API server has cert-manager's CRDs as stand-ins, which `auto` would use).
+    own_ca = {"mi": {"tls": {"certManager": {"enabled": False}}}}
     try:
-        out = helm_install(cp, namespace, {}, tmp_path)
+        out = helm_install(cp, namespace, own_ca, tmp_path)
         # NOTES.txt: how to apply a first SipSocket and watch it.
         assert "kind: SipSocket" in out
         assert f"kubectl -n {namespace} get sipsockets -w" in out
@@ -65,13 +68,15 @@ def test_install_upgrade_uninstall(
             f"statefulset.apps/{RELEASE}-postgresql",
             f"service/{RELEASE}-proxy",
             f"service/{RELEASE}-webhook",
-            f"secret/{RELEASE}-mi-token",
+            f"secret/{RELEASE}-mi-proxy-tls",
+            f"secret/{RELEASE}-mi-operator-tls",
             f"secret/{RELEASE}-db-url",
             f"secret/{RELEASE}-webhook-tls",
             f"configmap/{RELEASE}-proxy",
             f"serviceaccount/{RELEASE}-operator",
             f"role.rbac.authorization.k8s.io/{RELEASE}-operator",
             f"networkpolicy.networking.k8s.io/{RELEASE}-proxy-mi",
+            f"networkpolicy.networking.k8s.io/{RELEASE}-postgresql",
             f"poddisruptionbudget.policy/{RELEASE}-proxy",
         ):
             assert expected in names
@@ -81,7 +86,11 @@ def test_install_upgrade_uninstall(
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == namespace
 
-        token = secret_data(cp, namespace, f"{RELEASE}-mi-token")["token"]
+        assert f"secret/{RELEASE}-mi-token" not in names  # the token is off unless asked for
+        mi_tls = {
+            s: secret_data(cp, namespace, f"{RELEASE}-{s}") for s in ("mi-proxy-tls", "mi-operator-tls")
+        }
+        assert mi_tls["mi-proxy-tls"]["ca.crt"] == mi_tls["mi-operator-tls"]["ca.crt"]
         tls = secret_data(cp, namespace, f"{RELEASE}-webhook-tls")
         password = secret_data(cp, namespace, f"{RELEASE}-postgresql-auth")["password"]
         checksum = get_json(cp, "deployment", f"{RELEASE}-proxy", "-n", namespace)["spec"]["template"][
@@ -95,8 +104,9 @@ def test_install_upgrade_uninstall(
         assert "validate.sipsockets.io" in refused.stderr
 
         # An upgrade that changes the proxy config keeps every generated secret and rolls the proxies.
-        helm_install(cp, namespace, {"proxy": {"udpWorkers": 2}}, tmp_path, RELEASE, "upgrade")
-        assert secret_data(cp, namespace, f"{RELEASE}-mi-token")["token"] == token
+        helm_install(cp, namespace, {**own_ca, "proxy": {"udpWorkers": 2}}, tmp_path, RELEASE, "upgrade")
+        for name, data in mi_tls.items():
+            assert secret_data(cp, namespace, f"{RELEASE}-{name}") == data
         assert secret_data(cp, namespace, f"{RELEASE}-webhook-tls") == tls
         assert secret_data(cp, namespace, f"{RELEASE}-postgresql-auth")["password"] == password
         assert password in secret_data(cp, namespace, f"{RELEASE}-db-url")["db-url"]
@@ -147,5 +157,15 @@ def test_install_with_peering_creates_the_kopf_peering(
             cp.kubectl("get", "statefulset", f"{RELEASE}-postgresql", "-n", namespace, check=False).returncode
             != 0
         )
+        # The API server serves cert-manager.io/v1: `auto` asked cert-manager for the MI's CA and certificates
+        # (no cert-manager runs here to fill the Secrets; the chart's objects are what is checked).
+        certs = cp.kubectl(
+            "get", "certificates.cert-manager.io", "-n", namespace, "-o", "name"
+        ).stdout.split()
+        assert sorted(c.rpartition("/")[2] for c in certs) == sorted(
+            f"{RELEASE}-{n}" for n in ("mi-ca", "mi-proxy-tls", "mi-operator-tls")
+        )
+        secrets = cp.kubectl("get", "secrets", "-n", namespace, "-o", "name").stdout.split()
+        assert f"secret/{RELEASE}-mi-proxy-tls" not in secrets
     finally:
         helm_uninstall(cp, namespace)

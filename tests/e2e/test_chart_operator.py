@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from devenv.controlplane import ControlPlane
 from devenv.fakepods import ProxyPod
 from devenv.processes import free_port
 from devenv.sipclient import answers_ok
-from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall
+from tests.e2e.chart_support import chart_crds, get_json, helm_install, helm_uninstall, mi_refuses_strangers
 from tests.e2e.operator_support import (
     Addresses,
     Operator,
@@ -109,6 +110,8 @@ class ChartWorld:
                     "extraIpAddresses": ["127.0.0.1"],
                 },
             },
+            # This control plane has cert-manager's CRDs (stand-ins) but no cert-manager: the chart's own CA.
+            "mi": {"tls": {"certManager": {"enabled": False}}},
         }
         for key, value in override.items():
             values[key] = {**values.get(key, {}), **value}
@@ -149,10 +152,14 @@ class ChartWorld:
             get_json(self.cp, "configmap", f"{RELEASE}-proxy", "-n", self.namespace)["data"]["proxy.yaml"]
         )
         config["sockets_mgm"]["db_url"] = self.db_url
-        config["mi"]["token_file"] = localise(config["mi"]["token_file"], mounts)
+        if "token_file" in config["mi"]:
+            config["mi"]["token_file"] = localise(config["mi"]["token_file"], mounts)
+        if "tls" in config["mi"]:
+            config["mi"]["tls"] = {k: localise(v, mounts) for k, v in config["mi"]["tls"].items()}
         ip = self.addresses.next()
-        port = int(config["mi"]["listen"].rsplit(":", 1)[1])
-        config["mi"]["listen"] = f"{ip}:{port}"  # the pod's own address, here a loopback one
+        for key in ("mi", "metrics"):  # the pod's own address, here a loopback one
+            port = int(config[key]["listen"].rsplit(":", 1)[1])
+            config[key]["listen"] = f"{ip}:{port}"
         pod = ProxyPod(
             self.cp,
             self.namespace,
@@ -228,6 +235,12 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     pod = world.start_proxy(f"{RELEASE}-proxy-0")
     op = world.start_operator()
     addr = world.addresses.next()
+
+    # The MI answers only the operator's certificate: neither plain HTTP nor TLS without the certificate
+    # gets an answer; /readyz and /metrics are plain HTTP on the metrics port.
+    assert mi_refuses_strangers(pod.mi_listen)
+    with urllib.request.urlopen(f"http://{pod.probe_listen}/metrics", timeout=10) as r:
+        assert r.status == 200 and b"sipproxy_reloads_total" in r.read()
 
     # Create: accepted by the chart-registered webhook, programmed, listening, answering SIP.
     assert apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060)).returncode == 0

@@ -46,6 +46,15 @@ __all__ = ["crd", "env"]  # fixtures
             "spec.advertised.address",
         ),
         ({"protocol": "udp", "address": "10.0.0.1", "unknown": 1}, "unknown"),
+        (
+            {"protocol": "udp", "address": "0.0.0.0"},
+            "a wildcard address (0.0.0.0 or ::) needs advertised.address",
+        ),
+        ({"protocol": "tcp", "address": "::"}, "a wildcard address (0.0.0.0 or ::) needs advertised.address"),
+        (
+            {"protocol": "udp", "address": "10.0.0.1", "advertised": {"address": "0.0.0.0"}},
+            "advertised.address must be an address peers can send to",
+        ),
         ({"address": "10.0.0.1"}, "spec.protocol"),
     ],
 )
@@ -65,6 +74,10 @@ def test_api_server_refuses_invalid_specs_naming_the_field(
     assert out.returncode != 0, out.stdout
     assert needle in out.stderr, out.stderr
     assert get(control_plane, namespace, "bad") is None
+
+
+# Wildcard sockets advertise the address peers reach them on (the proxy refuses them without one).
+PUBLIC = {"address": "203.0.113.10"}
 
 
 def test_api_server_accepts_valid_specs(env: Env) -> None:
@@ -219,7 +232,7 @@ def test_webhook_refuses_an_address_overlapping_a_wildcard_naming_the_holder(env
     addr = env.addresses.next()
 
     port = _free_udp_port()
-    assert apply(cp, ns, sipsocket("wild", "udp", "0.0.0.0", port)).returncode == 0
+    assert apply(cp, ns, sipsocket("wild", "udp", "0.0.0.0", port, advertised=PUBLIC)).returncode == 0
     wait_condition(cp, ns, "wild", "Accepted", "True")
     out = apply(cp, ns, sipsocket("one", "udp", addr, port), check=False)
     assert out.returncode != 0
@@ -228,13 +241,13 @@ def test_webhook_refuses_an_address_overlapping_a_wildcard_naming_the_holder(env
     )
     assert get(cp, ns, "one") is None
     # The IPv6 wildcard does not cover IPv4 (the proxy binds IPv6 sockets V6ONLY).
-    assert apply(cp, ns, sipsocket("six", "udp", "::", port), check=False).returncode == 0
+    assert apply(cp, ns, sipsocket("six", "udp", "::", port, advertised=PUBLIC), check=False).returncode == 0
 
     # The other way round: the address first, then the wildcard is refused naming it.
     other = _free_udp_port()
     assert apply(cp, ns, sipsocket("two", "udp", addr, other)).returncode == 0
     wait_condition(cp, ns, "two", "Accepted", "True")
-    out = apply(cp, ns, sipsocket("wild2", "udp", "0.0.0.0", other), check=False)
+    out = apply(cp, ns, sipsocket("wild2", "udp", "0.0.0.0", other, advertised=PUBLIC), check=False)
     assert out.returncode != 0
     assert f"UDP 0.0.0.0:{other} is already used by SipSocket {ns}/two (UDP {addr}:{other})" in out.stderr, (
         out.stderr
@@ -248,7 +261,12 @@ def test_reconcile_gives_an_address_and_a_wildcard_over_it_to_exactly_one(env: E
     env.pod("sipproxy-0")
     env.operator()
     addr, port = env.addresses.next(), _free_udp_port()
-    apply(cp, ns, sipsocket("wild", "udp", "0.0.0.0", port), sipsocket("one", "udp", addr, port))
+    apply(
+        cp,
+        ns,
+        sipsocket("wild", "udp", "0.0.0.0", port, advertised=PUBLIC),
+        sipsocket("one", "udp", addr, port),
+    )
 
     def settled() -> list[dict[str, Any]] | None:
         objs = [get(cp, ns, n) for n in ("wild", "one")]

@@ -82,3 +82,7 @@ def test_tcp_socket_with_defaults(env: Env) -> None:
     obj = wait_condition(cp, ns, "carrier-b", "Ready", "True")
     assert obj["status"]["socket"] == f"tcp:{addr}:5060"
     assert wait_for(lambda: answers_ok(addr, 5060, "tcp"), f"OPTIONS answered on tcp {addr}:5060")
+    # kubectl get -o wide adds the advertised address and the pods listening.
+    out = cp.kubectl("get", "sipsock", "carrier-b", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert out[0].split()[-2:] == ["ADVERTISED", "LISTENING"]
+    assert out[1].split()[-2:] == ["sbc.example.com:5060", "1/1"]

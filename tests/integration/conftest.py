@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -78,8 +79,15 @@ def pid_alive(pid: int) -> bool:
 class Proxy:
     """One `sipproxy --config` process; MI helpers; SIGTERM stop that checks no process is left."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], token: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        token: str | None = None,
+        client_tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.client_tls = client_tls  # how MI calls are made when the config has mi.tls
         self.ip = loopback_ip()
         self.mi_port = free_port(self.ip)
         config = dict(config)
@@ -100,7 +108,18 @@ class Proxy:
 
     @property
     def mi_url(self) -> str:
-        return f"http://{self.config['mi']['listen']}/{self.config['mi'].get('root', 'mi')}"
+        scheme = "https" if self.config["mi"].get("tls") else "http"
+        return f"{scheme}://{self.config['mi']['listen']}/{self.config['mi'].get('root', 'mi')}"
+
+    @property
+    def probe_listen(self) -> str:
+        """Where /healthz, /readyz and /metrics are: the metrics listener when there is one."""
+        listen: str = (self.config.get("metrics") or {}).get("listen") or self.config["mi"]["listen"]
+        return listen
+
+    def probe_url(self, path: str) -> str:
+        tls = self.config["mi"].get("tls") and not self.config.get("metrics")
+        return f"{'https' if tls else 'http'}://{self.probe_listen}{path}"
 
     def start(self, wait_ready: bool = True) -> Proxy:
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -122,7 +141,7 @@ class Proxy:
         if self.proc.poll() is not None:
             raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(f"http://{self.config['mi']['listen']}/readyz", timeout=5) as r:
+            with urllib.request.urlopen(self.probe_url("/readyz"), timeout=5, context=self.client_tls) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -140,7 +159,7 @@ class Proxy:
         hdrs.update(headers or {})
         req = urllib.request.Request(self.mi_url, data=body, headers=hdrs, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=120) as r:
+            with urllib.request.urlopen(req, timeout=120, context=self.client_tls) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -161,7 +180,7 @@ class Proxy:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://{self.config['mi']['listen']}{path}", timeout=30) as r:
+            with urllib.request.urlopen(self.probe_url(path), timeout=30, context=self.client_tls) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -198,8 +217,13 @@ class Proxy:
 def proxies(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def make(config: dict[str, Any], token: str | None = None, start: bool = True) -> Proxy:
-        proxy = Proxy(tmp_path, config, token)
+    def make(
+        config: dict[str, Any],
+        token: str | None = None,
+        start: bool = True,
+        client_tls: ssl.SSLContext | None = None,
+    ) -> Proxy:
+        proxy = Proxy(tmp_path, config, token, client_tls)
         started.append(proxy)
         return proxy.start() if start else proxy
 
@@ -455,3 +479,89 @@ def tcp_connect_refused(ip: str, port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+class SippScenario:
+    """SIPp running one of tests/integration/scenarios as a server for `calls` calls, in the background."""
+
+    def __init__(self, scenario: str, calls: int = 1, transport: str = "udp") -> None:
+        self.ip = loopback_ip()
+        self.port = free_port(self.ip)
+        self.proc = subprocess.Popen(
+            [
+                "sipp",
+                "-sf",
+                str(SCENARIOS / scenario),
+                "-i",
+                self.ip,
+                "-p",
+                str(self.port),
+                "-t",
+                "u1" if transport == "udp" else "t1",
+                "-m",
+                str(calls),
+                "-timeout",
+                "60s",
+                "-timeout_error",
+                "-nostdin",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(self._bound, f"sipp {scenario} to listen", 20)
+
+    def _bound(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sipp exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((self.ip, self.port))
+            except OSError:
+                return True
+        return False
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.ip}:{self.port}"
+
+    def wait(self, timeout: float = 90) -> tuple[int, str]:
+        """SIPp's exit code (0: every call as the scenario says) and its output."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out or ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def scenarios() -> Iterator[Callable[..., SippScenario]]:
+    running: list[SippScenario] = []
+
+    def start(scenario: str, calls: int = 1, transport: str = "udp") -> SippScenario:
+        sipp = SippScenario(scenario, calls, transport)
+        running.append(sipp)
+        return sipp
+
+    yield start
+    for sipp in running:
+        sipp.stop()
+
+
+def dropped(proxy: Proxy, reason: str) -> int:
+    """How many messages or connections the proxy dropped for `reason`, over all its sockets (/metrics)."""
+    total = 0
+    for line in proxy.get("/metrics")[1].splitlines():
+        if line.startswith("sipproxy_dropped_packets_total{") and f'reason="{reason}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total

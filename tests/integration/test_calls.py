@@ -39,6 +39,13 @@ def test_calls_through_the_proxy(
     )
     # INVITE, 100?, 180, 200, ACK, BYE, 200 per call cross the proxy: at least 6 per call.
     assert forwarded >= 20 * 6
+    # Calls: one INVITE each (more only if SIPp retransmitted one), a small part of the messages.
+    invites = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("sipproxy_forwarded_invites_total{")
+    )
+    assert 20 <= invites <= forwarded // 3
 
 
 def test_route_sends_out_of_the_tagged_socket(

@@ -99,7 +99,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
     try:
         sqlite_table.add(f"udp:{ip}:{busy_port}")
         sqlite_table.add(f"udp:{ip}:{ok_port}")
-        sqlite_table.add(f"tls:{ip}:{ok_port}")
+        sqlite_table.add(f"sctp:{ip}:{ok_port}")
         sqlite_table.add(f"udp:{ip}:0")
         sqlite_table.add(f"udp:{ip}:{extra_port}", flags="turbo")
         sqlite_table.add(f"udp:{ip}:{extra_port}", tos="IPTOS_FAST")
@@ -108,7 +108,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         result = proxy.call("sockets_reload")
         errors = {f["socket"]: f["error"] for f in result["failed"]}
         assert errors[f"udp:{ip}:{busy_port}"] == "[Errno 98] Address already in use"
-        assert errors[f"tls:{ip}:{ok_port}"] == "transport not supported yet"
+        assert errors[f"sctp:{ip}:{ok_port}"].endswith("protocol sctp is not supported")
         assert "out of range" in errors[f"udp:{ip}:0"]
         assert "Cannot assign requested address" in errors["udp:192.0.2.1:5060"]
         assert [e["socket"] for e in result["added"]] == [f"udp:{ip}:{ok_port}"]
@@ -120,7 +120,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         states = [(e["socket"], e["state"]) for e in listed]
         assert (f"udp:{ip}:{ok_port}", "listening") in states
         assert (f"udp:{ip}:{busy_port}", "failed") in states
-        assert (f"tls:{ip}:{ok_port}", "failed") in states
+        assert (f"sctp:{ip}:{ok_port}", "failed") in states
         assert len(listed) == 8
         assert udp_options(ip, ok_port) is not None
 
@@ -142,7 +142,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
     assert udp_options(ip, busy_port) is not None
 
 
-def test_changed_row_is_replaced_in_a_new_slot(
+def test_changed_row_is_updated_in_place_or_replaced_in_a_new_slot(
     proxies: Callable[..., Proxy], sqlite_table: SocketsTable
 ) -> None:
     proxy = proxies(mgm_config(sqlite_table))
@@ -150,10 +150,17 @@ def test_changed_row_is_replaced_in_a_new_slot(
     port = free_port(ip)
     sqlite_table.add(f"udp:{ip}:{port}", tag="old")
     first = proxy.call("sockets_reload")["added"][0]
+    # Another tag: the same open socket in the same slot (OpenSIPS would rebind it).
     sqlite_table.set(f"udp:{ip}:{port}", tag="new")
     result = proxy.call("sockets_reload")
-    assert [e["tag"] for e in result["removed"]] == ["old"]
-    assert [e["tag"] for e in result["added"]] == ["new"]
+    assert result["removed"] == [] and result["added"] == []
+    assert [(e["tag"], e["slot"]) for e in result["updated"]] == [("new", first["slot"])]
+    assert udp_options(ip, port) is not None
+    # Other flags: the socket is bound anew, in a new slot.
+    sqlite_table.set(f"udp:{ip}:{port}", flags="reuse_port")
+    result = proxy.call("sockets_reload")
+    assert [e["tag"] for e in result["removed"]] == ["new"]
+    assert [e.get("flags") for e in result["added"]] == ["reuse_port"]
     assert result["added"][0]["slot"] != first["slot"]
     assert udp_options(ip, port) is not None
 

@@ -113,22 +113,34 @@ def test_db_init_creates_tables_once_and_never_alters(tmp_path: Path) -> None:
     first = run_cli("db", "init", "--db-url", url)
     assert first.returncode == 0 and "created" in first.stdout
     db = sqlite3.connect(tmp_path / "fresh.db")
-    assert db.execute("SELECT table_name, table_version FROM version").fetchall() == [("sockets", 1)]
+    assert db.execute("SELECT table_name, table_version FROM version").fetchall() == [
+        ("sockets", 1),
+        ("tls_mgm", 3),
+    ]
     columns = [r[1] for r in db.execute("PRAGMA table_info(sockets)")]
     assert columns == ["id", "socket", "advertised", "tag", "flags", "tos"]
+    tls_columns = [r[1] for r in db.execute("PRAGMA table_info(tls_mgm)")]
+    assert tls_columns[:5] == ["id", "domain", "match_ip_address", "match_sip_domain", "type"]
     db.execute("ALTER TABLE sockets ADD COLUMN owner TEXT")
     db.execute("INSERT INTO sockets (socket, owner) VALUES ('udp:127.0.0.1:5060', 'me')")
+    db.execute("ALTER TABLE tls_mgm ADD COLUMN owner TEXT")
+    db.execute("INSERT INTO tls_mgm (domain, type, owner) VALUES ('edge', 2, 'me')")
     db.commit()
     second = run_cli("db", "init", "--db-url", url)
     assert second.returncode == 0 and "already present" in second.stdout
     assert db.execute("SELECT socket, owner FROM sockets").fetchall() == [("udp:127.0.0.1:5060", "me")]
+    assert db.execute("SELECT domain, owner FROM tls_mgm").fetchall() == [("edge", "me")]
     db.close()
-    custom = run_cli("db", "init", "--db-url", url, "--table-name", "edge_sockets")
+    custom = run_cli(
+        "db", "init", "--db-url", url, "--table-name", "edge_sockets", "--tls-table-name", "edge_tls"
+    )
     assert custom.returncode == 0
     db = sqlite3.connect(tmp_path / "fresh.db")
     assert sorted(db.execute("SELECT table_name, table_version FROM version").fetchall()) == [
         ("edge_sockets", 1),
+        ("edge_tls", 3),
         ("sockets", 1),
+        ("tls_mgm", 3),
     ]
     db.close()
     bad = run_cli("db", "init", "--db-url", "oracle://x/y")
@@ -149,13 +161,13 @@ def test_db_init_reads_the_url_from_a_file_or_the_environment(tmp_path: Path) ->
     url_file.write_text(f"sqlite:///{tmp_path}/from-file.db\n")  # a Secret's value may end in a newline
     by_flag = run_cli("db", "init", "--db-url-file", str(url_file), "--table-name", "edge")
     assert by_flag.returncode == 0, by_flag.stderr
-    assert tables("from-file.db") == [("edge", 1)]
+    assert tables("from-file.db") == [("edge", 1), ("tls_mgm", 3)]
     by_file_env = run_cli("db", "init", env={"SIPSOCKETS_DB_URL_FILE": str(url_file)})
     assert by_file_env.returncode == 0, by_file_env.stderr
-    assert sorted(tables("from-file.db")) == [("edge", 1), ("sockets", 1)]
+    assert sorted(tables("from-file.db")) == [("edge", 1), ("sockets", 1), ("tls_mgm", 3)]
     by_env = run_cli("db", "init", env={"SIPSOCKETS_DB_URL": f"sqlite:///{tmp_path}/from-env.db"})
     assert by_env.returncode == 0, by_env.stderr
-    assert tables("from-env.db") == [("sockets", 1)]
+    assert tables("from-env.db") == [("sockets", 1), ("tls_mgm", 3)]
 
     missing = run_cli("db", "init", "--db-url-file", str(tmp_path / "absent"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
@@ -187,3 +199,21 @@ def test_sigterm_stops_every_process_and_releases_the_sockets(
         u.bind((ip, static_port))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
         t.bind((ip, dyn_port))
+
+
+def test_the_sockets_mgm_commands_answer_by_their_newer_names_too(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable
+) -> None:
+    """OpenSIPS after 3.6 calls them sockets_mgm:reload and sockets_mgm:list; either name does the same."""
+    proxy = proxies(
+        {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
+    )
+    ip = loopback_ip()
+    port = free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{port}")
+    added = proxy.call("sockets_mgm:reload")["added"]
+    assert [e["socket"] for e in added] == [f"udp:{ip}:{port}"]
+    assert proxy.call("sockets_reload")["kept"] == added
+    assert proxy.call("sockets_mgm:list") == proxy.call("sockets_list") == added
+    reply = udp_options(ip, port)
+    assert reply is not None and reply.startswith(b"SIP/2.0 200")

@@ -279,7 +279,10 @@ def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(
     with socket.create_connection((ip, port), timeout=10) as c:
         c.sendall(b"OPTIONS sip:x SIP/2.0\r\nVia: " + b"x" * 70000)  # headers too large
         c.settimeout(10)
-        data = b"".join(iter(lambda: c.recv(65535), b""))
+        try:
+            data = b"".join(iter(lambda: c.recv(65535), b""))
+        except ConnectionResetError:
+            data = b""  # closed while our bytes were still unread: the kernel answers with a reset
         assert not data or data.startswith(b"SIP/2.0")
     with socket.create_connection((ip, port), timeout=30) as idle:
         idle.sendall(b"OPTIONS sip:")

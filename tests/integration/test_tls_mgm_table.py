@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import MetaData, insert, text
 
 from devenv.databases import MariaDBServer, PostgresServer
-from sipproxy.shared.tls_domains import init_tls_mgm, read_domains, server_context, tls_mgm_table
+from sipproxy.shared.tls_domains import server_context
+from sipproxy.shared.tls_table import init_tls_mgm, read_domains, tls_mgm_table
 from sipproxy.supervisor.db_reader import make_engine
 from tests.tlscerts import issue, make_ca
 

@@ -73,7 +73,42 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{- define "sipsockets.miSecretName" -}}
-{{- default (include "sipsockets.componentName" (list . "mi-token")) .Values.mi.existingSecret -}}
+{{- default (include "sipsockets.componentName" (list . "mi-token")) .Values.mi.token.existingSecret -}}
+{{- end -}}
+
+{{/* The MI's mutual TLS: the Secrets of the proxies' server certificate and of the operator's client
+certificate (each with tls.crt, tls.key and ca.crt, the CA that signed both). */}}
+{{- define "sipsockets.miProxyTlsSecret" -}}
+{{- include "sipsockets.componentName" (list . "mi-proxy-tls") -}}
+{{- end -}}
+
+{{- define "sipsockets.miOperatorTlsSecret" -}}
+{{- include "sipsockets.componentName" (list . "mi-operator-tls") -}}
+{{- end -}}
+
+{{/* The headless Service of the proxies' MI and metrics ports. */}}
+{{- define "sipsockets.proxyMiServiceName" -}}
+{{- include "sipsockets.componentName" (list . "proxy-mi") -}}
+{{- end -}}
+
+{{/*
+The name the operator checks in the proxies' MI certificate. The proxies are called by pod IP, which a
+certificate shared by a DaemonSet or Deployment cannot list; this DNS name of their headless Service resolves to
+exactly those pod IPs, so it is a true name of every proxy pod, and it is specific to this release.
+*/}}
+{{- define "sipsockets.miServerName" -}}
+{{- printf "%s.%s.svc" (include "sipsockets.proxyMiServiceName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* "true" when cert-manager issues the MI's certificates: mi.tls.certManager.enabled true, or auto and the
+cluster serves cert-manager.io/v1. */}}
+{{- define "sipsockets.miCertManager" -}}
+{{- $cm := .Values.mi.tls.certManager.enabled -}}
+{{- if kindIs "bool" $cm -}}
+{{- if $cm }}true{{ end -}}
+{{- else if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}
+true
+{{- end -}}
 {{- end -}}
 
 {{- define "sipsockets.bundledDatabase" -}}
@@ -166,6 +201,19 @@ the database password, so it is read from the pod's db-url Secret volume, never 
       readOnly: true
 {{- end -}}
 
+{{/* The proxy config's `mi`: mutual TLS with the mounted certificate (clients must present one from the same
+CA), and the token when enabled. */}}
+{{- define "sipsockets.proxyMiConfig" -}}
+{{- $mi := dict "listen" (printf "0.0.0.0:%d" (int .Values.mi.port)) "root" .Values.mi.root -}}
+{{- if .Values.mi.tls.enabled -}}
+{{- $_ := set $mi "tls" (dict "certificate" "/etc/sipsockets/mi-tls/tls.crt" "private_key" "/etc/sipsockets/mi-tls/tls.key" "client_ca" "/etc/sipsockets/mi-tls/ca.crt") -}}
+{{- end -}}
+{{- if .Values.mi.token.enabled -}}
+{{- $_ := set $mi "token_file" "/etc/sipsockets/mi/token" -}}
+{{- end -}}
+{{- toYaml $mi -}}
+{{- end -}}
+
 {{/* The sipproxy config file (sockets_mgm.db_url is filled in at pod start from the database Secret). */}}
 {{- define "sipsockets.proxyConfig" -}}
 {{- $p := .Values.proxy -}}
@@ -178,10 +226,8 @@ the database password, so it is read from the pod's db-url Secret volume, never 
     "table_name" .Values.database.tableName
     "processes" $p.socketsMgm.processes
     "max_sockets" $p.socketsMgm.maxSockets)
-  "mi" (dict
-    "listen" (printf "0.0.0.0:%d" (int .Values.mi.port))
-    "root" .Values.mi.root
-    "token_file" "/etc/sipsockets/mi/token")
+  "mi" (include "sipsockets.proxyMiConfig" . | fromYaml)
+  "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.mi.metricsPort)))
   "routes" $p.routes
   "log_level" $p.logLevel
   "tcp_idle_timeout" $p.tcpIdleTimeout

@@ -18,6 +18,33 @@ In = TypeVar("In")
 MAX_MESSAGE = 256 << 10
 
 
+def memory_file(data: bytes) -> int:
+    """An anonymous memory file (memfd) holding `data`, for a message whose payload exceeds a packet; the
+    caller closes the descriptor. Never on a disk, and readable only by the processes it is passed to."""
+    fd = os.memfd_create("sipsockets-control", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_memory_file(fd: int, size: int) -> bytes:
+    """`size` bytes from offset 0 of a memory file (pread: the offset shared with other holders stays)."""
+    parts: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            raise ValueError(f"memory file holds {offset} bytes, {size} expected")
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
 def make_pair() -> tuple[socket.socket, socket.socket]:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (parent, child):

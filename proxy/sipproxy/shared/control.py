@@ -3,7 +3,14 @@ encoder (`encode`) and decoders (`decode_command`, `decode_reply`) both sides us
 
 Supervisor to worker (`Command`), applied by the worker one at a time in the order sent:
 
-- `Init(routes, tcp_idle_timeout, record_route)`: the first message on a new channel.
+- `Init(routes, tcp_idle_timeout, record_route, flow_key)`: the first message on a new channel. `flow_key`
+  (hex) signs the flow tokens naming stream connections (sipproxy.sip.flowtoken): the supervisor makes one
+  at start and gives every worker the same, so a token made by one worker is checked by any other.
+- `TlsDomains(generation, size)`: the TLS domains every new TLS connection uses from now on (a `tls_reload`
+  or the start). The domains, private keys included, are a JSON document of `size` bytes in the attached
+  descriptor, an anonymous memory file (memfd): certificates and CA bundles can be far larger than a
+  packet (`tls_domains_document` writes it, `read_tls_domains_document` reads it). Read with pread at
+  offset 0, so that one file can go to every worker. Established connections keep the domain they have.
 - `Add(sid, listener, serve)`: a socket of the proxy. Its descriptor is attached when the worker needs one
   (every UDP socket, since any worker may send out of any of them; TCP listeners for TCP workers only).
   `serve`: the worker reads from (or accepts on) it; otherwise it only sends from it. An Add for a sid the
@@ -31,11 +38,12 @@ a `ProtocolError` that names the problem, before any handler sees it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 from sipproxy.shared.counters import SocketCounters
+from sipproxy.shared.tls_domains import TlsDomain
 from sipproxy.sip.listeners import Listener
 
 # Sockets per StatsPart / StatsReply packet (each well under 1 KiB as JSON, so a packet stays far below the
@@ -86,17 +94,35 @@ class Init:
     routes: tuple[Any, ...]  # the config's raw route rules; each worker parses them (sipproxy.sip.routing)
     tcp_idle_timeout: float
     record_route: bool = True
+    flow_key: str = ""  # hex, 16 to 32 bytes; "" lets each worker make its own (tests of one worker)
 
     def wire(self) -> dict[str, Any]:
         return {
             "routes": list(self.routes),
             "tcp_idle_timeout": self.tcp_idle_timeout,
             "record_route": self.record_route,
+            "flow_key": self.flow_key,
         }
 
     @classmethod
     def read(cls, f: _Fields) -> Self:
-        return cls(tuple(f.array("routes")), f.seconds("tcp_idle_timeout"), f.flag("record_route"))
+        return cls(
+            tuple(f.array("routes")), f.seconds("tcp_idle_timeout"), f.flag("record_route"), f.key("flow_key")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsDomains:
+    op: ClassVar[str] = "tls_domains"
+    generation: int  # counts up with each tls_reload
+    size: int  # bytes of the JSON document in the attached memfd
+
+    def wire(self) -> dict[str, Any]:
+        return {"generation": self.generation, "size": self.size}
+
+    @classmethod
+    def read(cls, f: _Fields) -> Self:
+        return cls(f.number("generation"), f.number("size"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +138,23 @@ class Add:
     @classmethod
     def read(cls, f: _Fields) -> Self:
         return cls(f.number("sid"), f.listener("listener"), f.flag("serve"))
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The socket `sid` now has other advertised address, tag or ToS: the same open socket, so the worker
+    keeps its descriptor and only takes the new listener (no datagram is lost, no connection closed)."""
+
+    op: ClassVar[str] = "update"
+    sid: int
+    listener: Listener
+
+    def wire(self) -> dict[str, Any]:
+        return {"sid": self.sid, "listener": listener_to_wire(self.listener)}
+
+    @classmethod
+    def read(cls, f: _Fields) -> Self:
+        return cls(f.number("sid"), f.listener("listener"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +265,11 @@ class Error:
         return cls(f.number("sid"), f.text("error"))
 
 
-Command = Init | Add | Remove | Sync | Stats | Stop
+Command = Init | Add | Update | Remove | Sync | Stats | Stop | TlsDomains
 Reply = Ack | StatsPart | StatsReply | Error
 Message = Command | Reply
 
-COMMANDS: tuple[type[Command], ...] = (Init, Add, Remove, Sync, Stats, Stop)
+COMMANDS: tuple[type[Command], ...] = (Init, Add, Update, Remove, Sync, Stats, Stop, TlsDomains)
 REPLIES: tuple[type[Reply], ...] = (Ack, StatsPart, StatsReply, Error)
 _COMMAND_OPS: dict[str, type[Command]] = {cls.op: cls for cls in COMMANDS}
 _REPLY_OPS: dict[str, type[Reply]] = {cls.op: cls for cls in REPLIES}
@@ -311,6 +354,12 @@ class _Fields:
     def optional_text(self, name: str) -> str | None:
         return None if self.obj[name] is None else self.text(name)
 
+    def texts(self, name: str) -> list[str]:
+        value = self.obj[name]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(name, "a list of strings")
+        return value
+
     def flag(self, name: str) -> bool:
         value = self.obj[name]
         if not isinstance(value, bool):
@@ -322,6 +371,14 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise self._bad(name, "a number of seconds > 0")
         return float(value)
+
+    def key(self, name: str) -> str:
+        value = self.obj[name]
+        if not isinstance(value, str) or (
+            value and (len(value) % 2 or not 32 <= len(value) <= 64 or value.strip("0123456789abcdef"))
+        ):
+            raise self._bad(name, "16 to 32 bytes in lowercase hex, or empty")
+        return value
 
     def array(self, name: str) -> list[Any]:
         value = self.obj[name]
@@ -346,3 +403,85 @@ class _Fields:
             except ValueError as exc:
                 raise ProtocolError(f"{self.what}: field {name!r}: socket {label!r}: {exc}") from None
         return out
+
+
+# --- the TLS domains document (TlsDomains) ------------------------------------------------------------------
+
+_PEM_FIELDS = ("certificate", "private_key", "ca_list", "dh_params")
+_DOMAIN_FIELDS = (
+    "name",
+    "type",
+    "match_addresses",
+    "match_domains",
+    "method",
+    "verify_cert",
+    "require_cert",
+    *_PEM_FIELDS,
+    "ca_dir",
+    "crl_check_all",
+    "crl_dir",
+    "cipher_list",
+    "ec_curve",
+    "id",
+)
+
+
+def tls_domains_document(domains: Sequence[TlsDomain]) -> bytes:
+    """The JSON document a TlsDomains message carries: every field of each domain, PEM as ASCII text."""
+    out = []
+    for d in domains:
+        item: dict[str, Any] = {}
+        for name in _DOMAIN_FIELDS:
+            value = getattr(d, name)
+            if name in _PEM_FIELDS and value is not None:
+                value = value.decode("ascii")
+            elif isinstance(value, tuple):
+                value = list(value)
+            item[name] = value
+        out.append(item)
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def read_tls_domains_document(data: bytes) -> list[TlsDomain]:
+    """The domains of a TlsDomains document; raises ProtocolError naming the problem."""
+    try:
+        items = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"TLS domains document is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ProtocolError("TLS domains document must be a list")
+    domains: list[TlsDomain] = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"TLS domain #{n} must be an object")
+        f = _Fields(f"TLS domain #{n}", item, _DOMAIN_FIELDS, envelope=False)
+        pem = {name: f.optional_text(name) for name in _PEM_FIELDS}
+        try:
+            domains.append(
+                TlsDomain(
+                    name=f.text("name"),
+                    type=f.number("type"),
+                    match_addresses=tuple(f.texts("match_addresses")),
+                    match_domains=tuple(f.texts("match_domains")),
+                    method=f.text("method"),
+                    verify_cert=f.flag("verify_cert"),
+                    require_cert=f.flag("require_cert"),
+                    certificate=_ascii(pem["certificate"]),
+                    private_key=_ascii(pem["private_key"]),
+                    ca_list=_ascii(pem["ca_list"]),
+                    ca_dir=f.optional_text("ca_dir"),
+                    crl_check_all=f.flag("crl_check_all"),
+                    crl_dir=f.optional_text("crl_dir"),
+                    cipher_list=f.optional_text("cipher_list"),
+                    dh_params=_ascii(pem["dh_params"]),
+                    ec_curve=f.optional_text("ec_curve"),
+                    id=f.optional_number("id"),
+                )
+            )
+        except UnicodeEncodeError:
+            raise ProtocolError(f"TLS domain #{n}: PEM must be ASCII") from None
+    return domains
+
+
+def _ascii(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("ascii")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 PROTOCOLS: tuple[str, ...] = ("udp", "tcp", "tls", "ws", "wss")
-# What the proxy can serve today; the rest are accepted and reported "transport not supported yet".
-SUPPORTED_PROTOCOLS: tuple[str, ...] = ("udp", "tcp")
+# What the proxy can serve (every protocol it accepts).
+SUPPORTED_PROTOCOLS: tuple[str, ...] = ("udp", "tcp", "tls", "ws", "wss")
 DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 # Order matters: sockets_list joins flags in this order, as OpenSIPS does.
 FLAGS: tuple[str, ...] = ("anycast", "frag", "reuse_port")
@@ -247,6 +247,29 @@ def parse_row(
         tos=parse_tos(tos),
         raw=socket.strip(),
     )
+
+
+UNSPECIFIED = frozenset(("0.0.0.0", "::"))
+
+
+def unreachable_reason(spec: SocketSpec) -> str | None:
+    """Why peers could not reach back a socket that the proxy would otherwise serve, or None.
+
+    A wildcard socket (`0.0.0.0`, `::`) receives on every address of the host, but our Via and Record-Route
+    name one address, which must be one peers can reach: without `advertised` they would name 0.0.0.0, and
+    in-dialog requests from the callee would never come back. So it needs an advertised address (parsing
+    stays lenient, as OpenSIPS' is: the operator's conflict checks read such rows too)."""
+    if spec.advertised_host in UNSPECIFIED:
+        return (
+            f"advertised address {spec.advertised_host} is not one a peer can send to; "
+            "advertise the address peers reach this socket on"
+        )
+    if spec.host in UNSPECIFIED and spec.advertised_host is None:
+        return (
+            f"a wildcard address ({spec.host}) needs an advertised address, the one peers reach this socket "
+            f"on: without it our Via and Record-Route would name {spec.host}"
+        )
+    return None
 
 
 def parse_static_socket(text: str, resolve: Resolver = default_resolver) -> SocketSpec:

@@ -419,9 +419,10 @@ static const char NUL = '\0';
 /* ------------------------------------------------------------------ responses */
 
 static const char OUR_BRANCH[] = "z9hG4bKsps";
+#define MAX_FLOW_TOKEN 68 /* flowtoken.MAX_TOKEN_LENGTH */
 
 /* After `;branch=` of our Via: `z9hG4bKsps<hex>.<hex>;sk=<a-z><hex>-<hex>[-<hex>]` and nothing else.
- * key: the socket part of sk; cid: the connection id part (empty when none). */
+ * key: the socket part of sk; cid: the flow token naming the connection (empty when none). */
 static int our_via_tail(const char *p, Span t, Span *key, Span *cid) {
     Py_ssize_t n = (Py_ssize_t)sizeof OUR_BRANCH - 1;
     if (t.e - t.s < n || memcmp(p + t.s, OUR_BRANCH, (size_t)n) != 0) return 0;
@@ -515,8 +516,8 @@ static PyObject *without_our_via(const char *p, Py_ssize_t n, Span line, Span na
  * or None.
  *
  * via_prefix: our Via value up to and including `;branch=` (the engine checks it is one of its own);
- * socket_key and connection_id: its `sk` as listeners.parse_socket_key splits it; forwarded: the message
- * without our Via line; the rest describes the next Via as via.Via would (received as written, rport as
+ * socket_key and connection_id: its `sk` as listeners.parse_socket_key splits it (the flow token, bytes);
+ * forwarded: the message without our Via line; the rest describes the next Via as via.Via would (received as written, rport as
  * a number or None).
  */
 static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
@@ -544,7 +545,7 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     Span prefix = {ours.s, branch_at + 8};
     Span key, cid;
     if (!our_via_tail(p, (Span){prefix.e, ours.e}, &key, &cid)) Py_RETURN_NONE;
-    if (cid.e - cid.s > 15) Py_RETURN_NONE; /* not an id we gave */
+    if (cid.e - cid.s > MAX_FLOW_TOKEN) Py_RETURN_NONE; /* not a token we made */
 
     Seen *cseq = &m.seen[H_CSEQ];
     if (cseq->count > 0 && !cseq_number_ok(p, cseq->value[0])) Py_RETURN_NONE;
@@ -556,12 +557,9 @@ static PyObject *scan_response(PyObject *Py_UNUSED(module), PyObject *arg) {
     PyObject *forwarded = without_our_via(p, m.n, vias->line[0], vias->name[0], rest);
     if (forwarded == NULL) return NULL;
     if (forwarded == Py_None) return forwarded;
-    PyObject *connection_id;
+    PyObject *connection_id; /* the flow token naming the connection, checked by the engine */
     if (cid.e > cid.s) {
-        long long id = 0;
-        for (Py_ssize_t i = cid.s; i < cid.e; i++)
-            id = id * 16 + (is_digit(p[i]) ? p[i] - '0' : p[i] - 'a' + 10);
-        connection_id = PyLong_FromLongLong(id);
+        connection_id = bytes_of(p, cid);
     } else {
         connection_id = Py_NewRef(Py_None);
     }
@@ -647,6 +645,7 @@ static int header_tag(const char *p, Span v, Span *tag) {
 }
 
 typedef struct {
+    Span user; /* empty: no user part */
     Span host, params;
     long port;
 } SipUri;
@@ -663,7 +662,11 @@ static int parse_ruri(const char *p, Span r, SipUri *uri) {
             at = i;
             break;
         }
-    if (at >= 0) rest = at + 1;
+    uri->user = (Span){0, 0};
+    if (at >= 0) {
+        uri->user = (Span){r.s + 4, at};
+        rest = at + 1;
+    }
     if (find_char(p, rest, r.e, '?') >= 0) return 0;
     Py_ssize_t i = rest;
     while (i < r.e && HOSTNAME[(unsigned char)p[i]]) i++;
@@ -784,8 +787,14 @@ static PyObject *route_of(const char *p, const Route *r) {
     } else {
         transport = Py_NewRef(Py_None);
     }
-    return Py_BuildValue("(NNON)", lower_str_of(p, r->uri.host), port_of(r->uri.port), r->r2 ? Py_True : Py_False,
-                         transport);
+    PyObject *user;
+    if (r->uri.user.e > r->uri.user.s) {
+        user = bytes_of(p, r->uri.user);
+    } else {
+        user = Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(NNONN)", lower_str_of(p, r->uri.host), port_of(r->uri.port), r->r2 ? Py_True : Py_False,
+                         transport, user);
 }
 
 /* Our view of the sender, for the received/rport parameters of its Via (RFC 3261 18.2.1, RFC 3581). */
@@ -910,7 +919,7 @@ static PyObject *header_lines(const Scan *m, long long max_forwards, int drop_ro
  * header_lines are the header lines as they go on (Max-Forwards decremented or added, Route lines left
  * out when there are routes: the engine forwards only when all are ours); content_length is -1 when
  * absent; start_end and head_end are the ends of the start line and of the header block; routes holds
- * (host, port, has_r2, transport) of each Route value, at most two.
+ * (host, port, has_r2, transport, user) of each Route value, at most two.
  */
 static PyObject *scan_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {

@@ -1,9 +1,17 @@
-"""Ids for stream connections, so that our Via can name the connection a response must go back on."""
+"""Ids for stream connections, so that our Via can name the connection a response must go back on, and
+what the engine reads of a connection.
+
+A stream connection the runtime hands the engine is any object; the engine reads two attributes of it when
+it has them: `peer`, the (IP, port) of the other end, and `listener`, the local socket it belongs to (a
+`Listener`). Flow tokens (flowtoken.py) are bound to the peer, so that an id reused by a newer connection
+never lets an older token reach it; a connection without a `peer` is never reached by a token."""
 
 from __future__ import annotations
 
 import weakref
 from typing import Any, Protocol
+
+from sipproxy.sip.listeners import Listener
 
 
 class ConnectionIds(Protocol):
@@ -65,3 +73,20 @@ class LocalConnectionIds:
     def lookup(self, cid: int) -> object | None:
         conn = self._conn_by_id.get(cid)
         return conn if conn is not None else self._strong_by_id.get(cid)
+
+
+def peer_of(conn: object) -> tuple[str, int] | None:
+    """The (IP, port) at the other end of a stream connection, None when it does not say."""
+    peer = getattr(conn, "peer", None)
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        port = peer[1]
+        if isinstance(host, str) and isinstance(port, int) and host:
+            return host, port
+    return None
+
+
+def listener_of(conn: object) -> Listener | None:
+    """The local socket a stream connection belongs to, None when it does not say."""
+    listener = getattr(conn, "listener", None)
+    return listener if isinstance(listener, Listener) else None

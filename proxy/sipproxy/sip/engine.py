@@ -10,10 +10,14 @@ stream connection ids, the Record-Route setting) and hands each message to a pat
 proxy's own responses in replies.py.
 
 The inbound socket of a request (and, on streams, the connection) is remembered statelessly in a
-parameter of the Via we push: `sk=<proto code><packed IP hex>-<port hex>[-<connection id hex>]`, for
-example `sk=u7f000001-13c4` or `sk=t7f000001-13c4-2a`. The response carries our Via back, so the engine
-knows which socket to answer from and which connection to write on without keeping any state per
-transaction. Connection ids come from `register_connection` and map back through a weak map.
+parameter of the Via we push: `sk=<proto code><packed IP hex>-<port hex>[-<flow token>]`, for
+example `sk=u7f000001-13c4` or `sk=t7f000001-13c4-<48 hex digits>`. The response carries our Via back, so
+the engine knows which socket to answer from and which connection to write on without keeping any state per
+transaction. The flow token (flowtoken.py) names the connection by its id and peer under a key of this
+proxy, so a forged response cannot be written onto another client's connection. Connection ids come from
+`register_connection` and map back through the runtime's registry. The Record-Route facing a TLS, WS or
+WSS client carries the same token in its user part: an in-dialog request arriving with it goes over that
+connection (RFC 5626 5.3), a token we did not make is refused with 403, a flow that is gone with 430.
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ class SipEngine:
         record_route: bool = True,
         scan: bool = True,
         connections: ConnectionIds | None = None,
+        flow_key: bytes | None = None,
     ) -> None:
-        """`scan=False` leaves every message to the general path (tests compare the two)."""
-        self.state = EngineState(routes, listeners, record_route, connections)
+        """`scan=False` leaves every message to the general path (tests compare the two). `flow_key` signs
+        the flow tokens (flowtoken.py): every worker of one proxy gets the same; None makes one."""
+        self.state = EngineState(routes, listeners, record_route, connections, flow_key)
         self._last_internal_error_log = -_INTERNAL_ERROR_LOG_INTERVAL
         self._scan_request: Callable[[bytes, str, int], ScannedRequest | None] | None = None
         self._scan_response: Callable[[bytes], ScannedResponse | None] | None = None
@@ -121,7 +127,7 @@ class SipEngine:
             if scan_request is not None:
                 found = scan_request(data, normalize_host(src[0]), src[1])
                 if found is not None:
-                    done = scanned_path.request(self.state, data, found, listener, connection)
+                    done = scanned_path.request(self.state, data, found, listener, src, connection)
                     if done is not None:
                         return done
         try:

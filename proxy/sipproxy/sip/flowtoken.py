@@ -99,6 +99,17 @@ def check(key: bytes, token: bytes | str) -> Flow | None:
     return Flow(conn_id, host, port)
 
 
+def conn_id_of(token: bytes) -> int | None:
+    """The connection id a token of the right shape names, read without checking it (None: not of the
+    shape). Only for finding the connection whose expected token the caller then compares."""
+    if len(token) not in (_V4_LENGTH, MAX_TOKEN_LENGTH):
+        return None
+    for c in token:
+        if c not in _HEX:
+            return None
+    return int(token[: 2 * CONN_ID_BYTES], 16)
+
+
 def _mac(key: bytes, body: bytes) -> bytes:
     return hashlib.blake2s(body, digest_size=MAC_BYTES, key=key, person=_PERSON).digest()
 

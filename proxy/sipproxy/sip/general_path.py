@@ -9,14 +9,17 @@ from collections.abc import Callable, Sequence
 
 from sipproxy.sip.branch import OUR_BRANCH_PREFIX, loop_key, loop_part, make_branch, transaction_key
 from sipproxy.sip.forwarding import (
+    FLOW_REFUSALS,
     Back,
+    FlowHop,
     Target,
+    flow_hop,
     next_hop_of,
     our_lines,
     outbound,
     response_destination,
+    stream_marks,
     tcp_instead,
-    via_sk,
 )
 from sipproxy.sip.headers import ValueSyntaxError, addr_uri, is_cseq_number, split_values
 from sipproxy.sip.listeners import STREAM_PROTOS, Listener, parse_socket_key
@@ -25,7 +28,7 @@ from sipproxy.sip.outcome import Outcome, Send, drop
 from sipproxy.sip.replies import OPTIONS_HEADERS, REASON_PHRASES, answer, header_name
 from sipproxy.sip.routing import Route, select_route
 from sipproxy.sip.state import EngineState
-from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri
+from sipproxy.sip.uri import SipUri, host_family, normalize_host, parse_sip_uri, port_or_default
 from sipproxy.sip.validate import RequestFacts, inspect_request
 from sipproxy.sip.via import Via, fix_received, parse_via
 
@@ -71,6 +74,7 @@ def request(
     routes: list[bytes] = []
     routes_changed = False
     hint: SipUri | None = None
+    flow_tokens: list[bytes] = []  # the user parts of our entries removed: flow tokens (RFC 5626 5.2)
     if route_pos:
         try:
             for pos in route_pos:
@@ -82,7 +86,7 @@ def request(
             routes
             and ruri is not None
             and ruri.param(b"lr") is not None
-            and index.is_ours(ruri.host, ruri.port)
+            and index.is_ours(ruri.host, port_or_default(ruri))
         ):
             ruri_raw = addr_uri(routes.pop())
             ruri = parse_sip_uri(ruri_raw)
@@ -90,34 +94,54 @@ def request(
         removed = 0
         while routes and removed < 2:
             uri = parse_sip_uri(addr_uri(routes[0]))
-            if uri is None or not index.is_ours(uri.host, uri.port):
+            if uri is None or not index.is_ours(uri.host, port_or_default(uri)):
                 break
             del routes[0]
             removed += 1
             routes_changed = True
+            if uri.user is not None:
+                flow_tokens.append(uri.user)
             if removed == 2:
                 # Second of a double Record-Route (RFC 5658): the socket facing the next hop.
                 hint = uri
             elif uri.param(b"r2") is None:
                 break  # a single entry: a following one of ours belongs to a later spiral
 
-    if msg.method == b"OPTIONS" and not routes and ruri is not None and index.is_ours(ruri.host, ruri.port):
+    if (
+        msg.method == b"OPTIONS"
+        and not routes
+        and ruri is not None
+        and index.is_ours(ruri.host, port_or_default(ruri))
+    ):
         return reply(200, "OK", None, OPTIONS_HEADERS)
     if facts.max_forwards == 0:
         return reply(483, "Too Many Hops", "max_forwards")
 
+    # A flow token in our entry sends the request over the flow it names, unless it came over that flow.
+    hop: FlowHop | None = None
+    for token in flow_tokens:
+        found = flow_hop(state, token, conn)
+        if isinstance(found, str):
+            status, phrase = FLOW_REFUSALS[found]
+            return reply(status, phrase, found)
+        if found is not None:
+            hop = found
+            break
+
     # Requests inside a dialog that were loose-routed to us follow their route set, not the rules.
     rule: Route | None = None
-    if not (route_pos and facts.to_tag is not None):
+    if hop is None and not (route_pos and facts.to_tag is not None):
         rule = select_route(state.routes, listener.tag, ruri_raw.decode("latin-1"))
     target: Target
     out_tag: str | None = None
-    if rule is not None and rule.reply is not None:
+    if hop is not None:
+        target = (hop.host, hop.port, hop.listener.proto)
+    elif rule is not None and rule.reply is not None:
         code = rule.reply
         return reply(code, REASON_PHRASES.get(code, "Reply"), "route_reply")
-    if rule is not None and rule.forward is not None:
-        hop = rule.forward
-        target = (hop.host, hop.port, hop.transport)
+    elif rule is not None and rule.forward is not None:
+        fwd = rule.forward
+        target = (fwd.host, fwd.port, fwd.transport)
         out_tag = rule.socket
     elif routes:
         first = parse_sip_uri(addr_uri(routes[0]))
@@ -153,20 +177,34 @@ def request(
     ):
         return reply(482, "Loop Detected", "loop")
 
+    sk, rr_token = stream_marks(state, in_wire.sk, listener, conn, src)
+    start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
+
+    def build(sender: Listener) -> bytes:
+        return _build_request(
+            state,
+            msg,
+            facts,
+            start_line,
+            sender,
+            listener,
+            branch,
+            sk,
+            top_line,
+            routes_changed,
+            routes,
+            rr_token,
+        )
+
+    if hop is not None:
+        data = build(hop.listener)
+        return Outcome([Send(data, hop.listener, hop.host, hop.port, hop.listener.proto, hop.conn)])
     family = host_family(target[0])
     want = target[2] or "udp"
     facing = (hint.host, hint.port, hint.transport) if hint is not None else None
     out = outbound(state, listener, out_tag, facing, want, family)
     if isinstance(out, str):
         return reply(503, out, "no_socket")
-    sk = via_sk(state, in_wire.sk, conn)
-    start_line = msg.start_line if ruri_raw is msg.ruri else msg.method + b" " + ruri_raw + b" SIP/2.0"
-
-    def build(sender: Listener) -> bytes:
-        return _build_request(
-            state, msg, facts, start_line, sender, listener, branch, sk, top_line, routes_changed, routes
-        )
-
     return _send_request(state, build, out, listener, target, out_tag)
 
 
@@ -218,11 +256,13 @@ def _build_request(
     top_line: bytes | None,
     routes_changed: bool,
     routes: list[bytes],
+    rr_token: bytes | None,
 ) -> bytes:
     headers = msg.headers
     hindex = msg.index
     proto = out.proto
-    parts = [start_line, our_lines(state, out, inbound, branch, sk, msg.method, facts.to_tag is not None)]
+    in_dialog = facts.to_tag is not None
+    parts = [start_line, our_lines(state, out, inbound, branch, sk, msg.method, in_dialog, rr_token)]
     overrides: dict[int, bytes | None] = {}
     if top_line is not None:
         overrides[facts.via_positions[0]] = top_line
@@ -343,5 +383,5 @@ def response(state: EngineState, msg: SipMessage) -> Outcome:
 
 
 def _back_by_via(state: EngineState, sk: bytes | None, nxt: Via) -> Back | str:
-    key, cid = parse_socket_key(sk) if sk else (None, None)
-    return response_destination(state, key, cid, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)
+    key, token = parse_socket_key(sk) if sk else (None, None)
+    return response_destination(state, key, token, nxt.transport, nxt.host, nxt.port, nxt.received, nxt.rport)

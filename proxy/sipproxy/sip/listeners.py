@@ -10,6 +10,9 @@ from typing import Protocol
 from sipproxy.sip.uri import format_host, host_family, normalize_host
 
 STREAM_PROTOS = frozenset(("tcp", "tls", "ws", "wss"))
+# The transports whose clients get a flow token in the Record-Route facing them (RFC 5626 5.2 style): a
+# WebSocket client's Contact cannot be reached (`*.invalid`), a TLS client's only over its own connection.
+FLOW_PROTOS = frozenset(("tls", "ws", "wss"))
 _PROTO_CODES = {"udp": "u", "tcp": "t", "tls": "s", "ws": "w", "wss": "x", "sctp": "c"}
 _CODE_PROTOS = {v: k for k, v in _PROTO_CODES.items()}
 
@@ -73,14 +76,11 @@ def socket_key(listener: Listener) -> bytes:
     return f"{code}{packed}-{listener.port:x}".encode("ascii")
 
 
-def parse_socket_key(value: bytes) -> tuple[bytes, int | None]:
-    """Split an `sk` value into (listener key, connection id or None)."""
+def parse_socket_key(value: bytes) -> tuple[bytes, bytes | None]:
+    """Split an `sk` value into (listener key, the flow token naming the connection, or None)."""
     parts = value.split(b"-")
     if len(parts) == 3:
-        try:
-            return parts[0] + b"-" + parts[1], int(parts[2], 16)
-        except ValueError:
-            return value, None
+        return parts[0] + b"-" + parts[1], parts[2]
     return value, None
 
 
@@ -92,16 +92,22 @@ class Wire:
     via_head: bytes  # b"Via: SIP/2.0/UDP host:port;branch="
     rr: bytes  # b"Record-Route: <sip:host:port;lr>"
     rr_double: bytes  # the same with r2=on, for a double Record-Route (RFC 5658)
+    rr_tail: bytes  # what follows `sip:` in rr, for an entry with a user part (a flow token)
+    rr_double_tail: bytes  # the same for rr_double
 
     @classmethod
     def of(cls, listener: Listener) -> Wire:
         hp = hostport(listener)
         transport = b"" if listener.proto == "udp" else b";transport=" + listener.proto.encode()
+        tail = hp + transport + b";lr>"
+        double_tail = hp + transport + b";r2=on;lr>"
         return cls(
             socket_key(listener),
             b"Via: SIP/2.0/" + listener.proto.upper().encode() + b" " + hp + b";branch=",
-            b"Record-Route: <sip:" + hp + transport + b";lr>",
-            b"Record-Route: <sip:" + hp + transport + b";r2=on;lr>",
+            b"Record-Route: <sip:" + tail,
+            b"Record-Route: <sip:" + double_tail,
+            tail,
+            double_tail,
         )
 
 
@@ -243,6 +249,7 @@ def hostport(listener: Listener) -> bytes:
 
 
 __all__ = [
+    "FLOW_PROTOS",
     "STREAM_PROTOS",
     "Listener",
     "ListenerIndex",

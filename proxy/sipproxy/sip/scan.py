@@ -10,18 +10,20 @@ branch our Via gets (branch.make_branch of the request's keys), the header lines
 Via's received/rport filled as via.fix_received does, Max-Forwards decremented or added, Route lines left
 out when there are routes), Content-Length (-1: none), the end of the start line, the start of the blank
 line ending the header block, and the Route set (inside a dialog, at most two values) as ScannedRoute:
-host (lowercase), port, whether it has `r2`, its `transport` (lowercase) or None.
+host (lowercase), port, whether it has `r2`, its `transport` (lowercase) or None, and its user part (a flow
+token, when it is one of ours) or None.
 
-ScannedResponse: our Via value up to `;branch=`, the socket key and connection id of its `sk`
-(listeners.parse_socket_key), the message without our Via line, then the next Via's transport
-(uppercase), host (lowercase), port, received (as written) and rport (a port number, else None).
+ScannedResponse: our Via value up to `;branch=`, the socket key and flow token of its `sk`
+(listeners.parse_socket_key; the token is lowercase hex of at most flowtoken.MAX_TOKEN_LENGTH characters),
+the message without our Via line, then the next Via's transport (uppercase), host (lowercase), port,
+received (as written) and rport (a port number, else None).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-ScannedRoute = tuple[str, int | None, bool, str | None]
+ScannedRoute = tuple[str, int | None, bool, str | None, bytes | None]
 ScannedRequest = tuple[
     bytes,
     bytes,
@@ -36,7 +38,7 @@ ScannedRequest = tuple[
     int,
     tuple[ScannedRoute, ...],
 ]
-ScannedResponse = tuple[bytes, bytes, int | None, bytes, str, str, int | None, str | None, int | None]
+ScannedResponse = tuple[bytes, bytes, bytes | None, bytes, str, str, int | None, str | None, int | None]
 
 try:
     from sipproxy.sip._scan import scan_request as _scan_request

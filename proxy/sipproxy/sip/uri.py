@@ -33,6 +33,21 @@ class SipUri:
         return transport_param(self.params) if self.params else None
 
 
+def port_or_default(uri: SipUri) -> int:
+    """The URI's port, or the default of its transport when it names none (RFC 3261 19.1.2; RFC 7118 for
+    WebSocket): a Route entry `<sip:10.0.0.1;lr>` names port 5060, not any port of that address."""
+    if uri.port is not None:
+        return uri.port
+    transport = uri.transport
+    if transport == "ws":
+        return 443 if uri.scheme == "sips" else 80
+    if transport == "wss":
+        return 443
+    if uri.scheme == "sips" or transport == "tls":
+        return 5061
+    return 5060
+
+
 def transport_param(params: bytes) -> str | None:
     """The lowercased `transport` of a URI's raw `;params`, None when absent or empty."""
     value = find_param(params, b"transport")

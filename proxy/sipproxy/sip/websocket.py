@@ -281,6 +281,11 @@ class FrameDecoder:
         """The peer's close frame was decoded."""
         return self._closed
 
+    @property
+    def partial(self) -> bool:
+        """Part of a frame or of a fragmented message is buffered, waiting for the rest."""
+        return bool(self._buf) or self._frag_open
+
     def feed(self, data: bytes) -> list[WsEvent]:
         """Events for every complete frame so far (see the module docstring); raises WsFramingError."""
         if self._broken is not None:

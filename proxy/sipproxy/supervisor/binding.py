@@ -29,10 +29,7 @@ def bind_socket(spec: SocketSpec) -> socket.socket:
         if "reuse_port" in spec.flags:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if spec.tos:
-            if spec.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, spec.tos)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, spec.tos)
+            set_tos(sock, spec)
         sock.bind((spec.host, spec.port))
         if kind == socket.SOCK_STREAM:
             sock.listen(LISTEN_BACKLOG)
@@ -41,3 +38,11 @@ def bind_socket(spec: SocketSpec) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def set_tos(sock: socket.socket, spec: SocketSpec) -> None:
+    """The socket's ToS (IPv4) or traffic class (IPv6); on an open socket it applies to every descriptor."""
+    if spec.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, spec.tos)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, spec.tos)

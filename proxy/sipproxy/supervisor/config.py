@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_static_socket
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_static_socket, unreachable_reason
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -28,11 +28,58 @@ class SocketsMgm:
 
 
 @dataclass(frozen=True)
+class StaticTlsDomain:
+    """A TLS domain of the config file: the tls_mgm row's fields, with file paths for the PEM columns
+    (read at start and at every tls_reload, so a renewed certificate file is picked up by a reload)."""
+
+    domain: str
+    type: int  # 1 client, 2 server (tls_domains.CLIENT_DOMAIN, SERVER_DOMAIN)
+    match_ip_address: str | None = None
+    match_sip_domain: str | None = None
+    method: str | None = None
+    verify_cert: bool = True
+    require_cert: bool = True
+    certificate: str | None = None  # file paths
+    private_key: str | None = None
+    ca_list: str | None = None
+    ca_dir: str | None = None
+    cipher_list: str | None = None
+    dh_params: str | None = None
+    ec_curve: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsMgm:
+    table_name: str = "tls_mgm"  # read from sockets_mgm.db_url when sockets_mgm is configured
+    domains: tuple[StaticTlsDomain, ...] = ()
+
+
+@dataclass(frozen=True)
+class MiTls:
+    """The MI over HTTPS: the proxy's certificate and key (PEM files), and with `client_ca` mutual TLS (a
+    client without a certificate signed by that CA is refused during the handshake)."""
+
+    certificate: str
+    private_key: str
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class MiConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8888
     root: str = "mi"
     token_file: str | None = None
+    tls: MiTls | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """A plain-HTTP listener of its own for /metrics, /healthz and /readyz (Prometheus and the kubelet's
+    probes need no client certificate); the MI listener then serves only JSON-RPC."""
+
+    listen_host: str
+    listen_port: int
 
 
 @dataclass(frozen=True)
@@ -42,11 +89,13 @@ class Config:
     tcp_workers: int = 8
     sockets_mgm: SocketsMgm | None = None
     mi: MiConfig = field(default_factory=MiConfig)
+    metrics: MetricsConfig | None = None
     routes: tuple[Any, ...] = ()  # raw rules, parsed by sipproxy.sip.routing in every worker
     log_level: str = "info"
     tcp_idle_timeout: float = 120.0
     # A worker that has not applied a socket change this long after it was sent is replaced.
     worker_ack_timeout: float = 10.0
+    tls_mgm: TlsMgm = field(default_factory=TlsMgm)
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -84,11 +133,69 @@ _TOP = {
     "tcp_workers",
     "sockets_mgm",
     "mi",
+    "metrics",
     "routes",
     "log_level",
     "tcp_idle_timeout",
     "worker_ack_timeout",
+    "tls_mgm",
 }
+_DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
+_DOMAIN_FILES = ("certificate", "private_key", "ca_list", "dh_params")
+_DOMAIN_TEXTS = ("match_ip_address", "match_sip_domain", "method", "ca_dir", "cipher_list", "ec_curve")
+_DOMAIN_TYPES = {"client": 1, "server": 2, 1: 1, 2: 2}
+
+
+def _readable(value: object, key: str) -> str:
+    path = _str(value, key)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _tls_mgm(value: object) -> TlsMgm:
+    m = _mapping(value, "tls_mgm", {"table_name", "domains"})
+    table_name = _str(m.get("table_name", "tls_mgm"), "tls_mgm.table_name")
+    raw = m.get("domains")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ConfigError("tls_mgm.domains", "must be a list")
+    domains: list[StaticTlsDomain] = []
+    seen: set[tuple[str, int]] = set()
+    for i, item in enumerate(raw):
+        key = f"tls_mgm.domains[{i}]"
+        d = _mapping(item, key, _DOMAIN_KEYS)
+        if "domain" not in d:
+            raise ConfigError(f"{key}.domain", "is required")
+        name = _str(d["domain"], f"{key}.domain")
+        kind = _DOMAIN_TYPES.get(d.get("type", "client"))
+        if kind is None or isinstance(d.get("type"), bool):
+            raise ConfigError(f"{key}.type", "must be server or client (2 or 1)")
+        if (name, kind) in seen:
+            raise ConfigError(
+                f"{key}.domain", f"a {d.get('type', 'client')} domain {name!r} is already defined"
+            )
+        seen.add((name, kind))
+        values: dict[str, Any] = {"domain": name, "type": kind}
+        for flag in ("verify_cert", "require_cert"):
+            if flag in d:
+                if not isinstance(d[flag], bool) and d[flag] not in (0, 1):
+                    raise ConfigError(f"{key}.{flag}", "must be true or false")
+                values[flag] = bool(d[flag])
+        for text_key in _DOMAIN_TEXTS:
+            if d.get(text_key) is not None:
+                values[text_key] = _str(d[text_key], f"{key}.{text_key}")
+        for file_key in _DOMAIN_FILES:
+            if d.get(file_key) is not None:
+                values[file_key] = _readable(d[file_key], f"{key}.{file_key}")
+        if kind == 2 and ("certificate" not in values or "private_key" not in values):
+            raise ConfigError(key, "a server domain needs certificate and private_key")
+        domains.append(StaticTlsDomain(**values))
+    return TlsMgm(table_name=table_name, domains=tuple(domains))
 
 
 def parse_config(data: object) -> Config:
@@ -106,8 +213,9 @@ def parse_config(data: object) -> Config:
             spec = parse_static_socket(text)
         except RowError as exc:
             raise ConfigError(f"sockets[{i}]", str(exc)) from None
-        if not spec.supported:
-            raise ConfigError(f"sockets[{i}]", f"transport {spec.proto} not supported yet")
+        unreachable = unreachable_reason(spec)
+        if unreachable is not None:
+            raise ConfigError(f"sockets[{i}]", f"{text}: {unreachable} (`as HOST[:PORT]`)")
         sockets.append(spec)
     mgm = None
     if top.get("sockets_mgm") is not None:
@@ -127,7 +235,7 @@ def parse_config(data: object) -> Config:
         )
     mi = MiConfig()
     if top.get("mi") is not None:
-        m = _mapping(top["mi"], "mi", {"listen", "root", "token_file"})
+        m = _mapping(top["mi"], "mi", {"listen", "root", "token_file", "tls"})
         host, port = _listen(_str(m.get("listen", "127.0.0.1:8888"), "mi.listen"), "mi.listen")
         root = _str(m.get("root", "mi"), "mi.root").strip("/")
         if not root:
@@ -135,7 +243,28 @@ def parse_config(data: object) -> Config:
         token_file = m.get("token_file")
         if token_file is not None:
             token_file = _str(token_file, "mi.token_file")
-        mi = MiConfig(listen_host=host, listen_port=port, root=root, token_file=token_file)
+        tls = None
+        if m.get("tls") is not None:
+            t = _mapping(m["tls"], "mi.tls", {"certificate", "private_key", "client_ca"})
+            for key in ("certificate", "private_key"):
+                if t.get(key) is None:
+                    raise ConfigError(f"mi.tls.{key}", "is required with mi.tls (a PEM file)")
+            client_ca = t.get("client_ca")
+            tls = MiTls(
+                certificate=_str(t["certificate"], "mi.tls.certificate"),
+                private_key=_str(t["private_key"], "mi.tls.private_key"),
+                client_ca=None if client_ca is None else _str(client_ca, "mi.tls.client_ca"),
+            )
+        mi = MiConfig(listen_host=host, listen_port=port, root=root, token_file=token_file, tls=tls)
+    metrics = None
+    if top.get("metrics") is not None:
+        m = _mapping(top["metrics"], "metrics", {"listen"})
+        if m.get("listen") is None:
+            raise ConfigError("metrics.listen", "is required with metrics (host:port)")
+        host, port = _listen(_str(m["listen"], "metrics.listen"), "metrics.listen")
+        if (host, port) == (mi.listen_host, mi.listen_port):
+            raise ConfigError("metrics.listen", "must differ from mi.listen")
+        metrics = MetricsConfig(listen_host=host, listen_port=port)
     routes = top.get("routes", [])
     if routes is None:
         routes = []
@@ -159,12 +288,15 @@ def parse_config(data: object) -> Config:
     ack = top.get("worker_ack_timeout", 10.0)
     if isinstance(ack, bool) or not isinstance(ack, int | float) or ack <= 0:
         raise ConfigError("worker_ack_timeout", "must be a number of seconds > 0")
+    tls_mgm = _tls_mgm(top["tls_mgm"]) if top.get("tls_mgm") is not None else TlsMgm()
     return Config(
+        tls_mgm=tls_mgm,
         sockets=tuple(sockets),
         udp_workers=_int(top.get("udp_workers", 8), "udp_workers"),
         tcp_workers=_int(top.get("tcp_workers", 8), "tcp_workers"),
         sockets_mgm=mgm,
         mi=mi,
+        metrics=metrics,
         routes=tuple(routes),
         log_level=log_level,
         tcp_idle_timeout=float(idle),

@@ -38,3 +38,4 @@ class ReloadResult:
     removed: list[Entry]
     kept: list[Entry]
     failed: list[Entry]
+    updated: list[Entry] = field(default_factory=list)  # same socket, new advertised address, tag or ToS

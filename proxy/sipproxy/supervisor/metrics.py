@@ -39,6 +39,11 @@ def render_prometheus(
         ("sipproxy_received_bytes_total", "SIP bytes received", "rx_bytes"),
         ("sipproxy_forwarded_packets_total", "SIP packets sent out of the socket", "fwd_packets"),
         ("sipproxy_forwarded_bytes_total", "SIP bytes sent out of the socket", "fwd_bytes"),
+        (
+            "sipproxy_forwarded_invites_total",
+            "INVITE requests sent out of the socket (calls; retransmissions included)",
+            "fwd_invites",
+        ),
     ]
     for name, help_text, attr in series:
         family(name, "counter", help_text)

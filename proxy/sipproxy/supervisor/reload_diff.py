@@ -1,4 +1,7 @@
-"""The reload diff, as OpenSIPS does it: rows match on (proto, host, port, advertised, tag, tos, flags)."""
+"""The reload diff: rows match on (proto, host, port, advertised, tag, tos, flags), as in OpenSIPS, except
+that a row whose socket (proto, host, port, flags) is running with other advertised address, tag or ToS is an
+*update* of that socket, not a removal and an addition: it keeps its open socket (OpenSIPS closes and rebinds
+it, losing what arrives meanwhile)."""
 
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ class Diff(Generic[K]):
     kept: list[K] = field(default_factory=list)  # running sockets left untouched
     removed: list[K] = field(default_factory=list)  # running sockets whose row is gone (or changed)
     added: list[SocketSpec] = field(default_factory=list)  # rows with no identical running socket
+    updated: list[tuple[K, SocketSpec]] = field(default_factory=list)  # running socket, its new spec
 
 
 def diff_sockets(running: dict[K, SocketSpec], wanted: Iterable[SocketSpec]) -> Diff[K]:
-    """`running` maps an id to its spec; `wanted` are the parsed rows. Duplicate rows collapse into one;
-    a changed row shows as its old socket removed and the new one added."""
+    """`running` maps an id to its spec; `wanted` are the parsed rows. Duplicate rows collapse into one; a
+    row changed in advertised address, tag or ToS updates its running socket; any other change shows as the
+    old socket removed and the new one added."""
     by_key: dict[object, K] = {spec.key: ident for ident, spec in running.items()}
     result: Diff[K] = Diff()
     seen: set[object] = set()
@@ -34,5 +39,20 @@ def diff_sockets(running: dict[K, SocketSpec], wanted: Iterable[SocketSpec]) -> 
         else:
             result.kept.append(ident)
     kept = set(result.kept)
-    result.removed = [ident for ident in running if ident not in kept]
+    gone = {socket_of(running[ident]): ident for ident in running if ident not in kept}
+    added = []
+    for spec in result.added:
+        ident = gone.pop(socket_of(spec), None)
+        if ident is None:
+            added.append(spec)
+        else:
+            result.updated.append((ident, spec))
+    result.added = added
+    updated = {ident for ident, _ in result.updated}
+    result.removed = [ident for ident in running if ident not in kept and ident not in updated]
     return result
+
+
+def socket_of(spec: SocketSpec) -> tuple[str, str, int, frozenset[str]]:
+    """What the open socket is: what it is bound to and with which options."""
+    return (spec.proto, spec.host, spec.port, spec.flags)

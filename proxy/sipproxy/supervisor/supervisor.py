@@ -1,8 +1,9 @@
-"""The supervisor: owns config, database, slots, bound sockets and the workers (`workers.WorkerPool`); the MI
-server (`mi/`) reads and drives it.
+"""The supervisor: owns config, database, slots, bound sockets, the TLS domains and the workers
+(`workers.WorkerPool`); the MI server (`mi/`) reads and drives it.
 
 A reload reads the table, binds what is new and tells every worker (removals first, then additions, each batch
-confirmed by a Sync that every worker acknowledges: see `sipproxy.shared.control`)."""
+confirmed by a Sync that every worker acknowledges: see `sipproxy.shared.control`). A TLS reload reads the
+domains (tls.py), sends the new generation to every worker and waits for the same Sync."""
 
 from __future__ import annotations
 
@@ -14,21 +15,21 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sipproxy.shared.control import Init
+from sipproxy.shared.control import Init, tls_domains_document
 from sipproxy.shared.counters import SocketCounters
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
 from sipproxy.shared.udp_pool import create_pool_fds
-from sipproxy.supervisor.binding import bind_socket
+from sipproxy.sip.flowtoken import new_key
+from sipproxy.supervisor.binding import bind_socket, set_tos
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry, ReloadResult
 from sipproxy.supervisor.reload_diff import diff_sockets
 from sipproxy.supervisor.slots import Slots
+from sipproxy.supervisor.tls import TlsGeneration, TlsReloadError, build_generation, read_sources
 from sipproxy.supervisor.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("sipproxy.supervisor")
-
-UNSUPPORTED = "transport not supported yet"
 
 
 class ReloadError(Exception):
@@ -71,7 +72,13 @@ class Supervisor:
         self._sids = itertools.count(1)
         self._parsed: dict[Row, SocketSpec | RowError] = {}  # the last reload's rows, parsed
         self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
-        init = Init(routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout)
+        self.tls = TlsGeneration(0)
+        self.tls_reloads = 0
+        self.tls_reload_failures = 0
+        # The key of the flow tokens naming stream connections: one per proxy run, the same in every worker.
+        init = Init(
+            routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout, flow_key=new_key().hex()
+        )
         self.pool = WorkerPool(init, self.entries.values, self.lock, log_level, self._replaced)
 
     @property
@@ -120,6 +127,12 @@ class Supervisor:
     async def start(self) -> None:
         self.bind_static()
         self.plan_workers()
+        try:
+            await self._load_tls()
+        except TlsReloadError as exc:
+            # The static domains still serve; tls_reload tries the table again.
+            log.error("start-up load of the TLS domains failed: %s", exc)
+            await self._load_tls(table=False)
         await self.pool.start()
         await self.pool.sync()
         if self.config.sockets_mgm is not None:
@@ -163,6 +176,34 @@ class Supervisor:
             self.reload_seconds += time.monotonic() - t0
             return result
 
+    async def _load_tls(self, table: bool = True) -> TlsGeneration:
+        """Read the TLS domains, check them, hand them to the pool (sent to every worker, a Sync follows)."""
+        static, rows = await read_sources(self.config.tls_mgm, self._db if table else None)
+        generation = await asyncio.to_thread(build_generation, self.tls.number + 1, static, rows)
+        document = tls_domains_document(generation.domains)
+        await self.pool.set_tls(generation.number, document)
+        self.tls = generation
+        for entry in generation.entries:
+            if entry.error is not None:
+                log.warning(
+                    "TLS domain %s (%s, %s) failed: %s", entry.name, entry.kind, entry.source, entry.error
+                )
+        log.info("TLS domains generation %d: %d loaded", generation.number, len(generation.domains))
+        return generation
+
+    async def tls_reload(self) -> TlsGeneration:
+        """Read the domains again; returns once every worker uses them for new connections. Raises
+        TlsReloadError (nothing changed) when the table cannot be read."""
+        async with self.lock:
+            try:
+                generation = await self._load_tls()
+            except TlsReloadError:
+                self.tls_reload_failures += 1
+                raise
+            await self.pool.sync()
+            self.tls_reloads += 1
+            return generation
+
     def _new_failed(self, spec: SocketSpec | None, row: Row | None, error: str) -> Entry:
         entry = Entry(next(self._sids), "dynamic", spec, row=row, state="failed", error=error)
         log.warning("socket %s failed: %s", entry.label if spec else (row.socket if row else "?"), error)
@@ -172,14 +213,14 @@ class Supervisor:
         failed: list[Entry] = []
         wanted: list[SocketSpec] = []
         rows_by_key: dict[object, Row] = {}
-        unsupported_seen: set[object] = set()
+        unreachable_seen: set[object] = set()
         for row, spec in parsed:
             if isinstance(spec, RowError):
                 failed.append(self._new_failed(None, row, str(spec)))
-            elif not spec.supported:
-                if spec.key not in unsupported_seen:
-                    unsupported_seen.add(spec.key)
-                    failed.append(self._new_failed(spec, row, UNSUPPORTED))
+            elif (unreachable := unreachable_reason(spec)) is not None:
+                if spec.key not in unreachable_seen:
+                    unreachable_seen.add(spec.key)
+                    failed.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
             else:
                 rows_by_key.setdefault(spec.key, row)
                 wanted.append(spec)
@@ -200,6 +241,14 @@ class Supervisor:
                 if entry.slot is not None:
                     self.slots.release(entry.slot)
                 entry.state = "removed"
+        updated: list[Entry] = []
+        for sid, spec in diff.updated:
+            # The same open socket with other advertised address, tag or ToS: nothing is rebound.
+            entry = self.entries[sid]
+            if entry.spec is not None and spec.tos != entry.spec.tos:
+                set_tos(entry.sock, spec)  # shared by every worker's descriptor of it
+            entry.spec, entry.row = spec, rows_by_key.get(spec.key)
+            updated.append(entry)
         added: list[Entry] = []
         for spec in diff.added:
             spec_row = rows_by_key.get(spec.key)
@@ -216,20 +265,21 @@ class Supervisor:
             entry = Entry(next(self._sids), "dynamic", spec, row=spec_row, slot=slot, sock=sock)
             self.entries[entry.sid] = entry
             added.append(entry)
-        if added:
+        if added or updated:
             await self.pool.add(added)
+            await self.pool.update(updated)
             for w in await self.pool.sync(limit=ack_timeout):
                 reason = (
                     f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
                     "it is being replaced"
                 )
-                for entry in added:
+                for entry in added + updated:
                     if w.serves(entry):
                         entry.lagging[w.name] = reason
                 await self.pool.replace_unresponsive(w)
         self.failed = failed
         kept = [self.entries[sid] for sid in diff.kept]
-        return ReloadResult(added, removed, kept, failed)
+        return ReloadResult(added, removed, kept, failed, updated)
 
     def _replaced(self, w: WorkerHandle) -> None:
         """A replacement worker has every current socket: it no longer lags on any."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from sipproxy.shared.channel import Channel, ChannelClosed, make_pair
+from sipproxy.shared.channel import Channel, ChannelClosed, make_pair, memory_file
 from sipproxy.shared.control import (
     Ack,
     Add,
@@ -34,6 +34,8 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    TlsDomains,
+    Update,
     decode_reply,
 )
 from sipproxy.shared.counters import SocketCounters
@@ -123,6 +125,8 @@ class WorkerPool:
         # Abstract unix socket names are per network namespace, which several proxies may share (host
         # network, where each may even be pid 1 of its container): make them unique.
         self.relay_prefix = f"sipproxy-{os.getpid()}-{secrets.token_hex(4)}"
+        # The current TLS domains (a TlsDomains message and its memfd), sent to every worker after Init.
+        self.tls: tuple[TlsDomains, int] | None = None
 
     async def start(self) -> None:
         await asyncio.gather(*(self.spawn(w) for w in self.handles))
@@ -152,6 +156,9 @@ class WorkerPool:
                 w.channel.close()
         for pool in pools:
             pool.close()
+        if self.tls is not None:
+            os.close(self.tls[1])
+            self.tls = None
 
     # --- socket changes -------------------------------------------------------------------------------
 
@@ -160,6 +167,13 @@ class WorkerPool:
         for w in self.handles:
             for entry in entries:
                 await self._send_add(w, entry)
+
+    async def update(self, entries: list[Entry]) -> None:
+        """Sent to every worker that has the socket; applied once a following `sync` is answered."""
+        for w in self.handles:
+            for entry in entries:
+                assert entry.spec is not None
+                await self._send(w, Update(entry.sid, listener_of(entry.spec)))
 
     async def remove(self, entries: list[Entry]) -> None:
         """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""
@@ -186,6 +200,16 @@ class WorkerPool:
             await asyncio.wait_for(proc.wait(), 10)
         except TimeoutError:
             log.error("worker %s (pid %s) did not exit after SIGKILL", w.name, proc.pid)
+
+    async def set_tls(self, generation: int, document: bytes) -> None:
+        """New TLS domains for every worker (and every worker started later); applied once a following
+        `sync` is answered. One memory file serves them all."""
+        fd = memory_file(document)
+        old, self.tls = self.tls, (TlsDomains(generation, len(document)), fd)
+        for w in self.handles:
+            await self._send(w, self.tls[0], fd)
+        if old is not None:
+            os.close(old[1])
 
     async def collect_stats(self) -> dict[str, SocketCounters]:
         await self._request(self.handles, Stats, STATS_TIMEOUT)
@@ -225,6 +249,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         w.tasks = [loop.create_task(self._read(w, w.channel)), loop.create_task(self._watch(w, w.proc))]
         await self._send(w, self.init)
+        if self.tls is not None:
+            await self._send(w, *self.tls)
         for entry in list(self.sockets()):
             await self._send_add(w, entry)
         log.info("worker %s started, pid %s", w.name, w.pid)

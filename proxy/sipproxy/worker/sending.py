@@ -76,6 +76,8 @@ class Sender:
             c = self.counters_for(sid)
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
+        if data.startswith(b"INVITE "):
+            c.fwd_invites += 1
 
     def _send_stream(
         self, data: bytes, listener: Listener, host: str, port: int, connection: Any, sid: int
@@ -90,13 +92,11 @@ class Sender:
         else:
             stream = self.tcp.pooled(listener, host, port)
             if stream is None:
-                ip = self._resolve_now(host)
-                if not ip:
-                    c.drop("unresolvable_destination")
-                    return
-                stream = self.tcp.pooled(listener, ip, port)
+                # A name is resolved when connecting (a TLS next hop keeps it for SNI and the name check).
+                stream = self.tcp.open_outbound(listener, sid, host, port)
                 if stream is None:
-                    stream = self.tcp.open_outbound(listener, sid, ip, port)
+                    c.drop("connection_gone")  # WebSocket: only the peer opens connections
+                    return
             try:
                 stream.write(data)
             except ConnectionError:
@@ -104,6 +104,8 @@ class Sender:
                 return
         c.fwd_packets += 1
         c.fwd_bytes += len(data)
+        if data.startswith(b"INVITE "):
+            c.fwd_invites += 1
 
     def _resolve_now(self, host: str) -> str | None:
         """The address for host: itself when a literal, "" when known unresolvable, None when unknown."""

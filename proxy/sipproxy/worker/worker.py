@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import assert_never
 
-from sipproxy.shared.channel import Channel, ChannelClosed
+from sipproxy.shared.channel import Channel, ChannelClosed, read_memory_file
 from sipproxy.shared.control import (
     STATS_PART,
     Ack,
@@ -29,6 +29,9 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    TlsDomains,
+    Update,
+    read_tls_domains_document,
 )
 from sipproxy.shared.socketspec import format_socket
 from sipproxy.sip.engine import SipEngine
@@ -40,9 +43,11 @@ from sipproxy.worker.listeners import Listeners
 from sipproxy.worker.relay import Relay
 from sipproxy.worker.sending import Sender
 from sipproxy.worker.tcp import TcpTransport
+from sipproxy.worker.tls import TlsContexts, TlsTransport
 from sipproxy.worker.transport import Serving, Transport, TransportHost
 from sipproxy.worker.udp import UdpTransport
 from sipproxy.worker.udp_loop import PoolSelector
+from sipproxy.worker.ws import WsTransport
 
 
 @dataclass
@@ -90,8 +95,15 @@ class Worker:
             log=self.log,
         )
         self.tcp = TcpTransport(host)
+        self.tls = TlsContexts(self.log)
         # The transport serving each protocol; the sockets of any other are only sent from.
-        self.transports: dict[str, Transport] = {"udp": UdpTransport(host, selector), "tcp": self.tcp}
+        self.transports: dict[str, Transport] = {
+            "udp": UdpTransport(host, selector),
+            "tcp": self.tcp,
+            "tls": TlsTransport(host, self.tcp, self.tls),
+            "ws": WsTransport(host, self.tcp, self.tls, secure=False),
+            "wss": WsTransport(host, self.tcp, self.tls, secure=True),
+        }
         self.sender = Sender(self.listeners, self.counters, self.tcp)
         self.dispatch = self.sender.dispatch  # bound once: called per message
         self.relay = Relay(relay_prefix, index, self.relayed, self.log)
@@ -137,14 +149,44 @@ class Worker:
             sock.setblocking(False)
             self.sender.udp_send[listener] = sock
         if sock is not None and cmd.serve:
-            transport = self.transports.get(listener.proto)
-            if transport is None:
-                raise ValueError(f"no {listener.proto} transport in this worker")
-            # The transport gets its own descriptor of the same open socket, so that closing either never
-            # pulls the other out from under it.
-            serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
-            entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
-            entry.server = await transport.serve(serve_sock, listener, sid)
+            await self._serve(entry, sock)
+
+    async def _serve(self, entry: WorkerSocket, sock: socket.socket) -> None:
+        transport = self.transports.get(entry.listener.proto)
+        if transport is None:
+            raise ValueError(f"no {entry.listener.proto} transport in this worker")
+        # The transport gets its own descriptor of the same open socket, so that closing either never pulls
+        # the other out from under it.
+        serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+        entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
+        entry.server = await transport.serve(serve_sock, entry.listener, entry.sid)
+
+    async def update_socket(self, cmd: Update) -> None:
+        """Same open socket, new advertised address, tag or ToS: the listener changes, the socket stays."""
+        entry = self.sockets.get(cmd.sid)
+        if entry is None:
+            return
+        old, new = entry.listener, cmd.listener
+        self.listeners.remove(old)
+        if self.listeners.sid_of(old) is None:
+            self.engine.listener_removed(old)
+        self.listeners.add(new, cmd.sid)
+        self.engine.listener_added(new)
+        udp_send = self.sender.udp_send
+        if entry.sock is not None and udp_send.get(old) is entry.sock:
+            del udp_send[old]
+            udp_send[new] = entry.sock
+        entry.listener = new
+        if entry.server is None or entry.sock is None:
+            return
+        # A new descriptor of the same socket is served before the old one is let go: what waits in the socket
+        # (datagrams, connections not yet accepted) stays there for whichever reads first. Connections already
+        # accepted keep the listener they were accepted on.
+        old_server, old_fd = entry.server, entry.serve_fd
+        await self._serve(entry, entry.sock)
+        old_server.close()
+        if old_fd is not None:
+            await wait_fd_closed(*old_fd)
 
     async def remove_socket(self, sid: int) -> None:
         entry = self.sockets.pop(sid, None)
@@ -168,8 +210,8 @@ class Worker:
 
     async def apply(self, cmd: Command, fd: int | None) -> bool:
         """Apply one control command; False when told to stop."""
-        if fd is not None and not isinstance(cmd, Add):
-            os.close(fd)  # only an Add carries a descriptor
+        if fd is not None and not isinstance(cmd, Add | TlsDomains):
+            os.close(fd)  # only an Add and TlsDomains carry a descriptor
         match cmd:
             case Init():
                 self.engine = SipEngine(
@@ -177,14 +219,26 @@ class Worker:
                     self.listeners,
                     record_route=cmd.record_route,
                     connections=self.connection_ids,
+                    flow_key=bytes.fromhex(cmd.flow_key) if cmd.flow_key else None,
                 )
                 self.tcp.idle_timeout = cmd.tcp_idle_timeout
+            case TlsDomains():
+                if fd is None:
+                    self.log.error("TLS domains generation %d came without its document", cmd.generation)
+                else:
+                    try:
+                        document = read_memory_file(fd, cmd.size)
+                    finally:
+                        os.close(fd)
+                    self.tls.apply(cmd.generation, read_tls_domains_document(document))
             case Add():
                 try:
                     await self.add_socket(cmd, fd)
                 except Exception as exc:
                     self.log.exception("cannot take socket %s", cmd.listener)
                     await self.channel.send(Error(cmd.sid, str(exc)))
+            case Update():
+                await self.update_socket(cmd)
             case Remove():
                 await self.remove_socket(cmd.sid)
             case Sync():

@@ -6,6 +6,7 @@ bundled PostgreSQL run as pods from the images built in this run, and the user-v
   database alone;
 - the operator pod deleted right after a SipSocket is applied: its replacement finishes the work;
 - `helm upgrade` changing the proxy config rolls the proxy pod and the sockets come back;
+- `helm test` sends an OPTIONS to every Ready SipSocket and names each one that answered;
 - `helm uninstall` leaves no pod behind, and the CRD stays.
 
 The tests of this module share one release and run in file order; each uses sockets of its own.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +27,7 @@ import pytest
 from devenv import images
 from devenv.localcluster import LocalCluster, chart
 from devenv.processes import free_port
+from tests.e2e.chart_support import mi_refuses_strangers
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -62,10 +65,11 @@ class Release:
         self.c = cluster
         self.built = built
         self.workdir = workdir
-        self.mi_port = free_port()
+        self.mi_port = free_port(cluster.node_ip)
+        self.metrics_port = free_port(cluster.node_ip)
 
     def values(self, **proxy_overrides: Any) -> dict[str, Any]:
-        return chart.values(self.built, self.mi_port, **proxy_overrides)
+        return chart.values(self.built, self.mi_port, self.metrics_port, **proxy_overrides)
 
     def helm(self, command: str, values: dict[str, Any]) -> None:
         chart.helm(self.c, command, values, self.workdir / f"values-{command}.json", NS, RELEASE)
@@ -141,6 +145,12 @@ def test_sipsocket_applied_with_kubectl_is_answered_on_the_node_address(release:
     assert proxy["status"]["podIP"] == release.c.node_ip
     operator = release.ready_pod("operator")
     assert operator["spec"]["serviceAccountName"] == f"{RELEASE}-operator"
+    # The MI on the node's address answers only the operator's certificate (mutual TLS, the chart's own
+    # CA); the probes and /metrics are plain HTTP on the metrics port.
+    assert mi_refuses_strangers(f"{release.c.node_ip}:{release.mi_port}")
+    metrics = f"http://{release.c.node_ip}:{release.metrics_port}/metrics"
+    with urllib.request.urlopen(metrics, timeout=10) as r:
+        assert r.status == 200 and b"sipproxy_" in r.read()
     port = free_port(release.c.node_ip)
     release.apply_sipsocket("first", port)
     release.sipsocket_ready("first")
@@ -191,6 +201,21 @@ def test_helm_upgrade_of_the_proxy_config_rolls_pods_and_sockets_return(release:
     for name in ("first", "recreate-0", "recreate-1", "midway"):
         obj = release.sipsocket_ready(name)
         assert release.answered(int(obj["spec"]["port"]))
+
+
+def test_helm_test_names_every_ready_sipsocket_that_answered(release: Release) -> None:
+    c = release.c
+    names = ("first", "recreate-0", "recreate-1", "midway")
+    ports = {name: int(release.sipsocket_ready(name)["spec"]["port"]) for name in names}
+    out = c.helm("test", RELEASE, "--namespace", NS, "--logs", "--timeout", "5m", timeout=400).stdout
+    lines = [line.strip() for line in out.splitlines()]
+    for name, port in ports.items():
+        assert f"answered    {name}  udp {c.node_ip}:{port}: SIP/2.0 200 OK" in lines, out
+    assert f"4 of 4 probed Ready SipSockets in namespace {NS} answered" in lines, out
+    # The test Pod stays after `helm test` so that its report can be read (Helm deletes a hook before
+    # `--logs` reads it otherwise), until the next `helm test` replaces it; `helm uninstall` leaves hooks
+    # alone, so it is removed here as a user would.
+    c.kubectl("delete", "pod", f"{RELEASE}-test", "-n", NS, "--wait=true", timeout=180)
 
 
 def test_helm_uninstall_leaves_no_pod_and_keeps_the_crd(release: Release) -> None:

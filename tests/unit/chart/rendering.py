@@ -37,7 +37,9 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
                 "nodeSelector": {"sipsockets.io/sbc": "true"},
                 "tolerations": [{"key": "sbc", "operator": "Exists", "effect": "NoSchedule"}],
             },
-        }
+        },
+        # The proxies reach the bundled PostgreSQL from their nodes' addresses.
+        "networkPolicy": {"database": {"nodeCIDRs": ["10.0.5.0/24", "fd00:5::/64"]}},
     },
     "multus": {
         "proxy": {
@@ -65,20 +67,29 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "peering": {"operator": {"replicas": 3}},
+    "miCertManager": {"mi": {"tls": {"certManager": {"enabled": True, "duration": "720h"}}}},
+    "miTokenOnly": {"mi": {"tls": {"enabled": False}, "token": {"enabled": True}}},
+    "miTlsAndToken": {"mi": {"token": {"enabled": True}}},
     "everythingOff": {
         "crds": {"install": False},
         "operator": {"webhook": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
         "proxy": {"podDisruptionBudget": {"enabled": False}, "unprivilegedPorts": False},
         "database": {"initSchema": False},
         "networkPolicy": {"enabled": False},
+        "admissionPolicy": {"enabled": False},
+        "tests": {"enabled": False},
     },
     "monitoring": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "dashboards": {"enabled": True},
         "networkPolicy": {"miExtraFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     },
     "routesAndTuning": {
         "proxy": {
-            "sockets": ["udp:0.0.0.0:5060 tag public", "tcp:0.0.0.0:5060 tag public"],
+            "sockets": [
+                "udp:0.0.0.0:5060 as 203.0.113.10 tag public",
+                "tcp:0.0.0.0:5060 as 203.0.113.10 tag public",
+            ],
             "udpWorkers": 2,
             "tcpWorkers": 3,
             "socketsMgm": {"processes": 4, "maxSockets": 500},
@@ -92,7 +103,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
             ],
         },
         "database": {"tableName": "carrier_sockets"},
-        "mi": {"port": 9000, "root": "admin"},
+        "mi": {"port": 9000, "root": "admin", "metricsPort": 9001},
     },
 }
 

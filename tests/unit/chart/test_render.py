@@ -143,11 +143,23 @@ def proxy_config(r: Rendered) -> dict[str, Any]:
 def test_proxy_config_is_generated_from_values() -> None:
     config = proxy_config(rendered(OPTION_SETS["routesAndTuning"]))
     assert config == {
-        "sockets": ["udp:0.0.0.0:5060 tag public", "tcp:0.0.0.0:5060 tag public"],
+        "sockets": [
+            "udp:0.0.0.0:5060 as 203.0.113.10 tag public",
+            "tcp:0.0.0.0:5060 as 203.0.113.10 tag public",
+        ],
         "udp_workers": 2,
         "tcp_workers": 3,
         "sockets_mgm": {"db_url": "", "table_name": "carrier_sockets", "processes": 4, "max_sockets": 500},
-        "mi": {"listen": "0.0.0.0:9000", "root": "admin", "token_file": "/etc/sipsockets/mi/token"},
+        "mi": {
+            "listen": "0.0.0.0:9000",
+            "root": "admin",
+            "tls": {
+                "certificate": "/etc/sipsockets/mi-tls/tls.crt",
+                "private_key": "/etc/sipsockets/mi-tls/tls.key",
+                "client_ca": "/etc/sipsockets/mi-tls/ca.crt",
+            },
+        },
+        "metrics": {"listen": "0.0.0.0:9001"},
         "routes": [
             {
                 "match": {"tag": "public", "ruri": "^sip:\\+44"},
@@ -200,24 +212,28 @@ def test_render_config_step_gives_a_config_the_proxy_accepts(option_set: str, tm
     config = parse_config(yaml.safe_load(out.read_text()))
     assert config.sockets_mgm is not None
     assert config.sockets_mgm.db_url == url
-    # The MI listens on the pod's own address only.
-    assert (config.mi.listen_host, config.mi.listen_port) == (
+    # The MI and the metrics port listen on the pod's own address only.
+    mi_values = OPTION_SETS[option_set].get("mi", {})
+    assert (config.mi.listen_host, config.mi.listen_port) == ("10.244.1.7", mi_values.get("port", 8888))
+    assert config.metrics is not None
+    assert (config.metrics.listen_host, config.metrics.listen_port) == (
         "10.244.1.7",
-        OPTION_SETS[option_set].get("mi", {}).get("port", 8888),
+        mi_values.get("metricsPort", 8889),
     )
+    # Mutual TLS unless turned off, and then the token; never an open MI.
+    assert (config.mi.tls is not None) == (option_set != "miTokenOnly")
+    assert (config.mi.token_file is not None) == (option_set in ("miTokenOnly", "miTlsAndToken"))
 
 
 def test_mi_listens_on_an_ipv6_pod_address_or_everywhere_when_asked(tmp_path: Path) -> None:
     result = run_render_config({}, "postgres://u:p@db/s", tmp_path / "v6", pod_ip="fd00:10:244::7")
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load((tmp_path / "v6" / "run" / "proxy.yaml").read_text())["mi"]["listen"] == (
-        "[fd00:10:244::7]:8888"
-    )
+    v6 = yaml.safe_load((tmp_path / "v6" / "run" / "proxy.yaml").read_text())
+    assert (v6["mi"]["listen"], v6["metrics"]["listen"]) == ("[fd00:10:244::7]:8888", "[fd00:10:244::7]:8889")
     result = run_render_config({"mi": {"listenOn": "all"}}, "postgres://u:p@db/s", tmp_path / "all")
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load((tmp_path / "all" / "run" / "proxy.yaml").read_text())["mi"]["listen"] == (
-        "0.0.0.0:8888"
-    )
+    everywhere = yaml.safe_load((tmp_path / "all" / "run" / "proxy.yaml").read_text())
+    assert (everywhere["mi"]["listen"], everywhere["metrics"]["listen"]) == ("0.0.0.0:8888", "0.0.0.0:8889")
 
 
 def test_render_config_step_refuses_a_config_the_proxy_would_refuse(tmp_path: Path) -> None:
@@ -239,7 +255,7 @@ def test_a_config_change_rolls_the_proxy_pods() -> None:
     base = checksum({})
     assert checksum({}) == base
     assert checksum({"proxy": {"udpWorkers": 4}}) != base
-    assert checksum({"proxy": {"sockets": ["udp:0.0.0.0:5070"]}}) != base
+    assert checksum({"proxy": {"sockets": ["udp:0.0.0.0:5070 as 203.0.113.10"]}}) != base
 
 
 def test_database_url_comes_from_a_secret_never_a_configmap() -> None:
@@ -314,7 +330,11 @@ def test_operator_settings_follow_the_operator_contract() -> None:
     assert env["SIPSOCKETS_TABLE_NAME"] == "carrier_sockets"
     assert env["SIPSOCKETS_MI_PORT"] == "9000"
     assert env["SIPSOCKETS_MI_ROOT"] == "admin"
-    assert env["SIPSOCKETS_MI_TOKEN_FILE"] == "/etc/sipsockets/mi/token"
+    assert "SIPSOCKETS_MI_TOKEN_FILE" not in env  # mutual TLS, no token unless asked for
+    assert env["SIPSOCKETS_MI_TLS_CA_FILE"] == "/etc/sipsockets/mi-tls/ca.crt"
+    assert env["SIPSOCKETS_MI_TLS_CERT_FILE"] == "/etc/sipsockets/mi-tls/tls.crt"
+    assert env["SIPSOCKETS_MI_TLS_KEY_FILE"] == "/etc/sipsockets/mi-tls/tls.key"
+    assert env["SIPSOCKETS_MI_TLS_SERVER_NAME"] == f"{RELEASE}-proxy-mi.voip.svc"
     assert env["SIPSOCKETS_WEBHOOK_LISTEN"] == "0.0.0.0:9443"
     assert env["SIPSOCKETS_HEALTH_LISTEN"] == "0.0.0.0:8080"
     assert env["SIPSOCKETS_LOG_FORMAT"] == "text"
@@ -329,23 +349,41 @@ def test_operator_settings_follow_the_operator_contract() -> None:
     assert ports == {"health": 8080, "webhook": 9443}
 
 
-def test_mi_token_secret_is_shared_by_operator_and_proxies() -> None:
-    r = rendered()
-    secret = r.one("Secret", "-mi-token")
-    assert len(secret["data"]["token"]) > 40
-    for suffix in ("-operator", "-proxy"):
-        spec = pod_spec(r.one("Deployment", suffix))
-        vol = next(v for v in spec["volumes"] if v["name"] == "mi-token")
-        assert vol["secret"]["secretName"] == secret["metadata"]["name"]
-    mine = rendered({"mi": {"existingSecret": "my-token", "secretKey": "t"}})
+def test_mi_token_secret_is_shared_by_operator_and_proxies_when_enabled() -> None:
+    assert not [s for s in rendered().of_kind("Secret") if s["metadata"]["name"].endswith("-mi-token")]
+    for option_set in ("miTokenOnly", "miTlsAndToken"):
+        r = rendered(OPTION_SETS[option_set])
+        secret = r.one("Secret", "-mi-token")
+        assert len(secret["data"]["token"]) > 40
+        for suffix in ("-operator", "-proxy"):
+            spec = pod_spec(r.one("Deployment", suffix))
+            vol = next(v for v in spec["volumes"] if v["name"] == "mi-token")
+            assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+        env = env_of(pod_spec(r.one("Deployment", "-operator"))["containers"][0])
+        assert env["SIPSOCKETS_MI_TOKEN_FILE"] == "/etc/sipsockets/mi/token"
+        assert ("SIPSOCKETS_MI_TLS_CA_FILE" in env) == (option_set == "miTlsAndToken")
+    mine = rendered({"mi": {"token": {"enabled": True, "existingSecret": "my-token", "secretKey": "t"}}})
     assert not [s for s in mine.of_kind("Secret") if s["metadata"]["name"].endswith("-mi-token")]
     vol = next(v for v in pod_spec(mine.one("Deployment", "-proxy"))["volumes"] if v["name"] == "mi-token")
     assert vol["secret"] == {"secretName": "my-token", "items": [{"key": "t", "path": "token"}]}
 
 
+def test_probes_and_metrics_use_the_plain_http_metrics_port() -> None:
+    r = rendered(OPTION_SETS["routesAndTuning"])
+    proxy = next(c for c in pod_spec(r.one("Deployment", "-proxy"))["containers"] if c["name"] == "proxy")
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {"mi": 9000, "metrics": 9001}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert proxy[probe]["httpGet"]["port"] == "metrics", probe
+    svc = r.one("Service", "-proxy-mi")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "mi": (9000, "mi"),
+        "metrics": (9001, "metrics"),
+    }
+
+
 def test_network_policy_lets_only_the_operator_reach_the_mi_port() -> None:
     r = rendered(OPTION_SETS["monitoring"])
-    (policy,) = r.of_kind("NetworkPolicy")
+    policy = r.one("NetworkPolicy", "-proxy-mi")
     assert PROXY_LABELS.items() <= policy["spec"]["podSelector"]["matchLabels"].items()
     mi_rule, open_rule = policy["spec"]["ingress"]
     assert mi_rule["ports"] == [{"protocol": "TCP", "port": 8888}]
@@ -355,8 +393,34 @@ def test_network_policy_lets_only_the_operator_reach_the_mi_port() -> None:
     assert "from" not in open_rule
     for proto in ("UDP", "TCP", "SCTP"):
         ranges = [(p["port"], p["endPort"]) for p in open_rule["ports"] if p["protocol"] == proto]
-        assert ranges == [(1, 8887), (8889, 65535)]
+        assert ranges == [(1, 8887), (8889, 65535)]  # the metrics port (8889) stays open
     assert not rendered(OPTION_SETS["everythingOff"]).of_kind("NetworkPolicy")
+
+
+def test_network_policy_lets_only_the_operator_and_the_proxies_reach_the_bundled_database() -> None:
+    policy = rendered().one("NetworkPolicy", "-postgresql")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "database"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    components = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]]
+    assert components == ["operator", "proxy"]
+    # In hostNetwork mode the proxies come from their nodes' addresses: the given CIDRs are admitted...
+    host = rendered(OPTION_SETS["hostNetwork"]).one("NetworkPolicy", "-postgresql")
+    (rule,) = host["spec"]["ingress"]
+    assert [p["ipBlock"]["cidr"] for p in rule["from"] if "ipBlock" in p] == ["10.0.5.0/24", "fd00:5::/64"]
+    # ...and without them the chart says what to set instead of shutting the proxies out.
+    error = rendered_error({"proxy": {"mode": "hostNetwork"}})
+    assert "networkPolicy.database.nodeCIDRs" in error
+    off = rendered({"proxy": {"mode": "hostNetwork"}, "networkPolicy": {"database": {"enabled": False}}})
+    assert not [p for p in off.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-postgresql")]
+    extra = {
+        "networkPolicy": {"database": {"extraFrom": [{"podSelector": {"matchLabels": {"app": "backup"}}}]}}
+    }
+    (rule,) = rendered(extra).one("NetworkPolicy", "-postgresql")["spec"]["ingress"]
+    assert rule["from"][-1] == {"podSelector": {"matchLabels": {"app": "backup"}}}
+    # No bundled database, no policy for it.
+    external = rendered(OPTION_SETS["externalDatabase"])
+    assert not [p for p in external.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-postgresql")]
 
 
 def test_peering_runs_a_statefulset_with_distinct_priorities() -> None:
@@ -387,13 +451,12 @@ def test_pod_disruption_budgets() -> None:
     assert not rendered(OPTION_SETS["everythingOff"]).of_kind("PodDisruptionBudget")
 
 
-def test_service_monitors_scrape_operator_and_proxies_with_the_token() -> None:
+def test_service_monitors_scrape_operator_and_proxies_on_their_metrics_ports() -> None:
     r = rendered(OPTION_SETS["monitoring"])
     monitors = {m["metadata"]["name"]: m for m in r.of_kind("ServiceMonitor")}
     assert set(monitors) == {f"{RELEASE}-operator", f"{RELEASE}-proxy"}
     proxy_ep = monitors[f"{RELEASE}-proxy"]["spec"]["endpoints"][0]
-    assert proxy_ep["port"] == "mi"
-    assert proxy_ep["authorization"]["credentials"] == {"name": f"{RELEASE}-mi-token", "key": "token"}
+    assert proxy_ep["port"] == "metrics" and "authorization" not in proxy_ep
     mi_svc = r.one("Service", "-proxy-mi")
     assert mi_svc["spec"]["clusterIP"] == "None"
     assert (
@@ -420,6 +483,23 @@ def test_images_are_values() -> None:
     assert pod_spec(default)["containers"][0]["image"] == "sipsockets/proxy:0.1.0"
 
 
+def write_operator_tls(r: Rendered, directory: Path) -> None:
+    """The operator's mi-tls Secret volume: from the Secret the chart generated, or (cert-manager issues it)
+    from a CA of the test's own."""
+    import base64
+
+    from devenv.mitls import MiPki
+
+    found = [s for s in r.of_kind("Secret") if s["metadata"]["name"].endswith("-mi-operator-tls")]
+    if found:
+        for key, value in found[0]["data"].items():
+            (directory / key).write_bytes(base64.b64decode(value))
+        return
+    pki = MiPki.create(directory / "pki")
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        (directory / key).write_bytes((pki.operator_dir / key).read_bytes())
+
+
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
 def test_operator_settings_load_with_the_real_settings_parser(option_set: str, tmp_path: Path) -> None:
     """The chart's operator environment, with its mounted files stood in by local ones, is accepted by the
@@ -434,7 +514,12 @@ def test_operator_settings_load_with_the_real_settings_parser(option_set: str, t
     for local in mounts.values():
         local.mkdir()
     (mounts["/etc/sipsockets/db"] / "db-url").write_text("postgres://u:p@db.voip.svc:5432/sipsockets\n")
-    (mounts["/etc/sipsockets/mi"] / "token").write_text("t0ken\n")
+    token = mounts.get("/etc/sipsockets/mi")
+    if token is not None:
+        (token / "token").write_text("t0ken\n")
+    tls = mounts.get("/etc/sipsockets/mi-tls")
+    if tls is not None:
+        write_operator_tls(r, tls)
     fields = {"metadata.namespace": "voip", "metadata.labels['apps.kubernetes.io/pod-index']": "2"}
     environ: dict[str, str] = {}
     for item in container["env"]:
@@ -448,7 +533,8 @@ def test_operator_settings_load_with_the_real_settings_parser(option_set: str, t
     loaded = operator_settings.load([], environ)
     assert loaded.namespace == "voip"
     assert loaded.db_url == "postgres://u:p@db.voip.svc:5432/sipsockets"
-    assert loaded.mi_token() == "t0ken"
+    assert loaded.mi_token() == ("t0ken" if token else None)
+    assert (loaded.mi_tls_cert_file is not None) == (tls is not None)
     assert loaded.mi_port == values.get("mi", {}).get("port", 8888)
     assert loaded.table_name == values.get("database", {}).get("tableName", "sockets")
     assert loaded.webhook_listen == ("" if option_set == "everythingOff" else "0.0.0.0:9443")

@@ -106,7 +106,7 @@ def secrets_on_command_lines(manifests: list[Manifest]) -> list[str]:
 
 EXTERNAL_SECRETS = {
     "database": {"external": {"existingSecret": "carrier-db", "secretKey": "url"}},
-    "mi": {"existingSecret": "carrier-mi-token"},
+    "mi": {"token": {"enabled": True, "existingSecret": "carrier-mi-token"}},
 }
 
 
@@ -117,7 +117,7 @@ def test_no_secret_is_on_a_command_line(option_set: str) -> None:
     values = EXTERNAL_SECRETS if option_set == "externalSecrets" else OPTION_SETS[option_set]
     manifests = render(values)
     if option_set == "defaults":
-        assert len(secret_values(manifests)) >= 3  # the database password and URL, the MI token
+        assert len(secret_values(manifests)) >= 3  # the database password and URL, the MI TLS keys
     assert secrets_on_command_lines(manifests) == []
 
 

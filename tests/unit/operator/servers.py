@@ -75,15 +75,21 @@ class FakeAPI:
         return web.json_response({"metadata": {"name": name}, "status": self.objects[(namespace, name)]})
 
 
+# OpenSIPS after 3.6: the sockets_mgm commands by their new names only (an OpenSIPS without the 3.6 aliases).
+NEW_NAMES = {"sockets_mgm:reload": "sockets_reload", "sockets_mgm:list": "sockets_list"}
+
+
 @dataclass
 class FakeMI:
-    """A proxy's MI: serves `sockets` as listening after each reload; `on_call` sees every method."""
+    """A proxy's MI: serves `sockets` as listening after each reload; `on_call` sees every method.
+    `new_names_only`: answers `sockets_mgm:reload`/`sockets_mgm:list` and -32601 to the 3.6 names."""
 
     sockets: Callable[[], list[str]]
     on_call: Callable[[str], None]
     max_sockets: int = 100
     static: list[str] = field(default_factory=list)
     listed: list[str] = field(default_factory=list)
+    new_names_only: bool = False
     server: TestServer | None = None
 
     async def start(self) -> int:
@@ -102,6 +108,8 @@ class FakeMI:
         call = await request.json()
         method = call["method"]
         self.on_call(method)
+        if self.new_names_only:
+            method = NEW_NAMES.get(method, "" if method in NEW_NAMES.values() else method)
         result: Any
         if method == "sockets_reload":
             self.listed = list(self.sockets())

@@ -12,6 +12,8 @@ from sipoperator.store import TableRow
 
 def obj(name: str, address: str = "10.0.0.1", port: int = 5060, created: str = "2026-01-02T00:00:00Z",
         **spec: Any) -> Known:  # fmt: skip
+    if address in ("0.0.0.0", "::"):  # a wildcard needs the address peers reach it on
+        spec.setdefault("advertised", {"address": "203.0.113.10"})
     return Known(
         f"uid-{name}", "voip", name, created, {"protocol": "udp", "address": address, "port": port, **spec}
     )

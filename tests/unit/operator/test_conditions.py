@@ -12,6 +12,7 @@ from sipoperator.conditions import (
     PodResult,
     conditions,
     listeners,
+    listening_count,
     merge,
 )
 
@@ -94,3 +95,14 @@ def test_merge_keeps_transition_time_and_reports_changes() -> None:
     later, changed = merge(again, [Condition("Ready", "True", "Listening", "ok")], 2, "2026-01-01T00:02:00Z")
     assert [c.reason for c in changed] == ["Listening"]
     assert later[0]["lastTransitionTime"] == "2026-01-01T00:02:00Z"
+
+
+def test_listening_count_counts_listening_pods_of_all_ready_pods() -> None:
+    pods = [
+        PodResult("p0", True, LISTENING),
+        PodResult("p1", True, FAILED, "EADDRNOTAVAIL"),
+        PodResult("p2", False, error="timeout"),
+        PodResult("p3", True, LISTENING),
+    ]
+    assert listening_count(pods) == "2/4"
+    assert listening_count([]) == "0/0"

@@ -106,7 +106,14 @@ async def test_calls_reach_each_pod_on_its_own_port(unused_tcp_port_factory: Any
     [
         ({}, 8888),
         ({"mi": {"port": 9000}}, 9000),
-        ({"mi": {"port": 9001}, "proxy": {"mode": "hostNetwork"}}, 9001),
+        (
+            {
+                "mi": {"port": 9001},
+                "proxy": {"mode": "hostNetwork"},
+                "networkPolicy": {"database": {"nodeCIDRs": ["10.0.0.0/24"]}},
+            },
+            9001,
+        ),
     ],
 )
 def test_the_chart_names_its_mi_port_on_every_proxy_pod(values: dict[str, Any], port: int) -> None:

@@ -88,6 +88,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 def udp(address: str, port: int, **spec: Any) -> dict[str, Any]:
+    if address in ("0.0.0.0", "::"):  # a wildcard needs the address peers reach it on
+        spec.setdefault("advertised", {"address": "203.0.113.10"})
     return {"protocol": "udp", "address": address, "port": port, **spec}
 
 
@@ -162,3 +164,19 @@ async def test_finalize_removes_the_row_and_reloads_after_the_lock(world: World)
     assert await world.rec.finalize("uid-a") == {}
     assert world.table() == []
     assert world.mi.listed == []
+
+
+async def test_the_wide_columns_show_the_advertised_address_and_the_pods_listening(world: World) -> None:
+    spec = udp("10.0.0.1", 5070, advertised={"address": "sbc.example.com"})
+    result = await world.rec.reconcile(world.body("w", spec))
+    assert (result.status["advertised"], result.status["listening"]) == ("sbc.example.com:5070", "1/1")
+    assert world.api.objects[("voip", "w")]["listening"] == "1/1"
+
+    # advertised dropped from the spec: the merge patch removes the field (null) instead of leaving it stale.
+    result = await world.rec.reconcile(world.body("w", udp("10.0.0.1", 5070), generation=2))
+    assert result.status["advertised"] is None
+    assert world.api.patches[-1].body["status"]["advertised"] is None
+
+    # Refused: nothing listens and nothing is advertised.
+    result = await world.rec.reconcile(world.body("w", udp("sbc.example.com", 5070), generation=3))
+    assert (result.status["advertised"], result.status["listening"]) == (None, None)

@@ -112,3 +112,17 @@ def test_same_row_sees_hand_edits_but_not_blank_versus_null() -> None:
     assert same_row(base, row)
     assert not same_row({**base, "tag": "b"}, row)
     assert not same_row({**base, "socket": "udp:10.0.0.1:5061"}, row)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "0:0::0"])
+def test_a_wildcard_without_advertised_is_invalid_naming_why(address: str) -> None:
+    with pytest.raises(
+        SpecError, match=r"a wildcard address \((0\.0\.0\.0|::)\) needs an advertised address"
+    ):
+        validate({"protocol": "udp", "address": address})
+    assert validate({"protocol": "udp", "address": address, "advertised": {"address": "203.0.113.10"}})
+
+
+def test_an_unspecified_advertised_address_is_invalid() -> None:
+    with pytest.raises(SpecError, match=r"advertised address 0\.0\.0\.0 is not one a peer can send to"):
+        validate({"protocol": "udp", "address": "10.0.0.1", "advertised": {"address": "0.0.0.0"}})

@@ -63,7 +63,10 @@ async def webhook(tmp_path: Path) -> AsyncIterator[tuple[Reconciler, Review]]:
 
 
 def udp(address: str, port: int = 5070) -> dict[str, Any]:
-    return {"protocol": "udp", "address": address, "port": port}
+    spec: dict[str, Any] = {"protocol": "udp", "address": address, "port": port}
+    if address in ("0.0.0.0", "::"):  # a wildcard needs the address peers reach it on
+        spec["advertised"] = {"address": "203.0.113.10"}
+    return spec
 
 
 def watched(rec: Reconciler, name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z") -> None:
@@ -97,9 +100,7 @@ async def test_the_same_chain_as_reconcile_refuses_an_overlapping_wildcard_namin
         "SipSocket voip/one: UDP 127.0.0.1:5070 is already used by SipSocket voip/wild (UDP 0.0.0.0:5070); "
         "choose another address or port"
     )
-    assert (await review(request("CREATE", "six", {"protocol": "udp", "address": "::", "port": 5070})))[
-        "allowed"
-    ]
+    assert (await review(request("CREATE", "six", udp("::"))))["allowed"]
     assert (await review(request("CREATE", "other", udp("127.0.0.1", 5071))))["allowed"]
 
 

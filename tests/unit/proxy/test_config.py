@@ -34,6 +34,47 @@ def test_sockets_mgm_defaults() -> None:
     )
 
 
+def test_tls_sockets_and_static_tls_domains(tmp_path: Path) -> None:
+    for name in ("edge.crt", "edge.key", "ca.pem"):
+        (tmp_path / name).write_text("PEM is checked when the domains are loaded, not here\n")
+    cfg = parse_config(
+        {
+            "sockets": ["tls:127.0.0.1", "wss:127.0.0.1:8443", "ws:[::1]:8080"],
+            "tls_mgm": {
+                "table_name": "tls_domains",
+                "domains": [
+                    {
+                        "domain": "edge",
+                        "type": "server",
+                        "match_ip_address": "127.0.0.1:5061",
+                        "match_sip_domain": "sip.example.com",
+                        "certificate": str(tmp_path / "edge.crt"),
+                        "private_key": str(tmp_path / "edge.key"),
+                        "verify_cert": False,
+                        "require_cert": False,
+                    },
+                    {"domain": "carriers", "ca_list": str(tmp_path / "ca.pem"), "method": "TLSv1_2-TLSv1_3"},
+                ],
+            },
+        }
+    )
+    assert [s.socket_str for s in cfg.sockets] == [
+        "tls:127.0.0.1:5061",
+        "wss:127.0.0.1:8443",
+        "ws:[::1]:8080",
+    ]
+    edge, carriers = cfg.tls_mgm.domains
+    assert cfg.tls_mgm.table_name == "tls_domains"
+    assert (edge.type, edge.verify_cert, edge.require_cert, edge.certificate) == (
+        2,
+        False,
+        False,
+        str(tmp_path / "edge.crt"),
+    )
+    assert (carriers.type, carriers.verify_cert, carriers.method) == (1, True, "TLSv1_2-TLSv1_3")
+    assert parse_config({}).tls_mgm.table_name == "tls_mgm"
+
+
 def test_full_config(tmp_path: Path) -> None:
     path = tmp_path / "proxy.yaml"
     path.write_text(
@@ -75,10 +116,54 @@ routes:
         ({"mi": {"listen": "8888"}}, "config: mi.listen: must be host:port"),
         ({"mi": {"port": 1}}, "config: mi.port: unknown key"),
         ({"sockets": ["udp:127.0.0.1:0"]}, r"config: sockets\[0\]: .*out of range"),
-        ({"sockets": ["tls:127.0.0.1:5061"]}, r"config: sockets\[0\]: transport tls not supported yet"),
+        ({"tls_mgm": {"tables": "x"}}, r"config: tls_mgm.tables: unknown key"),
+        ({"tls_mgm": {"domains": {}}}, r"config: tls_mgm.domains: must be a list"),
+        ({"tls_mgm": {"domains": [{"type": "server"}]}}, r"config: tls_mgm.domains\[0\].domain: is required"),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a", "type": "both"}]}},
+            r"config: tls_mgm.domains\[0\].type: must be server or client",
+        ),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a", "type": "server"}]}},
+            r"config: tls_mgm.domains\[0\]: a server domain needs certificate and private_key",
+        ),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a", "ca_list": "/nonexistent/ca.pem"}]}},
+            r"config: tls_mgm.domains\[0\].ca_list: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a", "verify_cert": "yes"}]}},
+            r"config: tls_mgm.domains\[0\].verify_cert: must be true or false",
+        ),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a"}, {"domain": "a", "type": "client"}]}},
+            r"config: tls_mgm.domains\[1\].domain: a client domain 'a' is already defined",
+        ),
+        (
+            {"tls_mgm": {"domains": [{"domain": "a", "certificate_file": "/x"}]}},
+            r"config: tls_mgm.domains\[0\].certificate_file: unknown key",
+        ),
         ({"sockets": "udp:127.0.0.1"}, "config: sockets: must be a list"),
+        (
+            {"sockets": ["udp:0.0.0.0:5060 tag public"]},
+            r"config: sockets\[0\]: udp:0.0.0.0:5060 tag public: a wildcard address \(0.0.0.0\) needs an "
+            "advertised address",
+        ),
+        ({"sockets": ["tcp:[::]:5060"]}, r"config: sockets\[0\]: .*a wildcard address \(::\)"),
         ({"routes": {"a": 1}}, "config: routes: must be a list"),
         ({"log_level": "loud"}, "config: log_level"),
+        ({"mi": {"tls": {"private_key": "/k"}}}, "config: mi.tls.certificate: is required"),
+        ({"mi": {"tls": {"certificate": "/c"}}}, "config: mi.tls.private_key: is required"),
+        (
+            {"mi": {"tls": {"certificate": "/c", "private_key": "/k", "ca": "/a"}}},
+            "config: mi.tls.ca: unknown",
+        ),
+        ({"mi": {"tls": {"certificate": "/c", "private_key": "/k", "client_ca": ""}}}, "mi.tls.client_ca"),
+        ({"mi": {"tls": "on"}}, "config: mi.tls: must be a mapping"),
+        ({"metrics": {}}, "config: metrics.listen: is required"),
+        ({"metrics": {"listen": "x"}}, "config: metrics.listen: must be host:port"),
+        ({"metrics": {"listen": "127.0.0.1:8888"}}, "config: metrics.listen: must differ from mi.listen"),
+        ({"metrics": {"listen": "127.0.0.1:9", "path": "/m"}}, "config: metrics.path: unknown key"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], message: str) -> None:
@@ -106,3 +191,28 @@ def test_the_example_config_is_valid() -> None:
     assert [s.socket_str for s in cfg.sockets] == ["udp:127.0.0.1:5060"]
     assert cfg.sockets_mgm is not None and cfg.sockets_mgm.db_url == "sqlite:///.dev/proxy.db"
     assert (cfg.mi.listen_host, cfg.mi.listen_port) == ("127.0.0.1", 8888)
+
+
+def test_mi_tls_and_the_metrics_listener() -> None:
+    cfg = parse_config(
+        {
+            "mi": {"listen": "[fd00::7]:8888", "tls": {"certificate": "/c.pem", "private_key": "/k.pem"}},
+            "metrics": {"listen": "[fd00::7]:8889"},
+        }
+    )
+    assert cfg.mi.tls is not None
+    assert (cfg.mi.tls.certificate, cfg.mi.tls.private_key, cfg.mi.tls.client_ca) == (
+        "/c.pem",
+        "/k.pem",
+        None,
+    )
+    assert cfg.metrics is not None and (cfg.metrics.listen_host, cfg.metrics.listen_port) == ("fd00::7", 8889)
+    with_ca = parse_config({"mi": {"tls": {"certificate": "/c", "private_key": "/k", "client_ca": "/ca"}}})
+    assert with_ca.mi.tls is not None and with_ca.mi.tls.client_ca == "/ca"
+    assert parse_config({}).metrics is None and parse_config({}).mi.tls is None
+
+
+def test_a_wildcard_socket_with_an_advertised_address_is_accepted() -> None:
+    config = parse_config({"sockets": ["udp:0.0.0.0:5060 as 203.0.113.10 tag public"]})
+    [spec] = config.sockets
+    assert (spec.host, spec.advertised_host, spec.advertised_port) == ("0.0.0.0", "203.0.113.10", 5060)

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from sipproxy.shared.channel import Channel, make_pair
+from sipproxy.shared.channel import Channel, make_pair, memory_file, read_memory_file
 from sipproxy.shared.control import (
     COMMANDS,
     REPLIES,
@@ -26,14 +26,20 @@ from sipproxy.shared.control import (
     StatsReply,
     Stop,
     Sync,
+    TlsDomains,
+    Update,
     decode_command,
     decode_reply,
     encode,
     listener_from_wire,
     listener_to_wire,
+    read_tls_domains_document,
+    tls_domains_document,
 )
 from sipproxy.shared.counters import SocketCounters
+from sipproxy.shared.tls_domains import CLIENT_DOMAIN, SERVER_DOMAIN, TlsDomain
 from sipproxy.sip.listeners import Listener
+from tests.tlscerts import issue, make_ca
 
 UDP = Listener("udp", "127.0.0.1", 5060)
 TCP6 = Listener("tcp", "2001:db8::1", 5070, "sip.example.com", 5080, "core")
@@ -44,9 +50,13 @@ COMMAND_SAMPLES: list[Command] = [
         routes=({"match": {"ruri_user_prefix": "+44"}, "to": "10.0.0.1:5060"}, {"to": "[::1]:5062"}),
         tcp_idle_timeout=0.5,
         record_route=False,
+        flow_key="00" * 16,
     ),
+    Init(routes=(), tcp_idle_timeout=1, flow_key="0123456789abcdef" * 4),
+    TlsDomains(generation=3, size=12345),
     Add(1, UDP, serve=True),
     Add(7, TCP6, serve=False),
+    Update(1, UDP),
     Remove(7),
     Sync(3),
     Stats(4),
@@ -118,12 +128,30 @@ def _with(base: dict[str, object], **changes: object) -> bytes:
         (b'{"op": "sync", "seq": -1}', "control message 'sync': field 'seq' must be an integer >= 0, not -1"),
         (b'{"op": "remove"}', "control message 'remove': field 'sid' is missing"),
         (
-            b'{"op": "init", "routes": {}, "tcp_idle_timeout": 1, "record_route": true}',
+            b'{"op": "init", "routes": {}, "tcp_idle_timeout": 1, "record_route": true, "flow_key": ""}',
             "control message 'init': field 'routes' must be a list",
         ),
         (
-            b'{"op": "init", "routes": [], "tcp_idle_timeout": 0, "record_route": true}',
+            b'{"op": "init", "routes": [], "tcp_idle_timeout": 0, "record_route": true, "flow_key": ""}',
             "control message 'init': field 'tcp_idle_timeout' must be a number of seconds > 0",
+        ),
+        (
+            b'{"op": "init", "routes": [], "tcp_idle_timeout": 1, "record_route": true}',
+            "control message 'init': field 'flow_key' is missing",
+        ),
+        (
+            b'{"op": "init", "routes": [], "tcp_idle_timeout": 1, "record_route": true, "flow_key": "abc"}',
+            "control message 'init': field 'flow_key' must be 16 to 32 bytes in lowercase hex, or empty",
+        ),
+        (
+            b'{"op": "init", "routes": [], "tcp_idle_timeout": 1, "record_route": true, "flow_key": "'
+            + b"AB" * 16
+            + b'"}',
+            "control message 'init': field 'flow_key' must be 16 to 32 bytes in lowercase hex, or empty",
+        ),
+        (
+            b'{"op": "tls_domains", "generation": 1, "size": "big"}',
+            "control message 'tls_domains': field 'size' must be an integer >= 0",
         ),
         (b'{"op": "stop", "now": true}', "control message 'stop': unexpected field 'now'"),
     ],
@@ -146,10 +174,11 @@ def test_a_malformed_command_is_refused_naming_the_problem(data: bytes, problem:
         (
             b'{"op": "stats_reply", "seq": 1, "counters": {"udp:127.0.0.1:5060": [1, 2, 3]}}',
             "control message 'stats_reply': field 'counters': socket 'udp:127.0.0.1:5060': "
-            "counters must be a list of 5 items",
+            "counters must be a list of 6 items",
         ),
         (
-            b'{"op": "stats_part", "counters": {"udp:127.0.0.1:5060": [1, 2, 3, 4, {"parse_error": "x"}]}}',
+            b'{"op": "stats_part", "counters": '
+            b'{"udp:127.0.0.1:5060": [1, 2, 3, 4, {"parse_error": "x"}, 0]}}',
             "control message 'stats_part': field 'counters': socket 'udp:127.0.0.1:5060': "
             "counters: drops must map reasons to integers >= 0",
         ),
@@ -197,3 +226,76 @@ async def test_the_channel_carries_a_descriptor_and_closes_one_sent_with_a_refus
         supervisor.close()
         worker.close()
         bound.close()
+
+
+CA = make_ca()
+LEAF = issue(CA, "sip.example.com", dns=["sip.example.com"])
+DOMAINS = [
+    TlsDomain(
+        "edge",
+        SERVER_DOMAIN,
+        ("127.0.0.1:5061", "[::1]:5061"),
+        ("sip.example.com", "*.example.com"),
+        method="TLSv1_2-TLSv1_3",
+        verify_cert=False,
+        require_cert=False,
+        certificate=LEAF.cert_pem,
+        private_key=LEAF.key_pem,
+        cipher_list="ECDHE+AESGCM",
+        ec_curve="prime256v1",
+        id=7,
+    ),
+    TlsDomain("carrier", CLIENT_DOMAIN, ca_list=CA.cert_pem * 600, ca_dir="/etc/ssl/certs", id=None),
+]
+
+
+def test_the_tls_domains_document_round_trips_whole_private_keys_included() -> None:
+    data = tls_domains_document(DOMAINS)
+    assert len(data) > 256 << 10  # more than a packet of the channel can hold
+    back = read_tls_domains_document(data)
+    assert back == DOMAINS
+    assert back[0].private_key == LEAF.key_pem  # compared fields exclude nothing: the key made it too
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"{", "TLS domains document is not JSON"),
+        (b"{}", "TLS domains document must be a list"),
+        (b"[1]", "TLS domain #0 must be an object"),
+        (b'[{"name": "x"}]', "TLS domain #0: field 'type' is missing"),
+        (
+            tls_domains_document(DOMAINS[:1]).replace(b'"match_domains":[', b'"match_domains":[1,'),
+            "TLS domain #0: field 'match_domains' must be a list of strings",
+        ),
+        (
+            tls_domains_document(DOMAINS[:1]).replace(b"-----BEGIN CERTIFICATE", "-----BÉGIN".encode(), 1),
+            "TLS domain #0: PEM must be ASCII",
+        ),
+    ],
+)
+def test_a_malformed_tls_domains_document_is_refused_naming_the_problem(data: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        read_tls_domains_document(data)
+    assert str(info.value).startswith(problem)
+
+
+async def test_tls_domains_travel_in_a_memory_file_one_file_for_several_workers() -> None:
+    data = tls_domains_document(DOMAINS)
+    pairs = [make_pair() for _ in range(2)]
+    fd = memory_file(data)
+    try:
+        for parent, _ in pairs:
+            await Channel(parent, decode_reply).send(TlsDomains(1, len(data)), fd)
+        for _, child in pairs:
+            msg, received = await asyncio.wait_for(Channel(child, decode_command).recv(), 5)
+            assert msg == TlsDomains(1, len(data)) and received is not None
+            try:
+                assert read_tls_domains_document(read_memory_file(received, msg.size)) == DOMAINS
+            finally:
+                os.close(received)
+    finally:
+        os.close(fd)
+        for parent, child in pairs:
+            parent.close()
+            child.close()

@@ -1,4 +1,5 @@
-"""The reload diff matches rows on every compared column, as OpenSIPS."""
+"""The reload diff matches rows on every compared column, as OpenSIPS, and updates a running socket in place
+when only its advertised address, tag or ToS changed."""
 
 from sipproxy.shared.socketspec import parse_row
 from sipproxy.supervisor.reload_diff import Diff, diff_sockets
@@ -13,11 +14,27 @@ def test_identical_rows_are_kept_new_added_gone_removed() -> None:
     assert [s.socket_str for s in diff.added] == ["tcp:10.0.0.3:5060"]
 
 
-def test_changed_row_is_removed_and_added() -> None:
+def test_a_new_advertised_address_tag_or_tos_updates_the_running_socket() -> None:
+    running = {7: parse_row("udp:10.0.0.1:5060", tag="a"), 8: parse_row("tcp:10.0.0.1:5060")}
+    wanted = [
+        parse_row("udp:10.0.0.1:5060", advertised="203.0.113.9", tag="b", tos="IPTOS_LOWDELAY"),
+        parse_row("tcp:10.0.0.1:5060", tag="core"),
+    ]
+    diff = diff_sockets(running, wanted)
+    assert diff.kept == [] and diff.removed == [] and diff.added == []
+    assert [(ident, spec.tag, spec.advertised_host, spec.tos) for ident, spec in diff.updated] == [
+        (7, "b", "203.0.113.9", 16),
+        (8, "core", None, 0),
+    ]
+
+
+def test_another_protocol_address_port_or_flag_replaces_the_socket() -> None:
     running = {7: parse_row("udp:10.0.0.1:5060", tag="a")}
-    diff = diff_sockets(running, [parse_row("udp:10.0.0.1:5060", tag="b")])
-    assert diff.kept == [] and diff.removed == [7]
-    assert [s.tag for s in diff.added] == ["b"]
+    for changed in ("tcp:10.0.0.1:5060", "udp:10.0.0.2:5060", "udp:10.0.0.1:5061"):
+        diff = diff_sockets(running, [parse_row(changed, tag="a")])
+        assert diff.removed == [7] and [s.socket_str for s in diff.added] == [changed] and diff.updated == []
+    diff = diff_sockets(running, [parse_row("udp:10.0.0.1:5060", tag="a", flags="reuse_port")])
+    assert diff.removed == [7] and len(diff.added) == 1 and diff.updated == []
 
 
 def test_duplicate_rows_collapse() -> None:

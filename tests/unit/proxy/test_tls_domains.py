@@ -30,14 +30,12 @@ from sipproxy.shared.tls_domains import (
     TlsDomain,
     TlsDomainError,
     client_context,
-    init_tls_mgm,
     parse_domains,
-    read_domains,
     select_client_domain,
     select_server_domain,
     server_context,
-    tls_mgm_table,
 )
+from sipproxy.shared.tls_table import init_tls_mgm, read_domains, tls_mgm_table
 from tests.tlscerts import Issued, issue, make_ca, new_key
 
 CA = make_ca()

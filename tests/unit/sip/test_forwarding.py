@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from sipproxy.sip.engine import SipEngine
 from sipproxy.sip.headers import split_values
 from sipproxy.sip.message import parse_message
+from sipproxy.sip.routing import parse_routes
 from sipproxy.sip.via import parse_via
 from tests.unit.sip.support import (
     CORE,
@@ -12,6 +14,7 @@ from tests.unit.sip.support import (
     UAC,
     UDP4,
     UDP6,
+    StaticListeners,
     engine,
     one,
     parsed,
@@ -112,6 +115,25 @@ def test_own_top_route_removed_and_next_route_is_the_next_hop() -> None:
         b"<sip:127.0.0.20:5090;lr;x=1>",
         b"<sip:127.0.0.21;lr>",
     ]
+
+
+def test_a_port_less_route_names_the_default_port_not_any_port_of_ours() -> None:
+    # CORE listens on 127.0.0.2:5070 only: <sip:127.0.0.2;lr> is 127.0.0.2:5060, another element's.
+    foreign = request("BYE", to_tag="t1", extra=["Route: <sip:127.0.0.2;lr>"])
+    for scan in (True, False):
+        send = one(
+            SipEngine(parse_routes(None), StaticListeners([UDP4, CORE]), scan=scan).handle(foreign, UDP4, UAC)
+        )
+        assert (send.host, send.port) == ("127.0.0.2", 5060)
+        assert parsed(send).values_of(b"route") == [b"<sip:127.0.0.2;lr>"]
+    # UDP4 listens on 127.0.0.1:5060: <sip:127.0.0.1;lr> is ours and goes.
+    ours = request("BYE", to_tag="t1", extra=["Route: <sip:127.0.0.1;lr>"])
+    for scan in (True, False):
+        send = one(
+            SipEngine(parse_routes(None), StaticListeners([UDP4, CORE]), scan=scan).handle(ours, UDP4, UAC)
+        )
+        assert (send.host, send.port) == ("127.0.0.1", 5080)
+        assert b"route" not in parsed(send).index
 
 
 def test_strict_router_upstream_request_uri_is_restored_from_the_last_route() -> None:

@@ -76,10 +76,13 @@ def test_responses_whose_top_via_is_not_ours_are_dropped() -> None:
 
 def test_response_to_a_stream_request_uses_the_same_connection_until_it_closes() -> None:
     class Connection:
-        pass
+        """What the runtime's stream connections show the engine: the peer at the other end."""
+
+        def __init__(self, peer: tuple[str, int]) -> None:
+            self.peer = peer
 
     eng = engine()
-    conn = Connection()
+    conn = Connection(("127.0.0.10", 40100))
     data = request(via="SIP/2.0/TCP 127.0.0.10:5061;branch=z9hG4bK-t")
     forwarded = one(eng.handle(data, TCP4, ("127.0.0.10", 40100), connection=conn))
     assert forwarded.proto == "udp"  # the next hop is UDP; the response still returns over TCP
@@ -90,7 +93,7 @@ def test_response_to_a_stream_request_uses_the_same_connection_until_it_closes()
     later = one(eng.handle(answer(forwarded.data), UDP4, UAS))
     assert later.connection is None and later.proto == "tcp" and later.port == 5061
     # the registry holds connections weakly: a collected one is gone too
-    conn2 = Connection()
+    conn2 = Connection(("127.0.0.10", 40101))
     fwd2 = one(eng.handle(data, TCP4, ("127.0.0.10", 40101), connection=conn2))
     del conn2
     gc.collect()

@@ -46,13 +46,16 @@ ROUTE_SETS: list[object] = [
 ]
 
 
+FLOW_KEY = bytes(range(32))
+
+
 def pair(routes: object = None, record_route: bool = True) -> tuple[SipEngine, SipEngine]:
-    """The same engine with and without the scanner."""
+    """The same engine with and without the scanner (one flow key, as the workers of one proxy share)."""
     listeners = StaticListeners(LISTENERS)
     rules = parse_routes(routes)
     return (
-        SipEngine(rules, listeners, record_route=record_route),
-        SipEngine(rules, listeners, record_route=record_route, scan=False),
+        SipEngine(rules, listeners, record_route=record_route, flow_key=FLOW_KEY),
+        SipEngine(rules, listeners, record_route=record_route, scan=False, flow_key=FLOW_KEY),
     )
 
 
@@ -76,7 +79,7 @@ def scanned_path_takes(eng: SipEngine, data: bytes, listener: Listener, src: tup
         response = SCAN_RESPONSE(data) if SCAN_RESPONSE is not None else None
         return response is not None and scanned_path.response(eng.state, response) is not None
     found = SCAN_REQUEST(data, src[0], src[1]) if SCAN_REQUEST is not None else None
-    return found is not None and scanned_path.request(eng.state, data, found, listener, None) is not None
+    return found is not None and scanned_path.request(eng.state, data, found, listener, src, None) is not None
 
 
 ROUTE = "Route: <sip:127.0.0.1:5060;lr>"
@@ -420,6 +423,55 @@ def test_random_mutations_agree() -> None:
             agree(scanned, general, sample, UDP4, src)
             taken += scanned_path_takes(scanned, sample, UDP4, src)
     assert taken > 800  # most small edits leave a message the scanner still reads
+
+
+class Flow:
+    """A stream connection as the worker shows it to the engine: its socket and peer."""
+
+    def __init__(self, listener: Listener, peer: tuple[str, int]) -> None:
+        self.listener = listener
+        self.peer = peer
+
+
+WSS = Listener("wss", "127.0.0.1", 8443)
+BROWSER = ("127.0.0.30", 50123)
+
+
+def test_flow_tokens_take_the_scanned_path_and_agree() -> None:
+    """A browser's call over WSS: responses with a flow token in our Via, the callee's in-dialog requests
+    with one in our Record-Route (sent over the browser's connection), and mutations of those tokens."""
+    listeners = StaticListeners((*LISTENERS, WSS))
+    scanned = SipEngine([], listeners, flow_key=FLOW_KEY)
+    general = SipEngine([], listeners, scan=False, flow_key=FLOW_KEY)
+    conn = Flow(WSS, BROWSER)
+    invite = request(via="SIP/2.0/WSS abc.invalid;branch=z9hG4bK-ws")
+    forwarded = one(agree(scanned, general, invite, WSS, BROWSER, conn)).data
+    head = forwarded.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    route_set = [line.split(b": ", 1)[1] for line in head if line.startswith(b"Record-Route: ")]
+    token = route_set[1][len(b"<sip:") : route_set[1].index(b"@")]
+    samples = [answer(forwarded, 180, "Ringing"), answer(forwarded, 200, "OK", b"v=0\r\n")]
+    samples.append(
+        request(
+            "BYE",
+            "sip:alice@abc.invalid;transport=ws",
+            via="SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-b",
+            to_tag="uas-1",
+            cseq=2,
+            extra=["Route: " + b", ".join(route_set).decode()],
+        )
+    )
+    for data in samples:
+        src = UAS if data.startswith(b"SIP/") or b"BYE" in data[:4] else UAC
+        sent = one(agree(scanned, general, data, UDP4, src))
+        assert sent.connection is conn, data
+        assert scanned_path_takes(scanned, data, UDP4, src), data
+    rng = random.Random("flow tokens")
+    for data in samples:
+        at = data.index(token)
+        for _ in range(300):
+            mutated = bytearray(data)
+            mutated[at + rng.randrange(len(token))] = rng.choice(b"0123456789abcdefA@;-")
+            agree(scanned, general, bytes(mutated), UDP4, UAS)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.dat")))

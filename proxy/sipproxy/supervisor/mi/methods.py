@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sipproxy.supervisor.entries import Entry, ReloadResult
 from sipproxy.supervisor.metrics import render_prometheus
 from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
 from sipproxy.supervisor.supervisor import ReloadError, Supervisor
+from sipproxy.supervisor.tls import TlsReloadError, reload_result, socket_warning, tls_list
 
 
-def entry_dict(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
+def entry_dict(entry: Entry, with_kind: bool = False, warning: str | None = None) -> dict[str, Any]:
     """OpenSIPS' sockets_list fields first (empty ones left out), then ours."""
     spec, row = entry.spec, entry.row
     out: dict[str, Any] = {}
@@ -47,16 +49,19 @@ def entry_dict(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
         out["error"] = "; ".join(entry.lagging[name] for name in sorted(entry.lagging))
     elif entry.error:
         out["error"] = entry.error
+    if warning:
+        out["warning"] = warning
     if with_kind:
         out["kind"] = entry.kind
     return out
 
 
-def reload_dict(result: ReloadResult) -> dict[str, Any]:
+def reload_dict(result: ReloadResult, warn: Callable[[Entry], str | None] = lambda _: None) -> dict[str, Any]:
     return {
-        "added": [entry_dict(e) for e in result.added],
+        "added": [entry_dict(e, warning=warn(e)) for e in result.added],
         "removed": [entry_dict(e) for e in result.removed],
-        "kept": [entry_dict(e) for e in result.kept],
+        "kept": [entry_dict(e, warning=warn(e)) for e in result.kept],
+        "updated": [entry_dict(e, warning=warn(e)) for e in result.updated],
         "failed": [
             {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
         ],
@@ -84,20 +89,38 @@ def _wanted_stats(params: Params) -> list[str]:
 
 
 def make_methods(sup: Supervisor) -> dict[str, Method]:
+    def warn(entry: Entry) -> str | None:
+        """A listening TLS or WSS socket no server domain serves says so."""
+        if entry.spec is None or entry.state != "listening":
+            return None
+        return socket_warning(entry.spec, sup.tls.domains)
+
     async def sockets_reload(params: Params) -> Any:
         no_params(params)
         try:
-            return reload_dict(await sup.reload())
+            return reload_dict(await sup.reload(), warn)
         except ReloadError as exc:
             raise MIError(500, "Could not reload sockets", str(exc)) from None
 
     async def sockets_list(params: Params) -> Any:
         no_params(params)
-        return [entry_dict(e) for e in sup.dynamic_entries()]
+        return [entry_dict(e, warning=warn(e)) for e in sup.dynamic_entries()]
 
     async def list_sockets(params: Params) -> Any:
         no_params(params)
-        return [entry_dict(e, with_kind=True) for e in sup.static_entries() + sup.dynamic_entries()]
+        entries = sup.static_entries() + sup.dynamic_entries()
+        return [entry_dict(e, with_kind=True, warning=warn(e)) for e in entries]
+
+    async def tls_reload(params: Params) -> Any:
+        no_params(params)
+        try:
+            return reload_result(await sup.tls_reload())
+        except TlsReloadError as exc:
+            raise MIError(500, "Could not reload TLS domains", str(exc)) from None
+
+    async def tls_list_method(params: Params) -> Any:
+        no_params(params)
+        return tls_list(sup.tls)
 
     async def sockets_capacity(params: Params) -> Any:
         no_params(params)
@@ -136,6 +159,11 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
             "sockets_mgm:reload_failures": sup.reload_failures,
             "sockets_mgm:listening": sum(1 for e in sup.entries.values() if e.kind == "dynamic"),
             "sockets_mgm:failed": len(sup.failed),
+            "tls_mgm:generation": sup.tls.number,
+            "tls_mgm:domains": len(sup.tls.domains),
+            "tls_mgm:failed": len(sup.tls.entries) - len(sup.tls.domains),
+            "tls_mgm:reloads": sup.tls_reloads,
+            "tls_mgm:reload_failures": sup.tls_reload_failures,
         }
         for label, c in sorted(per_socket.items()):
             stats[f"socket:{label}:rcv_packets"] = c.rx_packets
@@ -162,6 +190,8 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
         "uptime": uptime,
         "version": version,
         "get_statistics": get_statistics,
+        "tls_reload": tls_reload,
+        "tls_list": tls_list_method,
     }
 
 

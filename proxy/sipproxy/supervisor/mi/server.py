@@ -1,8 +1,10 @@
-"""The HTTP side of the MI: POST /<root> (JSON-RPC), GET /healthz, /readyz, /metrics."""
+"""The HTTP side of the MI: POST /<root> (JSON-RPC), GET /healthz, /readyz, /metrics; one app may serve
+either part or both (see `listeners.py`)."""
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -19,8 +21,11 @@ def make_app(
     token: str | None,
     ready: Callable[[], bool],
     metrics: Callable[[], Awaitable[str]],
+    *,
+    rpc: bool = True,
+    probes: bool = True,
 ) -> web.Application:
-    async def rpc(request: web.Request) -> web.StreamResponse:
+    async def json_rpc(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed\n")
         if not authorized(request.headers.get("Authorization"), token):
@@ -52,16 +57,20 @@ def make_app(
         )
 
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_route("*", "/" + root.strip("/"), rpc)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", prometheus)
+    if rpc:
+        app.router.add_route("*", "/" + root.strip("/"), json_rpc)
+    if probes:
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", prometheus)
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def serve(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, shutdown_timeout=5.0)
+    site = web.TCPSite(runner, host, port, reuse_address=True, shutdown_timeout=5.0, ssl_context=ssl_context)
     await site.start()
     return runner
