@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile()
         profiler.enable()
     if args.udp_pool is not None:
-        selector = PoolSelector(PoolState(args.udp_pool), always_active=args.pool_member == 0)
+        member = args.pool_member
+        selector = PoolSelector(PoolState(args.udp_pool), always_active=member == 0, watches=member in (1, 2))
         with asyncio.Runner(loop_factory=lambda: PoolEventLoop(selector)) as runner:
             runner.run(amain(args.control_fd, args.name, args.index, args.relay_prefix, selector))
     else:

@@ -17,9 +17,10 @@ only the workers the load needs in the wait:
 - An active worker that finds its sockets still readable after every message for a while (it falls behind)
   writes the recruit eventfd: one standby worker wakes and becomes active (EPOLLEXCLUSIVE again, so one).
 - An extra active worker that has not fallen behind for `RETIRE_AFTER` goes back to standby.
-- A standby worker also looks every `STANDBY_CHECK` for datagrams waiting while no active worker has read
-  any for `STALL_AFTER` (the pool's heartbeat, a shared page every active worker stamps): it takes over from
-  an active worker that is stuck or stopped.
+- Two standby workers (members 1 and 2) also look every `STANDBY_CHECK` for datagrams waiting while no
+  active worker has read any for `STALL_AFTER` (the pool's heartbeat, a shared page every active worker
+  stamps): one takes over from an active worker that is stuck or stopped. The other standby workers sleep
+  until called, so an idle pool of 8 costs 8 wake-ups a second, not 28.
 
 The other descriptors of the worker (its control channel, relay socket, TCP connections it opened) are in
 both epolls and go through asyncio as usual.
@@ -68,8 +69,11 @@ class PoolState:
 
 
 class PoolSelector(selectors.BaseSelector):
-    def __init__(self, pool: PoolState, always_active: bool) -> None:
+    def __init__(self, pool: PoolState, always_active: bool, watches: bool = True) -> None:
+        """`watches`: this standby worker looks for a stuck pool (two of a pool do: every check is a wake-up
+        of an idle process, and two watchers are enough that one stuck worker cannot hide another)."""
         self.pool = pool
+        self.watches = watches
         self.always_active = always_active
         self.active = always_active
         self.recruits = 0  # how often this worker called for help
@@ -189,7 +193,8 @@ class PoolSelector(selectors.BaseSelector):
         return events if events else None
 
     def _select_standby(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
-        wait = STANDBY_CHECK if remaining < 0 else min(remaining, STANDBY_CHECK)
+        check = STANDBY_CHECK if self.watches else -1.0
+        wait = check if remaining < 0 else (remaining if check < 0 else min(remaining, check))
         ready = self._standby_ep.poll(wait)
         events: list[tuple[selectors.SelectorKey, int]] = []
         called = False
@@ -204,7 +209,7 @@ class PoolSelector(selectors.BaseSelector):
                 key = self._map.get(fd)
                 if key is not None:
                     events.append((key, _selector_events(ev)))
-        if not called and not ready and self._active_ep.poll(0):
+        if not called and not ready and self.watches and self._active_ep.poll(0):
             called = time.monotonic() - self.pool.last_beat() > STALL_AFTER
         if called:
             self.active = True
