@@ -8,7 +8,7 @@ CORE_STAMP := $(VENV)/.sip-core-compiled
 SIP_CORE := $(filter-out %/__init__.py,$(wildcard proxy/sipproxy/sip/*.py)) proxy/sipproxy/sip/_scan.c
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: venv lint binaries prerequisites test test-unit test-integration test-e2e test-e2e-kind demo demo-down bench clean
+.PHONY: venv lint binaries prerequisites test test-unit test-fuzz fuzz test-integration test-e2e test-e2e-kind demo demo-down bench clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,17 @@ binaries: $(STAMP)
 prerequisites:
 	$(PYTHON) -m devenv.prerequisites
 
-test: prerequisites lint test-unit test-integration test-e2e
+test: prerequisites lint test-unit test-fuzz test-integration test-e2e
 
 test-unit: $(CORE_STAMP)
 	$(PYTEST) tests/unit
+
+# Fuzzing (fuzz/, docs/reliability.md): a short bounded run of each harness in `make test`, the long one here.
+test-fuzz: $(CORE_STAMP)
+	$(PYTEST) tests/fuzz
+
+fuzz: $(CORE_STAMP)
+	$(PY) -m fuzz.run sip --runs 10000000 --explore 1200
 
 test-integration: $(CORE_STAMP)
 	$(PYTEST) tests/integration

@@ -350,12 +350,12 @@ class OperatorPod(_Pod):
         self.env = {**env, "SIPSOCKETS_HEALTH_LISTEN": f"127.0.0.1:{self.health_port}"}
         self.service_account = ""
 
-    def ensure_rbac(self, peering: bool) -> None:
-        """The chart's own operator ServiceAccount, Role and RoleBinding, rendered for this namespace."""
-        values = ["--set", "operator.replicas=2"] if peering else []
+    def ensure_rbac(self) -> None:
+        """The chart's own operator ServiceAccount, Role and RoleBinding, rendered for this namespace (its
+        Lease is the chart's default name, which is the operator's default too)."""
         rendered = self.cluster.helm(
             "template", RELEASE, str(CHART), "--namespace", self.namespace,
-            "--show-only", "templates/operator-rbac.yaml", *values,
+            "--show-only", "templates/operator-rbac.yaml",
         ).stdout  # fmt: skip
         docs = [d for d in yaml.safe_load_all(rendered) if d]
         self.service_account = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
@@ -393,11 +393,18 @@ class OperatorPod(_Pod):
         }
 
     def start(self, timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Create the Pod and return at once (several replicas are created at the same instant)."""
         if not self.service_account:
-            self.ensure_rbac(peering=bool(self.env.get("SIPSOCKETS_PEERING")))
+            self.ensure_rbac()
         self._delete(grace=0)
         share(self.share_dir)
         self._create()
+
+    def wait_started(self, timeout: float = 120.0) -> None:
         self._wait_running(timeout)
         _wait(self.healthy, f"the operator's /healthz (pod {self.name})", timeout, interval=0.5)
 
@@ -418,5 +425,5 @@ class OperatorPod(_Pod):
             return str(r.read().decode())
 
     def stop(self) -> None:
-        """Graceful: the kubelet sends SIGTERM and waits (kopf withdraws its peering record)."""
+        """Graceful: the kubelet sends SIGTERM and waits (the operator releases its Lease)."""
         self._delete(grace=20)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # Real peers and servers of the tests: SIPp, PostgreSQL, MariaDB, Kamailio (benchmark peer, and with its TLS
 # module a TLS peer), iproute2, procps, openssl; and for the e2e tier's single-node cluster: containerd,
 # runc, CNI plugins, nftables and iptables, debootstrap and buildah (images built locally), skopeo, umoci and
-# uidmap.
+# uidmap; clang and libclang-rt-14-dev build the fuzz harness' sanitized scanner (fuzz/sanitized.py).
 PACKAGES: tuple[str, ...] = (
     "sip-tester",
     "postgresql",
@@ -38,6 +38,8 @@ PACKAGES: tuple[str, ...] = (
     "skopeo",
     "umoci",
     "uidmap",
+    "clang",
+    "libclang-rt-14-dev",
 )
 
 # Debian starts these services when it installs them, where it can; the tests run private instances of their

@@ -5,6 +5,10 @@ reason and message). Reconcile and the validating webhook run the same chain, so
 exactly what reconcile would report as not accepted (the webhook judges the object as a newcomer, see
 `snapshot.for_admission`). Checks that need the table pass when it could not be read: reconcile then says
 the endpoint is unchecked.
+
+After the chain, `resolve_refs` judges the Secrets of spec.tls (the ResolvedRefs condition). It never
+refuses: cert-manager creates a Certificate's Secret after the SipSocket that names it exists, so the webhook
+turns a problem into a warning and reconcile into the condition (the Gateway API accepts and reports too).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sipoperator.conflicts import Claim, Foreign, decide
+from sipoperator.refs import Resolution, resolve
 from sipoperator.snapshot import Snapshot
 from sipoperator.spec import DesiredSocket, describe_key, row_key
 
@@ -100,3 +105,11 @@ def first_refusal(snap: Snapshot, chain: Sequence[Check] = CHAIN) -> Refusal | N
         if refusal is not None:
             return refusal
     return None
+
+
+def resolve_refs(snap: Snapshot) -> Resolution | None:
+    """The Secrets of spec.tls, checked at `snap.now`; None when the SipSocket references none."""
+    wanted = snap.subject.wanted
+    if wanted is None or wanted.tls is None:
+        return None
+    return resolve(snap.subject.namespace, wanted.tls, snap.secrets, snap.now)

@@ -1,4 +1,6 @@
-"""`sipsockets-operator`: the health/metrics server, the admission webhook and kopf in one event loop."""
+"""`sipsockets-operator`: the health/metrics server, the admission webhook, kopf's watches and the leader
+election in one event loop. Every replica watches and answers the webhook; only the Lease's holder runs the
+keepers and the fleet check, which are the only writers (rows, statuses, finalizers, reloads)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ import kopf
 from aiohttp import web
 
 from sipoperator import handlers
+from sipoperator.election import AllOf, Elector
+from sipoperator.events import EventPoster
+from sipoperator.fleetsync import FleetSync
+from sipoperator.keepers import Keepers
 from sipoperator.kube import KubeClient
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet
@@ -50,14 +56,23 @@ async def _serve(app: web.Application, listen: str, what: str, ssl_context: obje
 
 async def run(settings: Settings) -> None:
     metrics = Metrics()
-    store = Store(settings.db_url, settings.table_name)
+    store = Store(settings.db_url, settings.table_name, tls_table_name=settings.tls_table_name)
     fleet = Fleet(settings, metrics)
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
-    handlers.configure(kopf_settings, settings.peering)
+    handlers.configure(kopf_settings)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
-    handlers.register(registry, rec, settings.peering)
+    status = StatusWriter(kube)
+    rec = Reconciler(settings, store, fleet, metrics, status, kube)
+    events = EventPoster(kube)
+    fleet_sync = FleetSync(settings, store, fleet, metrics)
+    keepers = Keepers(rec, kube, events, reload_missed=fleet_sync.wake)
+    elector = Elector(
+        kube, settings.namespace, settings.lease_name, settings.timing, metrics, AllOf([keepers, fleet_sync])
+    )
+    # Every writer asks the elector first (lease.py: fencing by lease time).
+    store.fence = status.fence = keepers.fence = fleet.client.fence = elector
+    handlers.register(registry, rec, keepers)
 
     runners = [await _serve(health_app(metrics), settings.health_listen, "health and metrics")]
     if settings.webhook_listen:
@@ -69,17 +84,19 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    election = asyncio.create_task(elector.run(stop), name="leader election")
     try:
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,
             namespaces=[settings.namespace],
-            standalone=not settings.peering,
-            peering_name=settings.peering or None,
-            priority=settings.priority,
+            standalone=True,
             stop_flag=stop,
         )
     finally:
+        stop.set()
+        await election  # the leader's work stops and the Lease is released before anything closes
+        await events.close()
         for runner in runners:
             await runner.cleanup()
         await fleet.client.close()

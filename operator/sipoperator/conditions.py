@@ -2,6 +2,13 @@
 
 Accepted -> Programmed -> Ready form a chain: when one is False the next ones are False with the same reason,
 so `kubectl get sipsockets` (whose Reason column shows Ready's reason) names the first thing to fix.
+
+`ResolvedRefs` (SipSockets with `spec.tls` only) sits between Accepted and Programmed and is judged on its
+own: it says whether the Secrets resolve, whatever Accepted says. It joins the chain only while there is no
+certificate to serve: then Programmed and Ready are False with its reason (`InvalidCertificateRef`). A
+Secret that goes bad after a certificate was programmed does not take the socket down: the proxies keep the
+last good certificate, Programmed and Ready stay True, and ResolvedRefs says what to fix and which
+certificate is still served.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipoperator.certificates import INVALID_CERTIFICATE_REF
+
 ACCEPTED, PROGRAMMED, READY = "Accepted", "Programmed", "Ready"
+RESOLVED_REFS = "ResolvedRefs"
 LISTENING, FAILED, PENDING = "Listening", "Failed", "Pending"
 # Listening, but not with every worker of the pod that should serve it (one is being replaced).
 PARTIAL = "Partial"
@@ -27,6 +37,26 @@ class PodResult:
 
 
 @dataclass(frozen=True)
+class Refs:
+    """The references of spec.tls: resolved or not, and, when not, the last good certificate still served."""
+
+    resolved: bool
+    reason: str
+    message: str
+    serving: str = ""  # not resolved: the certificate the proxies keep serving ("" when none)
+
+    def condition(self) -> Condition:
+        if self.resolved:
+            return Condition(RESOLVED_REFS, "True", self.reason, self.message)
+        message = self.message
+        if self.serving:
+            message += f"; the proxies keep serving {self.serving} until it is fixed"
+        else:
+            message += "; nothing is served on this socket until it is fixed"
+        return Condition(RESOLVED_REFS, "False", self.reason, message)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """Everything reconcile learned, in decision order; later fields matter only if earlier ones passed."""
 
@@ -37,6 +67,7 @@ class Outcome:
     programmed_reason: str = "Programmed"
     programmed_message: str = ""
     pods: Sequence[PodResult] = field(default_factory=tuple)
+    refs: Refs | None = None  # None: the SipSocket references no Secret
 
 
 @dataclass(frozen=True)
@@ -125,29 +156,60 @@ def _ready(pods: Sequence[PodResult]) -> Condition:
 
 
 def conditions(outcome: Outcome) -> list[Condition]:
+    """Accepted, ResolvedRefs (with spec.tls), Programmed, Ready."""
+    refs = [outcome.refs.condition()] if outcome.refs is not None else []
     if not outcome.accepted:
         reason, message = outcome.accepted_reason, outcome.accepted_message
         return [
             Condition(ACCEPTED, "False", reason, message),
+            *refs,
             Condition(PROGRAMMED, "False", reason, "not written to the database: " + message),
             Condition(READY, "False", reason, "not served: " + message),
         ]
     accepted = Condition(ACCEPTED, "True", "Accepted", outcome.accepted_message or "spec is valid")
     if not outcome.programmed:
         reason, message = outcome.programmed_reason, outcome.programmed_message
+        if reason == INVALID_CERTIFICATE_REF:  # no certificate to serve: ResolvedRefs is the first to fix
+            return [
+                accepted,
+                *refs,
+                Condition(PROGRAMMED, "False", reason, "not written to the database: " + message),
+                Condition(READY, "False", reason, "not served: " + message),
+            ]
         return [
             accepted,
+            *refs,
             Condition(PROGRAMMED, "False", reason, message),
             Condition(READY, "False", reason, "cannot confirm the socket: " + message),
         ]
     programmed = Condition(
         PROGRAMMED, "True", "Programmed", outcome.programmed_message or "row written to the sockets table"
     )
-    return [accepted, programmed, _ready(outcome.pods)]
+    ready = _ready(outcome.pods)
+    if outcome.refs is not None and not outcome.refs.resolved and ready.status == "True":
+        ready = Condition(
+            READY,
+            ready.status,
+            ready.reason,
+            f"{ready.message}, with the last good certificate (see {RESOLVED_REFS})",
+        )
+    return [accepted, *refs, programmed, ready]
 
 
-def refused(reason: str, message: str) -> Outcome:
-    return Outcome(False, reason, message)
+def refused(reason: str, message: str, refs: Refs | None = None) -> Outcome:
+    return Outcome(False, reason, message, refs=refs)
+
+
+def unresolved(accepted_message: str, refs: Refs) -> Outcome:
+    """Accepted, but no certificate to serve: nothing is written for the socket."""
+    return Outcome(
+        True,
+        accepted_message=accepted_message,
+        programmed=False,
+        programmed_reason=refs.reason,
+        programmed_message=refs.message,
+        refs=refs,
+    )
 
 
 # Refusals that stand while the database is down: what held the endpoint or the slots still does, and the
@@ -165,16 +227,47 @@ def standing_refusal(previous_accepted: Mapping[str, Any] | None) -> Outcome | N
     return None
 
 
-def database_down(error: str, pods: Sequence[PodResult]) -> Outcome:
-    """The spec is fine but nothing could be checked or written: the proxies keep what they have."""
+def database_down(
+    error: str, pods: Sequence[PodResult], reason: str = "DatabaseUnavailable", refs: Refs | None = None
+) -> Outcome:
+    """The spec is fine but nothing could be checked or written: the proxies keep what they have. `reason`
+    other than DatabaseUnavailable: the database answered but refused our write for that reason."""
+    if reason == "DatabaseUnavailable":
+        accepted = "spec is valid (endpoint conflicts unchecked: database unavailable)"
+        message = f"the proxy database is unavailable ({error}); retrying"
+    else:
+        accepted, message = "spec is valid", error
     return Outcome(
         True,
-        accepted_message="spec is valid (endpoint conflicts unchecked: database unavailable)",
+        accepted_message=accepted,
         programmed=False,
-        programmed_reason="DatabaseUnavailable",
-        programmed_message=f"the proxy database is unavailable ({error}); retrying",
+        programmed_reason=reason,
+        programmed_message=message,
         pods=pods,
+        refs=refs,
     )
+
+
+DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+
+
+def deletion_blocked(previous: Sequence[Mapping[str, Any]] | None, error: str) -> list[Condition]:
+    """Deleted, but the row cannot be removed because the database is down: the finalizer stays, and
+    Programmed (then Ready, as the chain goes) says why. Accepted stays as it was: the spec did not change."""
+    kept = [
+        Condition(ACCEPTED, str(c.get("status")), str(c.get("reason")), str(c.get("message") or ""))
+        for c in previous or ()
+        if isinstance(c, Mapping) and c.get("type") == ACCEPTED
+    ][:1]
+    message = (
+        f"deleting: the row cannot be removed, the proxy database is unavailable ({error}); the finalizer "
+        "stays until it is removed, and the proxies keep serving the socket meanwhile"
+    )
+    return [
+        *kept,
+        Condition(PROGRAMMED, "False", DATABASE_UNAVAILABLE, message),
+        Condition(READY, "False", DATABASE_UNAVAILABLE, "cannot confirm the socket: " + message),
+    ]
 
 
 def merge(

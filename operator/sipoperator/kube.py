@@ -1,15 +1,16 @@
-"""A small async client of the Kubernetes API: JSON get, patch and create over aiohttp.
+"""A small async client of the Kubernetes API: JSON get, create, replace and patch over aiohttp.
 
-The operator's own writes (status patches today, a Lease loop later) go through it; kopf keeps its own client
-for the watches, Events and its annotations. Credentials come from kopf's public login functions
-(`kopf.ConnectionInfo`: server, CA, token or client certificate), asked again once when the API answers 401
-(a rotated service-account token).
+The operator's own writes go through it: status patches, the finalizer, Events and the leader-election Lease;
+so do its reads of the Secrets that SipSockets reference. kopf keeps its own client for the watches.
+Credentials come from kopf's public login functions (`kopf.ConnectionInfo`: server, CA, token or client
+certificate), asked again once when the API answers 401 (a rotated service-account token).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +34,11 @@ class KubeError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        """409: the object changed since the resourceVersion written with (or already exists, on create)."""
+        return self.status == 409
 
 
 class KubeClient:
@@ -63,10 +69,18 @@ class KubeClient:
         return self._session, self._info
 
     async def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        within: float | None = None,
     ) -> dict[str, Any]:
-        """One call; `path` is absolute (/api/..., /apis/...). Returns the answer's JSON object."""
+        """One call; `path` is absolute (/api/..., /apis/...). Returns the answer's JSON object. `within`
+        (seconds, default the client's timeout) bounds the whole call, a retry after 401 included."""
+        deadline = time.monotonic() + (self.timeout if within is None else within)
         for attempt in (1, 2):
+            wait = aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001))
             session, info = await self._connect(fresh=attempt == 2)
             headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
             try:
@@ -76,7 +90,7 @@ class KubeClient:
                     json=body,
                     headers=headers,
                     proxy=info.proxy_url,
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    timeout=wait,
                 ) as resp:
                     if resp.status == 401 and attempt == 1:
                         log.info("the API answered 401 to %s %s; logging in again", method, path)
@@ -90,16 +104,35 @@ class KubeClient:
             return payload if isinstance(payload, dict) else {}
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def get(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", path)
+    async def get(self, path: str, within: float | None = None) -> dict[str, Any]:
+        return await self.request("GET", path, within=within)
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", path, body)
+    async def create(self, path: str, body: Mapping[str, Any], within: float | None = None) -> dict[str, Any]:
+        return await self.request("POST", path, body, within=within)
+
+    async def replace(
+        self, path: str, body: Mapping[str, Any], within: float | None = None
+    ) -> dict[str, Any]:
+        """PUT: with metadata.resourceVersion set, the API refuses it (409 Conflict) if the object changed."""
+        return await self.request("PUT", path, body, within=within)
 
     async def patch(
-        self, path: str, body: Mapping[str, Any], content_type: str = MERGE_PATCH
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        content_type: str = MERGE_PATCH,
+        within: float | None = None,
     ) -> dict[str, Any]:
-        return await self.request("PATCH", path, body, content_type)
+        return await self.request("PATCH", path, body, content_type, within)
+
+    async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, or None when it does not exist. Raises KubeError for anything else (403, 5xx, ...)."""
+        try:
+            return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
 
 
 def _json(text: str) -> Any:

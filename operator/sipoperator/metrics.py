@@ -1,4 +1,4 @@
-"""Prometheus text exposition of the operator's own figures (no client library needed for five series)."""
+"""Prometheus text exposition of the operator's own figures (no client library needed for a few series)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ class Counter:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         out += [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
         return out
+
+
+class Gauge:
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {self.value:g}"]
 
 
 class Histogram:
@@ -57,17 +69,27 @@ class Metrics:
         self.reconciles = Counter("sipsockets_reconciles_total", "Reconciles of SipSockets by result.")
         self.errors = Counter("sipsockets_reconcile_errors_total", "Reconcile problems by reason.")
         self.reloads = Counter("sipsockets_proxy_reloads_total", "MI sockets_reload calls by result.")
+        self.tls_reloads = Counter("sipsockets_proxy_tls_reloads_total", "MI tls_reload calls by result.")
         self.reload_seconds = Histogram(
             "sipsockets_proxy_reload_duration_seconds", "Duration of successful MI sockets_reload calls."
+        )
+        self.drift_repairs = Counter(
+            "sipsockets_fleet_drift_repairs_total",
+            "Proxy pods reloaded by the fleet check because their sockets differed from the table.",
+        )
+        self.leader = Gauge(
+            "sipsockets_leader",
+            "1 while this replica holds the leader-election Lease (the only one writing rows and statuses).",
         )
         # Set by the operator: (condition, status, reason) -> number of SipSockets.
         self.conditions_source: Callable[[], dict[tuple[str, str, str], int]] = dict
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.reconciles, self.errors, self.reloads):
+        for metric in (self.reconciles, self.errors, self.reloads, self.tls_reloads, self.drift_repairs):
             lines += metric.render()
         lines += self.reload_seconds.render()
+        lines += self.leader.render()
         lines.append("# HELP sipsockets_sockets SipSockets by condition, status and reason.")
         lines.append("# TYPE sipsockets_sockets gauge")
         for (cond, status, reason), count in sorted(self.conditions_source().items()):

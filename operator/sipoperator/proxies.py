@@ -2,7 +2,8 @@
 HTTPS with the operator's client certificate when `--mi-tls-ca-file` is set: see `mi_tls.py`).
 
 Works against our `sipproxy` and against OpenSIPS 3.6: only `sockets_reload` and `sockets_list` are required;
-`list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise).
+`list_sockets` (static sockets) and `sockets_capacity` are used when the proxy has them (-32601 otherwise);
+`tls_reload` (OpenSIPS's tls_mgm in database mode, and ours) is called for SipSockets with TLS domains.
 OpenSIPS after 3.6 names the two required commands `sockets_mgm:reload` and `sockets_mgm:list` (the 3.6 names
 stay as aliases); each pod is asked by the 3.6 name first and, on -32601, by the newer one, which it keeps.
 Reloads and listings are coalesced per pod: callers that ask while one is running share the next one, so a
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
+from sipoperator.lease import UNFENCED, Fence
 from sipoperator.metrics import Metrics
 from sipoperator.mi_tls import reloading_client_context
 from sipoperator.settings import Settings
@@ -58,6 +60,7 @@ class MIError(Exception):
 class MIClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.fence: Fence = UNFENCED  # asked before each reload: only the Lease's holder reloads proxies
         self._session: aiohttp.ClientSession | None = None
         # Plain HTTP without a CA: OpenSIPS' own MI, and the local environment without the chart.
         self._tls = (
@@ -156,21 +159,28 @@ class Coalesced(Generic[T]):
 
 @dataclass(frozen=True)
 class Listed:
-    """A pod's dynamic sockets: socket text -> (state, error)."""
+    """A pod's dynamic sockets: socket text -> (state, error); and the proxy's warnings about some of them
+    (ours: a tls/wss socket no loaded TLS server domain serves, whose handshakes all fail)."""
 
     entries: dict[str, tuple[str, str]]
     opensips: bool  # no per-socket state: a listed socket counts as listening
+    warnings: dict[str, str] = field(default_factory=dict)
+
+    def _text_of(self, socket: str, key: EndpointKey) -> str | None:
+        if socket in self.entries:
+            return socket
+        for text in self.entries:
+            if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
+                return text
+        return None
 
     def state_of(self, socket: str, key: EndpointKey) -> tuple[str, str]:
-        found = self.entries.get(socket)
-        if found is None:
-            for text, value in self.entries.items():
-                if row_key(text) == key and text.split(":", 1)[0].lower() == socket.split(":", 1)[0]:
-                    found = value
-                    break
-        if found is None:
-            return PENDING, ""
-        return found
+        text = self._text_of(socket, key)
+        return self.entries[text] if text is not None else (PENDING, "")
+
+    def warning_of(self, socket: str, key: EndpointKey) -> str:
+        text = self._text_of(socket, key)
+        return self.warnings.get(text, "") if text is not None else ""
 
 
 def mi_port_of(annotations: Mapping[str, str] | None) -> tuple[int | None, str]:
@@ -189,10 +199,13 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
     """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
     sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
     entries: dict[str, tuple[str, str]] = {}
+    warnings: dict[str, str] = {}
     saw_state = False
     for item in result if isinstance(result, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("socket"), str):
             continue
+        if item.get("warning"):
+            warnings[item["socket"]] = str(item["warning"])
         state = item.get("state")
         if state is None:
             entries[item["socket"]] = (LISTENING, "")
@@ -204,7 +217,7 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (PARTIAL, str(item.get("error") or state))
         else:
             entries[item["socket"]] = (FAILED, str(item.get("error") or state))
-    return Listed(entries, opensips if opensips is not None else not saw_state)
+    return Listed(entries, opensips if opensips is not None else not saw_state, warnings)
 
 
 @dataclass
@@ -221,11 +234,18 @@ class ProxyPod:
     # command -> the name this pod answered to (MI_NAMES); learnt once per process, like `static`
     mi_names: dict[str, str] = field(default_factory=dict)
     _reload: Coalesced[Any] = field(init=False)
+    _tls_reload: Coalesced[Any] = field(init=False)
     _listing: Coalesced[Listed] = field(init=False)
 
     def __post_init__(self) -> None:
         self._reload = Coalesced(self._do_reload)
+        self._tls_reload = Coalesced(self._do_tls_reload)
         self._listing = Coalesced(self._do_list)
+
+    @property
+    def key(self) -> str:
+        """Names this pod's process: a pod that restarts or moves is another key."""
+        return f"{self.name}/{self.uid}"
 
     async def _call(self, method: str) -> Any:
         return await self.client.call(self.ip, method, port=self.mi_port)
@@ -251,6 +271,7 @@ class ProxyPod:
         return result
 
     async def _do_reload(self) -> Any:
+        self.client.fence.budget()  # raises NotLeader
         started = time.monotonic()
         try:
             result = await self._call_command("reload")
@@ -261,11 +282,32 @@ class ProxyPod:
         self.metrics.reload_seconds.observe(time.monotonic() - started)
         return result
 
+    async def _do_tls_reload(self) -> Any:
+        self.client.fence.budget()  # raises NotLeader
+        try:
+            result = await self._call("tls_reload")
+        except MIError as exc:
+            self.metrics.tls_reloads.inc(result="error")
+            if exc.code == METHOD_NOT_FOUND:
+                raise MIError(
+                    exc.code, "the proxy has no MI tls_reload, so it cannot serve TLS domains"
+                ) from exc
+            raise
+        except Unreachable:
+            self.metrics.tls_reloads.inc(result="error")
+            raise
+        self.metrics.tls_reloads.inc(result="ok")
+        return result
+
     async def _do_list(self) -> Listed:
         return parse_listing(await self._call_command("list"), self.opensips)
 
     async def reload(self) -> Any:
         return await self._reload()
+
+    async def tls_reload(self) -> Any:
+        """Re-read the TLS domains: new connections get them, established ones keep theirs."""
+        return await self._tls_reload()
 
     async def listing(self) -> Listed:
         return await self._listing()
@@ -304,7 +346,13 @@ class Fleet:
         self.client = MIClient(settings)
         self.pods: dict[str, ProxyPod] = {}
         self.epoch = 0
-        self.on_change: Callable[[], None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._discovery: Coalesced[None] = Coalesced(self.discover_all)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """`listener` is called whenever the set of ready pods changes."""
+        self._listeners.append(listener)
 
     def observe(self, name: str, uid: str, ip: str | None, ready: bool, mi_port: int | None = None) -> None:
         current = self.pods.get(name)
@@ -329,8 +377,8 @@ class Fleet:
     def _bump(self, why: str) -> None:
         log.info("proxy fleet changed: %s", why)
         self.epoch += 1
-        if self.on_change is not None:
-            self.on_change()
+        for listener in self._listeners:
+            listener()
 
     def ready(self) -> list[ProxyPod]:
         return sorted(self.pods.values(), key=lambda p: p.name)
@@ -344,6 +392,14 @@ class Fleet:
 
         await asyncio.gather(*(one(p) for p in self.ready()))
 
+    def discover_soon(self) -> None:
+        """Discover new pods in the background (coalesced: a pod seen during a run gets the next run): the
+        webhook answers on every replica, leader or not, and judges static sockets and capacity from what
+        discovery learnt."""
+        task = asyncio.get_running_loop().create_task(self._discovery())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def capacity(self) -> int | None:
         """The smallest max_sockets of the fleet; None when no pod says (OpenSIPS: not enforced)."""
         caps = [p.capacity for p in self.pods.values() if p.capacity is not None]
@@ -352,13 +408,16 @@ class Fleet:
     def static_sockets(self) -> list[tuple[str, str]]:
         return [(p.name, s) for p in self.ready() for s in p.static or ()]
 
-    async def reload_all(self) -> dict[str, str]:
-        """Reload every ready pod concurrently; pod -> error for those that failed."""
+    async def reload_all(self, tls: bool = False) -> dict[str, str]:
+        """Reload every ready pod concurrently, and with `tls` then its TLS domains (after rows were removed:
+        the socket goes before its certificate); pod -> error for those that failed."""
         errors: dict[str, str] = {}
 
         async def one(pod: ProxyPod) -> None:
             try:
                 await pod.reload()
+                if tls:
+                    await pod.tls_reload()
             except (Unreachable, MIError) as exc:
                 errors[pod.name] = str(exc)
 

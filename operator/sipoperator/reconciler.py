@@ -1,15 +1,20 @@
 """Reconcile one SipSocket, as a flat chain:
 
-(a) gather a read-only `Snapshot`: the object, the table rows, the fleet's static sockets and capacity, the
-    other known objects;
-(b) run `checks.CHAIN` on it (spec -> endpoint conflict -> capacity);
-(c) write: the owned row, or its removal (and rows whose SipSocket is gone, `orphans`);
-(d) observe the fleet: `sockets_reload` where needed (`drift`), `sockets_list` per ready pod;
-(e) write the status through the one `StatusSink`.
+(a) gather a read-only `Snapshot`: the object, the Secrets its spec.tls references (API reads, before any
+    lock), the table rows, the fleet's static sockets and capacity, the other known objects;
+(b) run `checks.CHAIN` on it (spec -> endpoint conflict -> capacity), then `checks.resolve_refs` (the
+    Secrets) and `domains.planned` (the tls_mgm row: from the Secret, else the last good one kept);
+(c) write: the owned row and its tls_mgm row in one transaction, or their removal (and rows whose SipSocket
+    is gone, `orphans`);
+(d) observe the fleet: `tls_reload` on each pod that has not applied this object's domain row yet (before
+    `sockets_reload`, so a new socket has its certificate when it starts listening), `sockets_reload` where
+    needed (`drift`), `sockets_list` per ready pod;
+(e) write the status (conditions, listeners, certificate) through the one `StatusSink`.
 
 Only "read the table, decide conflicts, write the row" (a's table part to c) runs under the table lock, so two
-objects cannot both win an endpoint; no MI call is made while it is held. Decisions are pure functions of
-`checks`, `orphans`, `drift`, `schedule` and `conditions`; this module only wires them to I/O.
+objects cannot both win an endpoint; no MI or API call is made while it is held. Decisions are pure functions
+of `checks`, `refs`, `domains`, `orphans`, `drift`, `schedule` and `conditions`; this module only wires them
+to I/O.
 Level-triggered: every pass recomputes the whole status, so a pass interrupted anywhere is simply repeated.
 """
 
@@ -19,26 +24,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from sipoperator import conditions as cond
-from sipoperator import orphans, schedule
-from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal
-from sipoperator.drift import needs_reload, table_sockets
+from sipoperator import domains, orphans, refs, schedule
+from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal, resolve_refs
+from sipoperator.domains import DomainRow, same_domain
+from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets, tls_failure
+from sipoperator.kube import KubeError
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
+from sipoperator.refs import Resolution, SecretRead, SecretState, SecretUnreadable
 from sipoperator.settings import Settings
 from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
 from sipoperator.status import StatusSink
-from sipoperator.store import DatabaseUnavailable, Store, TableRow, Written
+from sipoperator.store import DatabaseUnavailable, DomainOwner, Removed, Store, TableRow, Written
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
 Memo = schedule.Memo
+
+
+NOTHING_REMOVED = Removed(socket=False, domain=False)
+
+
+class SecretSource(Protocol):
+    async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,8 +69,16 @@ class TableStep:
     rows: Sequence[TableRow] | None  # the table after our writes; None when it could not be read
     refusal: Refusal | None
     written: Written | None = None  # our row, when accepted and written (or found as wanted)
-    removed: bool = False  # rows were removed (ours or orphans): the proxies need a reload
+    removed: Removed = NOTHING_REMOVED  # rows removed (ours or orphans): the proxies need a reload
     error: str | None = None  # the database failed somewhere in the step
+    error_reason: str = "DatabaseUnavailable"
+    resolution: Resolution | None = None  # spec.tls's Secrets; None without spec.tls
+    domain: DomainRow | None = None  # our tls_mgm row after the step (None: none, or unknown on error)
+    unserved: bool = False  # accepted, but no certificate to serve: nothing written
+
+
+def _merge(a: Removed, b: Removed) -> Removed:
+    return Removed(a.socket or b.socket, a.domain or b.domain)
 
 
 def now_rfc3339() -> str:
@@ -64,13 +87,20 @@ def now_rfc3339() -> str:
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics, status: StatusSink
+        self,
+        settings: Settings,
+        store: Store,
+        fleet: Fleet,
+        metrics: Metrics,
+        status: StatusSink,
+        secrets: SecretSource,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
         self.metrics = metrics
         self.status = status
+        self.secrets = secrets
         self.known: dict[str, Known] = {}
         self.memos: dict[str, Memo] = {}
         self.table_epoch = 0
@@ -79,10 +109,11 @@ class Reconciler:
         # The table as last read, kept current with our own writes (under the table lock): a thousand passes
         # at start-up share a few reads; hand edits are seen within TABLE_CACHE_SECONDS.
         self._table: list[TableRow] | None = None
+        self._domain_owners: list[DomainOwner] = []  # read with the table, kept current the same way
         self._table_at = 0.0
         self._object_locks: dict[str, asyncio.Lock] = {}
         self._wakers: dict[str, asyncio.Event] = {}
-        fleet.on_change = self.wake_all
+        fleet.subscribe(self.wake_all)
         self._last_sweep = self.started
         metrics.conditions_source = self.condition_counts
 
@@ -125,6 +156,15 @@ class Reconciler:
         for event in self._wakers.values():
             event.set()
 
+    def secret_changed(self, name: str, version: str | None) -> None:
+        """The Secret watch saw `name` at `version` (None: deleted): wake the SipSockets it concerns."""
+        references = {uid: k.wanted.tls if k.wanted else None for uid, k in self.known.items()}
+        seen = {uid: m.secret_versions for uid, m in self.memos.items()}
+        for uid in refs.objects_woken(references, seen, name, version):
+            self.memo(uid).refs_changed = True
+            if uid in self._wakers:
+                self._wakers[uid].set()
+
     def _table_changed(self) -> None:
         self.table_epoch += 1
         for uid, memo in self.memos.items():
@@ -158,27 +198,46 @@ class Reconciler:
             schedule.started(memo, time.monotonic(), self.fleet.epoch, self.table_epoch)
             generation = int(body.get("metadata", {}).get("generation") or 0)
             await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
-            step = await self._decide_and_write(known, generation)  # (a) the table's part, (b), (c)
-            outcome = await self._observe(known, step, body)  # (d)
-            return await self._report(known, body, memo, outcome)  # (e)
+            secrets = await self.read_secrets(known)  # (a) the Secrets: API calls, before the table lock
+            memo.secret_versions = refs.versions(secrets)
+            step = await self._decide_and_write(known, generation, secrets)  # (a) the table's part, (b), (c)
+            outcome = await self._observe(known, step, body, memo)  # (d)
+            return await self._report(known, body, memo, outcome, step)  # (e)
 
-    async def _decide_and_write(self, known: Known, generation: int) -> TableStep:
+    async def read_secrets(self, known: Known) -> dict[str, SecretState]:
+        """The Secrets the object's spec.tls references, by name (API reads: never under the table lock)."""
+        wanted = known.wanted
+        if wanted is None or wanted.tls is None:
+            return {}
+        names = wanted.tls.secrets
+        found = await asyncio.gather(*(self._read_secret(known.namespace, n) for n in names))
+        return dict(zip(names, found, strict=True))
+
+    async def _read_secret(self, namespace: str, name: str) -> SecretState:
+        try:
+            body = await self.secrets.secret(namespace, name)
+        except KubeError as exc:
+            log.warning("cannot read Secret %s/%s: %s", namespace, name, exc)
+            return SecretUnreadable(str(exc))
+        return SecretRead.from_body(body) if body is not None else None
+
+    async def _decide_and_write(
+        self, known: Known, generation: int, secrets: Mapping[str, SecretState]
+    ) -> TableStep:
         async with self.table_lock:
-            removed, rows, error = False, None, None
+            removed, rows, error, current = NOTHING_REMOVED, None, None, None
             try:
-                rows = await self._read_table_locked()
-                gone = self._orphans(rows)
-                for row in gone:
-                    log.warning(
-                        "removing row %s (%s) of SipSocket %s/%s uid %s, which no longer exists",
-                        row.id,
-                        row.socket,
-                        row.owner_namespace,
-                        row.owner_name,
-                        row.owner_uid,
-                    )
-                    removed = await self._remove_locked(str(row.owner_uid)) or removed
-                rows = [r for r in rows if r not in gone]
+                rows, owners = await self._read_table_locked()
+                gone = self._orphans(rows, owners)
+                for uid in gone:
+                    log.warning("removing the rows of SipSocket uid %s, which no longer exists", uid)
+                    removed = _merge(removed, await self._remove_locked(uid))
+                rows = [r for r in rows if r.owner_uid not in gone]
+                wanted = known.wanted
+                if (wanted is not None and wanted.tls is not None) or any(
+                    o.owner_uid == known.uid for o in self._domain_owners
+                ):
+                    current = await self.store.domain_of(known.uid)
             except DatabaseUnavailable as exc:
                 rows, error = None, str(exc)
             snap = Snapshot(
@@ -188,52 +247,83 @@ class Reconciler:
                 capacity=self.fleet.capacity(),
                 others=MappingProxyType(self.known),
                 table_name=self.settings.table_name,
+                secrets=MappingProxyType(dict(secrets)),
             )
             refusal = first_refusal(snap)
+            resolution = resolve_refs(snap)
+            step = TableStep(rows, refusal, removed=removed, error=error, resolution=resolution)
             try:
-                if refusal is not None or known.wanted is None:
-                    if rows is None or any(r.owner_uid == known.uid for r in rows):
-                        removed = await self._remove_locked(known.uid) or removed
-                    return TableStep(rows, refusal, removed=removed, error=error)
+                wanted = known.wanted
+                if refusal is not None or wanted is None:
+                    if rows is None or current is not None or any(r.owner_uid == known.uid for r in rows):
+                        step = replace(step, removed=_merge(removed, await self._remove_locked(known.uid)))
+                    return step
                 if rows is None:
-                    return TableStep(rows, refusal, removed=removed, error=error)
-                written = await self._write_locked(known, known.wanted, rows, generation)
+                    return step
+                domain: DomainRow | None = None
+                if wanted.tls is not None and resolution is not None:
+                    domain = domains.planned(known.namespace, known.name, wanted, resolution, current)
+                    if domain is None:  # no certificate to serve: the socket is not programmed
+                        if any(r.owner_uid == known.uid for r in rows):
+                            step = replace(
+                                step, removed=_merge(removed, await self._remove_locked(known.uid))
+                            )
+                        kept = [r for r in rows if r.owner_uid != known.uid]
+                        return replace(step, rows=kept, unserved=True)
+                written = await self._write_locked(known, wanted, rows, generation, domain, current)
             except DatabaseUnavailable as exc:
-                return TableStep(rows, refusal, removed=removed, error=str(exc))
+                return replace(step, error=str(exc), error_reason=exc.reason)
             kept = [r for r in rows if r.owner_uid != known.uid]
-            return TableStep(kept, refusal, written=written, removed=removed, error=error)
+            return replace(step, rows=kept, written=written, domain=domain)
 
-    async def _observe(self, known: Known, step: TableStep, body: Mapping[str, Any]) -> cond.Outcome:
+    async def _observe(
+        self, known: Known, step: TableStep, body: Mapping[str, Any], memo: Memo
+    ) -> cond.Outcome:
         """(d): the fleet after the table lock is released."""
         wanted, refusal = known.wanted, step.refusal
+        refs_now = _refs(step)
         if refusal is not None and (refusal.reason == INVALID_SPEC or step.error is None):
             if step.removed:
-                await self.fleet.reload_all()
-            return cond.refused(refusal.reason, refusal.message)
+                await self.fleet.reload_all(tls=step.removed.domain)
+            return cond.refused(refusal.reason, refusal.message, refs_now)
         assert wanted is not None  # every spec that is not valid is refused by the chain
+        if step.unserved and refs_now is not None:
+            if step.removed:
+                await self.fleet.reload_all(tls=step.removed.domain)
+            return cond.unresolved(accepted_message(wanted), refs_now)
         if step.error is not None or step.rows is None or step.written is None:
             log.warning(
-                "database unavailable while reconciling %s/%s: %s", known.namespace, known.name, step.error
+                "database problem while reconciling %s/%s: %s", known.namespace, known.name, step.error
             )
             standing = cond.standing_refusal(_condition(body, cond.ACCEPTED))
             if step.removed:
-                await self.fleet.reload_all()
+                await self.fleet.reload_all(tls=step.removed.domain)
             if standing is not None:
-                return standing
-            pods = await self._observe_pods(wanted, None, force_reload=False)
-            return cond.database_down(step.error or "unknown error", pods)
+                return replace(standing, refs=refs_now)
+            pods = await self._observe_pods(wanted, None, False, None, False, memo)
+            return cond.database_down(step.error or "unknown error", pods, step.error_reason, refs_now)
         table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
-        pods = await self._observe_pods(wanted, table, force_reload=step.written.changed or step.removed)
+        pods = await self._observe_pods(
+            wanted,
+            table,
+            force_reload=step.written.changed or step.removed.socket,
+            domain=step.domain,
+            tls_force=step.removed.domain or step.written.domain_changed,
+            memo=memo,
+        )
         return cond.Outcome(
             True,
             accepted_message=accepted_message(wanted),
             programmed=True,
-            programmed_message=f"row {step.written.row_id} of {self.settings.table_name}: {wanted.socket}",
+            programmed_message=_programmed_message(
+                self.settings.table_name, step.written, wanted, step.domain
+            ),
             pods=pods,
+            refs=refs_now,
         )
 
     async def _report(
-        self, known: Known, body: Mapping[str, Any], memo: Memo, outcome: cond.Outcome
+        self, known: Known, body: Mapping[str, Any], memo: Memo, outcome: cond.Outcome, step: TableStep
     ) -> Result:
         """(e): conditions, metrics and the status, written once."""
         current = body.get("status") or {}
@@ -246,17 +336,18 @@ class Reconciler:
         if not memo.healthy:
             self.metrics.errors.inc(reason=next(c.reason for c in new if c.type == cond.READY))
         wanted = known.wanted
+        seen = [current] if memo.written_status is None else [current, memo.written_status]
         status: dict[str, Any] = {
             "observedGeneration": generation,
             "port": wanted.port if wanted else None,
             "socket": wanted.socket if wanted else None,
             "conditions": merged,
             "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
+            "certificate": _certificate(step, seen[-1]),
             # The `kubectl get -o wide` columns; None removes the field (a JSON merge patch).
             "advertised": wanted.row.advertised if wanted and outcome.accepted else None,
             "listening": cond.listening_count(outcome.pods) if outcome.accepted else None,
         }
-        seen = [current] if memo.written_status is None else [current, memo.written_status]
         try:
             await self.status.write(known.namespace, known.name, status, seen)
         except Exception:
@@ -268,36 +359,49 @@ class Reconciler:
 
     # -- the table, under the table lock -------------------------------------------------------------
 
-    async def _read_table_locked(self) -> list[TableRow]:
+    async def _read_table_locked(self) -> tuple[list[TableRow], list[DomainOwner]]:
         if self._table is None or time.monotonic() - self._table_at > TABLE_CACHE_SECONDS:
             self._table = None
             try:
-                self._table = await self.store.snapshot()
+                rows = await self.store.snapshot()
+                self._domain_owners = await self.store.domain_owners()
             except DatabaseUnavailable:
                 self._table = None
                 raise
+            self._table = rows
             self._table_at = time.monotonic()
-        return self._table
+        return self._table, self._domain_owners
 
     async def _write_locked(
-        self, known: Known, wanted: DesiredSocket, rows: Sequence[TableRow], generation: int
+        self,
+        known: Known,
+        wanted: DesiredSocket,
+        rows: Sequence[TableRow],
+        generation: int,
+        domain: DomainRow | None,
+        current: DomainRow | None,
     ) -> Written:
         mine = [r for r in rows if r.owner_uid == known.uid]
-        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row):
+        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row) and same_domain(current, domain):
             return Written(mine[0].id, changed=False)
-        written = await self.store.write(known.uid, known.namespace, known.name, generation, wanted.row)
+        written = await self.store.write(
+            known.uid, known.namespace, known.name, generation, wanted.row, domain
+        )
         self._cache_write(known, written.row_id, wanted.row)
+        self._domain_owners = [o for o in self._domain_owners if o.owner_uid != known.uid]
+        if domain is not None and written.domain_id is not None:
+            self._domain_owners.append(DomainOwner(written.domain_id, known.uid, known.namespace, known.name))
         if written.changed:
             # Rows changed: blocked objects may now be free (e.g. our old endpoint was released).
             self._table_changed()
         return written
 
-    async def _remove_locked(self, uid: str) -> bool:
-        """Delete the row `uid` owns; the caller reloads the proxies once the lock is released."""
+    async def _remove_locked(self, uid: str) -> Removed:
+        """Delete the rows `uid` owns; the caller reloads the proxies once the lock is released."""
         try:
             removed = await self.store.remove(uid)
         except DatabaseUnavailable as exc:
-            log.warning("cannot remove the row of %s: %s", uid, exc)
+            log.warning("cannot remove the rows of %s: %s", uid, exc)
             self._table = None
             raise
         if removed:
@@ -308,6 +412,7 @@ class Reconciler:
     def _cache_remove(self, uid: str) -> None:
         if self._table is not None:
             self._table = [r for r in self._table if r.owner_uid != uid]
+        self._domain_owners = [o for o in self._domain_owners if o.owner_uid != uid]
 
     def _cache_write(self, known: Known, row_id: int, row: Row) -> None:
         if self._table is None:
@@ -317,22 +422,45 @@ class Reconciler:
         kept.append(TableRow(row_id, **row.as_dict(), **owner))
         self._table = kept
 
-    def _orphans(self, rows: Sequence[TableRow]) -> list[TableRow]:
+    def _orphans(self, rows: Sequence[TableRow], owners: Sequence[DomainOwner]) -> list[str]:
+        """The uids whose rows (socket or tls_mgm) belong to a SipSocket that no longer exists."""
         now = time.monotonic()
         sweep = orphans.sweep_due(now, self.started, self._last_sweep, self.settings.resync_period)
         if sweep:
             self._last_sweep = now
-        return orphans.orphaned(rows, self.known, self.settings.namespace, sweep)
+        namespace = self.settings.namespace
+        gone = [
+            *(str(r.owner_uid) for r in orphans.orphaned(rows, self.known, namespace, sweep)),
+            *(o.owner_uid for o in orphans.orphaned(owners, self.known, namespace, sweep)),
+        ]
+        return list(dict.fromkeys(gone))
 
     # -- the fleet, outside the table lock -----------------------------------------------------------
 
     async def _observe_pods(
-        self, wanted: DesiredSocket, table: frozenset[str] | None, force_reload: bool
+        self,
+        wanted: DesiredSocket,
+        table: frozenset[str] | None,
+        force_reload: bool,
+        domain: DomainRow | None,
+        tls_force: bool,
+        memo: Memo,
     ) -> list[cond.PodResult]:
-        """`table`: the socket texts the table has (None when unknown: the database is down)."""
+        """`table`: the socket texts the table has (None when unknown: the database is down). `domain`: our
+        tls_mgm row (None: none); a pod that has not applied it gets `tls_reload` first, and every pod does
+        with `tls_force` (tls_mgm changed in this pass). A pod whose reload left our domain out is Failed."""
+        ready = self.fleet.ready()
+        memo.tls_applied = {k: v for k, v in memo.tls_applied.items() if k in {p.key for p in ready}}
+        digest = domain.digest() if domain is not None else None
 
         async def one(pod: ProxyPod) -> cond.PodResult:
+            failure = None
             try:
+                if tls_force or needs_tls_reload(memo.tls_applied.get(pod.key), digest):
+                    answer = await pod.tls_reload()
+                    failure = tls_failure(answer, domain.domain) if domain is not None else None
+                    if digest is not None and failure is None:
+                        memo.tls_applied[pod.key] = digest
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
@@ -342,14 +470,23 @@ class Reconciler:
             except (Unreachable, MIError) as exc:
                 return cond.PodResult(pod.name, reachable=False, error=str(exc))
             state, error = listed.state_of(wanted.socket, wanted.key)
+            warning = listed.warning_of(wanted.socket, wanted.key) if domain is not None else ""
+            if failure is not None and domain is not None:
+                state, error = cond.FAILED, f"TLS domain {domain.domain!r} not loaded: {failure}"
+            elif warning and state == cond.LISTENING:
+                # Listening, but the pod has no certificate for it (it missed a tls_reload, or the table
+                # was edited): not serving. The next pass reloads its TLS domains.
+                state, error = cond.FAILED, warning
+                memo.tls_applied.pop(pod.key, None)
             return cond.PodResult(pod.name, reachable=True, state=state, error=error)
 
-        return list(await asyncio.gather(*(one(p) for p in self.fleet.ready())))
+        return list(await asyncio.gather(*(one(p) for p in ready)))
 
     # -- deletion ------------------------------------------------------------------------------------
 
     async def finalize(self, uid: str) -> dict[str, str]:
-        """Remove the row and reload the proxies. Raises DatabaseUnavailable (the finalizer stays)."""
+        """Remove the rows and reload the proxies (sockets, then TLS domains). Raises DatabaseUnavailable
+        (the finalizer stays)."""
         async with self._object_locks.setdefault(uid, asyncio.Lock()):
             async with self.table_lock:
                 try:
@@ -359,10 +496,53 @@ class Reconciler:
                     raise
                 if removed:
                     self._cache_remove(uid)
-            errors = await self.fleet.reload_all() if removed else {}
+            errors = await self.fleet.reload_all(tls=removed.domain) if removed else {}
         self.forget(uid)
         self._table_changed()
         return errors
+
+    async def deletion_blocked(self, body: Mapping[str, Any], error: str) -> list[cond.Condition]:
+        """`finalize` could not remove the row: say so in the status (the conditions, and observedGeneration:
+        the deletion moved the generation on); returns the conditions that changed (each worth an Event)."""
+        meta = body.get("metadata") or {}
+        memo = self.memo(str(meta.get("uid")))
+        current = body.get("status") or {}
+        previous = memo.written_status.get("conditions") if memo.written_status else current.get("conditions")
+        generation = int(meta.get("generation") or 0)
+        new = cond.deletion_blocked(previous, error)
+        merged, changed = cond.merge(previous, new, generation, now_rfc3339())
+        status: dict[str, Any] = {"observedGeneration": generation, "conditions": merged}
+        seen = [current] if memo.written_status is None else [current, memo.written_status]
+        await self.status.write(str(meta.get("namespace")), str(meta.get("name")), status, seen)
+        memo.written_status = {**(memo.written_status or current), **status}
+        return changed
+
+
+def _refs(step: TableStep) -> cond.Refs | None:
+    resolution = step.resolution
+    if resolution is None:
+        return None
+    if resolution.ok:
+        return cond.Refs(True, resolution.reason, resolution.message)
+    if step.error is not None:  # the table could not be read: the proxies keep what they loaded
+        return cond.Refs(False, resolution.reason, resolution.message, "the certificate they loaded last")
+    kept = domains.served(step.domain)
+    return cond.Refs(False, resolution.reason, resolution.message, kept.describe() if kept else "")
+
+
+def _certificate(step: TableStep, last: Mapping[str, Any]) -> dict[str, Any] | None:
+    """status.certificate: the certificate of our tls_mgm row, what the proxies serve for this socket."""
+    if step.error is not None and step.refusal is None:
+        return last.get("certificate")  # the database could not be read: unknown, keep what was said
+    kept = domains.served(step.domain)
+    return kept.summary.status() if kept else None
+
+
+def _programmed_message(table: str, written: Written, wanted: DesiredSocket, domain: DomainRow | None) -> str:
+    message = f"row {written.row_id} of {table}: {wanted.socket}"
+    if domain is not None:
+        message += f"; TLS server domain {domain.domain!r} for {domain.match_ip_address}"
+    return message
 
 
 def _condition(body: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:

@@ -1,8 +1,9 @@
 """When a SipSocket is due for another full pass (pure): the resync period, backoff after failed passes, and
-wake-ups when the proxy fleet or (for objects waiting for an endpoint or a slot) the table changed.
+wake-ups when the proxy fleet, (for objects waiting for an endpoint or a slot) the table, or a Secret the
+object references changed.
 
-The keeper daemon of each SipSocket sleeps `seconds_until_due`, or until woken, then asks `due`; a thousand
-idle SipSockets cost no polling.
+The keeper of each SipSocket (keepers.py) sleeps `seconds_until_due`, or until woken, then asks `due`; a
+thousand idle SipSockets cost no polling.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class Memo:
     last_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
     # The status this process last wrote: the watched body may not show our own latest patch yet.
     written_status: dict[str, Any] | None = None
+    # Secrets (spec.tls): the resourceVersion of each as the last pass read it ("" missing), and whether one
+    # changed since that pass began.
+    secret_versions: dict[str, str] = field(default_factory=dict)
+    refs_changed: bool = False
+    # Proxy pod ("name/uid") -> digest of this object's tls_mgm row that the pod's last tls_reload applied.
+    tls_applied: dict[str, str] = field(default_factory=dict)
 
 
 def backoff(failures: int) -> float:
@@ -42,6 +49,7 @@ def started(memo: Memo, now: float, fleet_epoch: int, table_epoch: int) -> None:
     """A pass begins: changes from here on are news to the next one."""
     memo.last_run = now
     memo.fleet_epoch, memo.table_epoch = fleet_epoch, table_epoch
+    memo.refs_changed = False  # this pass reads the Secrets afresh
 
 
 def finished(memo: Memo, now: float, conditions: Sequence[Condition]) -> None:
@@ -67,9 +75,9 @@ def due(memo: Memo, now: float, resync: float, fleet_epoch: int, table_epoch: in
     if running:
         return False  # a pass is running right now
     if memo.last_run == 0.0:
-        return False  # never reconciled here: kopf's resume/create handler is about to run
+        return False  # never reconciled by this leader: its keeper runs the first pass itself
     elapsed = now - memo.last_run
-    if elapsed >= resync or memo.fleet_epoch != fleet_epoch:
+    if elapsed >= resync or memo.fleet_epoch != fleet_epoch or memo.refs_changed:
         return True
     if memo.blocked and memo.table_epoch != table_epoch:
         return True

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sipoperator.lease import Timing, timing_problem
 from sipoperator.mi_tls import client_context
 
 SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_PROXY_SELECTOR = "app.kubernetes.io/name=sipsockets,app.kubernetes.io/component=proxy"
 DEFAULT_MI_TLS_SERVER_NAME = "sipsockets-proxy"
+DEFAULT_LEASE_NAME = "sipsockets-operator"  # the chart's name for release "sipsockets"
+
+
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class SettingsError(ValueError):
@@ -25,6 +31,7 @@ class Settings:
     namespace: str
     db_url: str
     table_name: str = "sockets"
+    tls_table_name: str = "tls_mgm"
     proxy_selector: str = DEFAULT_PROXY_SELECTOR
     mi_port: int = 8888
     mi_root: str = "mi"
@@ -42,8 +49,14 @@ class Settings:
     webhook_key_file: str | None = None
     health_listen: str = "0.0.0.0:8080"
     log_format: str = "text"
-    peering: str = ""
-    priority: int = 0
+    lease_name: str = DEFAULT_LEASE_NAME
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.lease_duration, self.renew_deadline, self.retry_period)
 
     @property
     def selector_labels(self) -> dict[str, str]:
@@ -62,6 +75,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--db-url", "SIPSOCKETS_DB_URL", "OpenSIPS-style database URL, e.g. postgres://u:p@host/db"),
     ("--db-url-file", "SIPSOCKETS_DB_URL_FILE", "file holding the database URL (e.g. a mounted Secret)"),
     ("--table-name", "SIPSOCKETS_TABLE_NAME", "sockets table name (default: sockets)"),
+    ("--tls-table-name", "SIPSOCKETS_TLS_TABLE_NAME", "TLS domains table name (default: tls_mgm)"),
     ("--proxy-selector", "SIPSOCKETS_PROXY_SELECTOR", "label selector of the proxy pods (k=v,k2=v2)"),
     ("--mi-port", "SIPSOCKETS_MI_PORT", "proxy MI port (8888); annotation sipsockets.io/mi-port wins"),
     ("--mi-root", "SIPSOCKETS_MI_ROOT", "proxy MI path (default: mi)"),
@@ -85,8 +99,14 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--webhook-key-file", "SIPSOCKETS_WEBHOOK_KEY_FILE", "webhook TLS private key (PEM)"),
     ("--health-listen", "SIPSOCKETS_HEALTH_LISTEN", "host:port for /healthz and /metrics (0.0.0.0:8080)"),
     ("--log-format", "SIPSOCKETS_LOG_FORMAT", "text or json"),
-    ("--peering", "SIPSOCKETS_PEERING", "kopf peering name for several replicas (empty: standalone)"),
-    ("--priority", "SIPSOCKETS_PRIORITY", "kopf peering priority of this replica (0)"),
+    (
+        "--lease-name",
+        "SIPSOCKETS_LEASE_NAME",
+        f"leader-election Lease in the namespace; only its holder writes ({DEFAULT_LEASE_NAME})",
+    ),
+    ("--lease-duration", "SIPSOCKETS_LEASE_DURATION", "seconds before a silent leader's Lease is taken (15)"),
+    ("--renew-deadline", "SIPSOCKETS_RENEW_DEADLINE", "seconds a leader writes without a renew (10)"),
+    ("--retry-period", "SIPSOCKETS_RETRY_PERIOD", "seconds between looks at the Lease (2)"),
 )
 
 
@@ -207,11 +227,18 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parse_selector(selector)
     mi_root = (get("--mi-root") or "mi").strip("/")
     mi_tls = mi_tls_settings(get("--mi-tls-ca-file"), get("--mi-tls-cert-file"), get("--mi-tls-key-file"))
+    lease_name = get("--lease-name") or DEFAULT_LEASE_NAME
+    if not _DNS_SUBDOMAIN.fullmatch(lease_name):
+        raise SettingsError(
+            f"--lease-name/SIPSOCKETS_LEASE_NAME: {lease_name!r} is not a Kubernetes object name "
+            "(lower case letters, digits, '-' and '.', at most 253)"
+        )
 
     settings = Settings(
         namespace=get("--namespace") or _default_namespace(),
         db_url=db_url,
         table_name=get("--table-name") or "sockets",
+        tls_table_name=get("--tls-table-name") or "tls_mgm",
         proxy_selector=selector,
         mi_port=int(_number(get("--mi-port") or "8888", "--mi-port", "SIPSOCKETS_MI_PORT", int, 1)),
         mi_root=mi_root,
@@ -229,9 +256,23 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         webhook_key_file=get("--webhook-key-file"),
         health_listen=health_listen,
         log_format=log_format,
-        peering=get("--peering") or "",
-        priority=int(_number(get("--priority") or "0", "--priority", "SIPSOCKETS_PRIORITY", int, -(2**31))),
+        lease_name=lease_name,
+        lease_duration=_number(
+            get("--lease-duration") or "15", "--lease-duration", "SIPSOCKETS_LEASE_DURATION", float, 1
+        ),
+        renew_deadline=_number(
+            get("--renew-deadline") or "10", "--renew-deadline", "SIPSOCKETS_RENEW_DEADLINE", float, 0.1
+        ),
+        retry_period=_number(
+            get("--retry-period") or "2", "--retry-period", "SIPSOCKETS_RETRY_PERIOD", float, 0.05
+        ),
     )
     if settings.mi_port > 65535:
         raise SettingsError("--mi-port/SIPSOCKETS_MI_PORT: must be at most 65535")
+    problem = timing_problem(settings.timing)
+    if problem:
+        raise SettingsError(
+            "--lease-duration, --renew-deadline, --retry-period (SIPSOCKETS_LEASE_DURATION, "
+            f"SIPSOCKETS_RENEW_DEADLINE, SIPSOCKETS_RETRY_PERIOD): {problem}"
+        )
     return settings

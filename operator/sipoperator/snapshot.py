@@ -1,4 +1,5 @@
-"""What one decision about a SipSocket looks at: the object, the table, the fleet, the other objects.
+"""What one decision about a SipSocket looks at: the object, the table, the fleet, the other objects, the
+Secrets it references.
 
 Gathered by reconcile (under its table lock) and by the webhook alike, then judged by the same chain of checks
 (`checks.py`); nothing here does I/O.
@@ -6,10 +7,12 @@ Gathered by reconcile (under its table lock) and by the webhook alike, then judg
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipoperator.refs import SecretState
 from sipoperator.spec import DesiredSocket, SpecError, validate
 from sipoperator.store import TableRow
 
@@ -65,6 +68,8 @@ class Snapshot:
     capacity: int | None  # the fleet's smallest max_sockets; None: not enforced
     others: Mapping[str, Known]  # uid -> every SipSocket the watch knows (may include the subject)
     table_name: str = "sockets"
+    secrets: Mapping[str, SecretState] = field(default_factory=dict)  # spec.tls's Secrets by name, as read
+    now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
 
 
 # The webhook's newcomer ranks after everything that exists: whoever is there keeps the endpoint.
@@ -78,6 +83,7 @@ def for_admission(
     capacity: int | None,
     known: Mapping[str, Known],
     table_name: str,
+    secrets: Mapping[str, SecretState] | None = None,
 ) -> Snapshot:
     """The snapshot the webhook judges: the object as it would be after the change, so its own row and its
     own watched state (the old spec, when it is an update) are left out."""
@@ -89,4 +95,5 @@ def for_admission(
         capacity=capacity,
         others={uid: k for uid, k in known.items() if (k.namespace, k.name) != me},
         table_name=table_name,
+        secrets=secrets or {},
     )

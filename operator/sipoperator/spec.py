@@ -30,7 +30,11 @@ _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
+# A Secret's name: an RFC 1123 DNS subdomain.
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _COLUMN_MAX = 128  # CHAR(128) in the OpenSIPS schema
+TLS_PROTOCOLS = ("tls", "wss")  # the protocols that need a certificate, and only they take spec.tls
+CLIENT_AUTH = ("none", "optional", "required")
 
 EndpointKey = tuple[str, str, int]  # (transport layer, address, port)
 
@@ -64,12 +68,30 @@ class Row:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    """`spec.tls`: the kubernetes.io/tls Secret with the socket's certificate, and client authentication."""
+
+    secret_name: str
+    client_auth: str = "none"  # none | optional | required
+    ca_secret_name: str | None = None  # the Secret whose ca.crt verifies client certificates
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The Secrets referenced, the certificate's first."""
+        names = [self.secret_name]
+        if self.ca_secret_name and self.client_auth != "none" and self.ca_secret_name != self.secret_name:
+            names.append(self.ca_secret_name)
+        return tuple(names)
+
+
+@dataclass(frozen=True)
 class DesiredSocket:
     protocol: str
     address: str  # compressed form, IPv6 without brackets
     port: int
     row: Row
     parsed: SocketSpec
+    tls: TlsSpec | None = None  # set exactly for the protocols of TLS_PROTOCOLS
 
     @property
     def key(self) -> EndpointKey:
@@ -129,6 +151,40 @@ def _tos(value: Any) -> tuple[int, str | None]:
     raise SpecError("tos", f"must be 0-255 or one of {', '.join(TOS_NAMES)}, got {value!r}")
 
 
+def _secret_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(field, "is required: the name of a Secret in the SipSocket's namespace")
+    if len(value) > 253 or not _SECRET_NAME.match(value):
+        raise SpecError(field, f"{value!r} is not a Secret name (lowercase RFC 1123 subdomain)")
+    return value
+
+
+def _tls(protocol: str, value: Any) -> TlsSpec | None:
+    if protocol not in TLS_PROTOCOLS:
+        if value is not None:
+            raise SpecError("tls", f"is only for protocol tls or wss, not {protocol}")
+        return None
+    if value is None:
+        raise SpecError(
+            "tls",
+            f"protocol {protocol} needs spec.tls.secretName, a kubernetes.io/tls Secret with the certificate",
+        )
+    if not isinstance(value, Mapping):
+        raise SpecError("tls", "must be an object with secretName, clientAuth and caSecretName")
+    secret = _secret_name(value.get("secretName"), "tls.secretName")
+    client_auth = value.get("clientAuth") or "none"
+    if client_auth not in CLIENT_AUTH:
+        raise SpecError("tls.clientAuth", f"must be one of {', '.join(CLIENT_AUTH)}, got {client_auth!r}")
+    raw_ca = value.get("caSecretName")
+    ca = _secret_name(raw_ca, "tls.caSecretName") if raw_ca is not None else None
+    if client_auth != "none" and ca is None:
+        raise SpecError(
+            "tls.caSecretName",
+            f"is required with clientAuth {client_auth}: a Secret whose ca.crt verifies client certificates",
+        )
+    return TlsSpec(secret, client_auth, ca)
+
+
 def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     """The socket a spec asks for, defaults applied. Raises SpecError naming the field."""
     if not isinstance(spec, Mapping):
@@ -173,6 +229,7 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     flags_text = ",".join(f for f in FLAGS if f in flags) or None
 
     _, tos_text = _tos(spec.get("tos"))
+    tls = _tls(protocol, spec.get("tls"))
 
     row = Row(
         socket=format_socket(protocol, address, port),
@@ -191,7 +248,7 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     unreachable = unreachable_reason(parsed)
     if unreachable is not None:
         raise SpecError("advertised" if parsed.advertised_host else "address", unreachable)
-    return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed)
+    return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed, tls=tls)
 
 
 def _no_resolve(name: str) -> list[str]:

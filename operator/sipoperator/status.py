@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from sipoperator.kube import KubeClient, KubeError
+from sipoperator.lease import UNFENCED, Fence
 
 GROUP, VERSION, PLURAL = "sipsockets.io", "v1alpha1", "sipsockets"
 log = logging.getLogger(__name__)
@@ -31,19 +32,23 @@ def status_path(namespace: str, name: str) -> str:
 
 
 class StatusWriter:
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, fence: Fence = UNFENCED) -> None:
         self.kube = kube
+        self.fence = fence  # only the Lease's holder patches statuses (election.py)
 
     async def write(
         self, namespace: str, name: str, new: Mapping[str, Any], seen: Sequence[Mapping[str, Any]]
     ) -> bool:
         """Patch what changed; True when a patch was sent and taken. Raises KubeError except for 404 (the
-        object was deleted meanwhile: nothing left to report on)."""
+        object was deleted meanwhile: nothing left to report on), and NotLeader."""
         patch = changes(new, seen)
         if not patch:
             return False
+        budget = self.fence.budget()  # raises NotLeader
         try:
-            await self.kube.patch(status_path(namespace, name), {"status": patch})
+            await self.kube.patch(
+                status_path(namespace, name), {"status": patch}, within=min(self.kube.timeout, budget)
+            )
         except KubeError as exc:
             if exc.not_found:
                 log.debug("%s/%s was deleted before its status was written", namespace, name)

@@ -1,7 +1,9 @@
-"""The proxy database: the OpenSIPS `sockets` rows and which SipSocket owns which row.
+"""The proxy database: the OpenSIPS `sockets` rows, the `tls_mgm` server domains of TLS sockets, and which
+SipSocket owns which row.
 
-Ownership lives in a side table (`sipsockets_owners`: sockets.id -> namespace/name/uid/generation) that
-OpenSIPS never reads. A row and its ownership are always written in one transaction, and a row without an
+Ownership lives in side tables that OpenSIPS never reads (`sipsockets_owners`: sockets.id ->
+namespace/name/uid/generation; `sipsockets_tls_owners`: tls_mgm.id -> namespace/name/uid). A SipSocket's
+socket row, its domain row and their ownership are always written in one transaction, and a row without an
 owner entry is never changed or deleted.
 """
 
@@ -18,17 +20,31 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from sipoperator.domains import DomainRow
+from sipoperator.lease import UNFENCED, Fence, NotLeader
 from sipoperator.spec import Row, same_row
 from sipproxy.shared.db_url import to_sqlalchemy_url
 from sipproxy.shared.schema import init_db, sockets_table
+from sipproxy.shared.tls_domains import SERVER_DOMAIN
+from sipproxy.shared.tls_table import init_tls_mgm, tls_mgm_table
 
 OWNERS_TABLE = "sipsockets_owners"
+TLS_OWNERS_TABLE = "sipsockets_tls_owners"
+TLS_TABLE = "tls_mgm"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the statement; the message says why."""
+
+    reason = "DatabaseUnavailable"
+
+
+class DomainTaken(DatabaseUnavailable):
+    """tls_mgm has a server domain of the name this SipSocket's domain needs, not owned by the operator."""
+
+    reason = "DomainConflict"
 
 
 @dataclass(frozen=True)
@@ -54,9 +70,32 @@ class TableRow:
 
 
 @dataclass(frozen=True)
+class DomainOwner:
+    """An owner entry of a tls_mgm row (no certificate: cheap to read with the sockets table)."""
+
+    domain_id: int
+    owner_uid: str
+    owner_namespace: str
+    owner_name: str
+
+
+@dataclass(frozen=True)
 class Written:
     row_id: int
     changed: bool  # False: the row was already exactly as wanted
+    domain_changed: bool = False  # the domain row was inserted, changed or removed
+    domain_id: int | None = None  # the tls_mgm row's id, when there is one
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What `remove` deleted; true when anything was."""
+
+    socket: bool
+    domain: bool
+
+    def __bool__(self) -> bool:
+        return self.socket or self.domain
 
 
 def owners_table(metadata: MetaData) -> Table:
@@ -71,8 +110,21 @@ def owners_table(metadata: MetaData) -> Table:
     )
 
 
+def tls_owners_table(metadata: MetaData) -> Table:
+    return Table(
+        TLS_OWNERS_TABLE,
+        metadata,
+        Column("domain_id", Integer, primary_key=True, autoincrement=False),
+        Column("uid", String(64), nullable=False, unique=True),
+        Column("namespace", String(253), nullable=False),
+        Column("name", String(253), nullable=False),
+    )
+
+
 class Store:
-    def __init__(self, db_url: str, table_name: str = "sockets", timeout: float = 10.0) -> None:
+    def __init__(
+        self, db_url: str, table_name: str = "sockets", timeout: float = 10.0, tls_table_name: str = TLS_TABLE
+    ) -> None:
         url = to_sqlalchemy_url(db_url)
         connect_args: dict[str, Any] = {}
         if url.startswith("postgresql+asyncpg"):
@@ -86,15 +138,31 @@ class Store:
         metadata = MetaData()
         self.sockets = sockets_table(metadata, table_name)
         self.owners = owners_table(metadata)
+        self.tls_table_name = tls_table_name
+        self.tls = tls_mgm_table(metadata, tls_table_name)
+        self.tls_owners = tls_owners_table(metadata)
         self._schema_ready = False
+        # Asked before every write (the leader's Lease, election.py): a write starts only while this replica
+        # leads, and is abandoned (its transaction never committed) when the Lease could pass to another.
+        self.fence: Fence = UNFENCED
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def _guard(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, what: str, fn: Callable[[], Awaitable[T]], write: bool = False) -> T:
+        timeout = self.timeout
+        fenced = False
+        if write:
+            budget = self.fence.budget()  # raises NotLeader: nothing is sent
+            fenced = budget < timeout
+            timeout = min(timeout, budget)
         try:
-            return await asyncio.wait_for(fn(), self.timeout)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            return await asyncio.wait_for(fn(), timeout)
+        except TimeoutError as exc:
+            if fenced:
+                raise NotLeader(f"{what}: abandoned, the Lease may pass to another replica now") from exc
+            raise DatabaseUnavailable(f"{what}: TimeoutError") from exc
+        except (SQLAlchemyError, OSError) as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise DatabaseUnavailable(f"{what}: {detail[0] if detail else type(exc).__name__}") from exc
 
@@ -104,8 +172,10 @@ class Store:
 
         async def run() -> None:
             await init_db(self.engine, self.table_name)
+            await init_tls_mgm(self.engine, self.tls_table_name)
             async with self.engine.begin() as conn:
                 await conn.run_sync(lambda sync: self.owners.create(sync, checkfirst=True))
+                await conn.run_sync(lambda sync: self.tls_owners.create(sync, checkfirst=True))
 
         await self._guard("creating the tables", run)
         self._schema_ready = True
@@ -125,6 +195,34 @@ class Store:
 
         return await self._guard("reading the sockets table", run)
 
+    async def domain_owners(self) -> list[DomainOwner]:
+        """The owner entries of tls_mgm rows (whose rows exist)."""
+        await self.ensure_schema()
+        t, o = self.tls, self.tls_owners
+        query = select(o.c.domain_id, o.c.uid, o.c.namespace, o.c.name).select_from(
+            o.join(t, t.c.id == o.c.domain_id)
+        )
+
+        async def run() -> list[DomainOwner]:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(query)
+                return [DomainOwner(int(r[0]), r[1], r[2], r[3]) for r in result]
+
+        return await self._guard("reading the tls_mgm owners", run)
+
+    async def domain_of(self, uid: str) -> DomainRow | None:
+        """The tls_mgm row `uid` owns, if any."""
+        await self.ensure_schema()
+        t, o = self.tls, self.tls_owners
+        query = select(t).select_from(t.join(o, o.c.domain_id == t.c.id)).where(o.c.uid == uid)
+
+        async def run() -> DomainRow | None:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(query)).mappings().first()
+                return DomainRow.from_columns(dict(found)) if found is not None else None
+
+        return await self._guard("reading the tls_mgm row", run)
+
     async def owner_uids(self) -> dict[str, tuple[int, str, str]]:
         """uid -> (socket_id, namespace, name) for every owner entry, dangling ones included."""
         await self.ensure_schema()
@@ -137,15 +235,67 @@ class Store:
 
         return await self._guard("reading the owners table", run)
 
-    async def write(self, uid: str, namespace: str, name: str, generation: int, row: Row) -> Written:
-        """Make the row owned by `uid` exactly `row`: insert, repair (edited or deleted by hand) or keep."""
+    async def write(
+        self, uid: str, namespace: str, name: str, generation: int, row: Row, domain: DomainRow | None = None
+    ) -> Written:
+        """Make the row owned by `uid` exactly `row` and its tls_mgm row exactly `domain` (None: no domain
+        row), in one transaction: insert, repair (edited or deleted by hand) or keep."""
         await self.ensure_schema()
 
         async def run() -> Written:
             async with self.engine.begin() as conn:
-                return await self._write(conn, uid, namespace, name, generation, row)
+                written = await self._write(conn, uid, namespace, name, generation, row)
+                domain_changed, domain_id = await self._write_domain(conn, uid, namespace, name, domain)
+                return Written(written.row_id, written.changed, domain_changed, domain_id)
 
-        return await self._guard("writing the socket row", run)
+        return await self._guard("writing the socket row", run, write=True)
+
+    async def _write_domain(
+        self, conn: AsyncConnection, uid: str, namespace: str, name: str, domain: DomainRow | None
+    ) -> tuple[bool, int | None]:
+        """(changed, the row's id)."""
+        t, o = self.tls, self.tls_owners
+        owner = (await conn.execute(select(o.c.domain_id).where(o.c.uid == uid))).first()
+        if domain is None:
+            if owner is None:
+                return False, None
+            await conn.execute(delete(t).where(t.c.id == int(owner[0])))
+            await conn.execute(delete(o).where(o.c.uid == uid))
+            return True, None
+        columns = domain.columns()
+        if owner is not None:
+            domain_id = int(owner[0])
+            current = (await conn.execute(select(t).where(t.c.id == domain_id))).mappings().first()
+            if current is not None:
+                await conn.execute(update(o).where(o.c.uid == uid).values(namespace=namespace, name=name))
+                if _same_columns(current, columns):
+                    return False, domain_id
+                await conn.execute(update(t).where(t.c.id == domain_id).values(**columns))
+                return True, domain_id
+            await conn.execute(delete(o).where(o.c.uid == uid))  # deleted behind our back: insert anew
+        clash = (
+            await conn.execute(select(t.c.id).where(t.c.domain == domain.domain, t.c.type == SERVER_DOMAIN))
+        ).first()
+        if clash is not None:
+            clash_id = int(clash[0])
+            holder = (await conn.execute(select(o.c.uid).where(o.c.domain_id == clash_id))).first()
+            if holder is None:
+                raise DomainTaken(
+                    f"{self.tls_table_name} already has server domain {domain.domain!r} (id {clash_id}), "
+                    "which the operator does not own; rename or delete that row"
+                )
+            # The row of an earlier SipSocket of this name (deleted and recreated): ours now.
+            await conn.execute(delete(o).where(o.c.domain_id == clash_id))
+            await conn.execute(update(t).where(t.c.id == clash_id).values(**columns))
+            domain_id = clash_id
+        else:
+            result = await conn.execute(insert(t).values(**columns))
+            new_id = result.inserted_primary_key
+            if new_id is None or new_id[0] is None:  # pragma: no cover - every supported dialect returns it
+                raise DatabaseUnavailable("the database did not return the new tls_mgm row's id")
+            domain_id = int(new_id[0])
+        await conn.execute(insert(o).values(domain_id=domain_id, uid=uid, namespace=namespace, name=name))
+        return True, domain_id
 
     async def _write(
         self, conn: AsyncConnection, uid: str, namespace: str, name: str, generation: int, row: Row
@@ -184,21 +334,36 @@ class Store:
         )
         return Written(socket_id, changed=True)
 
-    async def remove(self, uid: str) -> bool:
-        """Delete the row owned by `uid` and its owner entry; True when something was deleted."""
+    async def remove(self, uid: str) -> Removed:
+        """Delete the socket row and the tls_mgm row owned by `uid` and their owner entries, in one
+        transaction; the answer is true when something was deleted."""
         await self.ensure_schema()
         s, o = self.sockets, self.owners
 
-        async def run() -> bool:
+        async def run() -> Removed:
             async with self.engine.begin() as conn:
+                domain, _ = await self._write_domain(conn, uid, "", "", None)
                 owner = (await conn.execute(select(o.c.socket_id).where(o.c.uid == uid))).first()
                 if owner is None:
-                    return False
+                    return Removed(socket=False, domain=domain)
                 await conn.execute(delete(s).where(s.c.id == int(owner[0])))
                 await conn.execute(delete(o).where(o.c.uid == uid))
-                return True
+                return Removed(socket=True, domain=domain)
 
-        return await self._guard("deleting the socket row", run)
+        return await self._guard("deleting the socket row", run, write=True)
+
+
+def _same_columns(current: Any, wanted: dict[str, Any]) -> bool:
+    return all(_norm(current[key]) == _norm(value) for key, value in wanted.items())
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = bytes(value)
+        return value if value.strip() else None
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
 
 
 def _clean(value: Any) -> Any:

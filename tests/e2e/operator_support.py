@@ -185,6 +185,12 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
+        self.launch()
+        self.wait_started()
+        return self
+
+    def launch(self) -> None:
+        """Start the process and return at once (several replicas are launched at the same instant)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [_bin("sipsockets-operator")],
@@ -193,8 +199,9 @@ class Operator:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_started(self) -> None:
         wait_for(self.healthy, "the operator's /healthz", timeout=60)
-        return self
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -268,6 +275,8 @@ class FleetPod(Protocol):
 
 class FleetOperator(Protocol):
     def start(self) -> object: ...
+    def launch(self) -> None: ...
+    def wait_started(self) -> None: ...
     def healthy(self) -> bool: ...
     def metrics(self) -> str: ...
     def tail(self, chars: int = ...) -> str: ...
@@ -350,13 +359,28 @@ class Env:
         return pod
 
     def operator(self, db_url: str | None = None, **settings: str) -> FleetOperator:
-        tls = {k.removeprefix("SIPSOCKETS_").lower(): v for k, v in self.pki.operator_env().items()}
-        op = self.backend.operator(
-            self.namespace, db_url or self.db_url, self.workdir, len(self.operators), {**tls, **settings}
-        )
-        self.operators.append(op)
-        op.start()
+        (op,) = self.replicas(1, db_url, **settings)
         return op
+
+    def replicas(self, count: int, db_url: str | None = None, **settings: str) -> list[FleetOperator]:
+        """`count` operator replicas of one namespace, launched at the same instant, then waited for."""
+        tls = {k.removeprefix("SIPSOCKETS_").lower(): v for k, v in self.pki.operator_env().items()}
+        ops = [
+            self.backend.operator(
+                self.namespace,
+                db_url or self.db_url,
+                self.workdir,
+                len(self.operators) + i,
+                {**tls, **settings},
+            )
+            for i in range(count)
+        ]
+        self.operators.extend(ops)
+        for op in ops:
+            op.launch()
+        for op in ops:
+            op.wait_started()
+        return ops
 
     def close(self) -> None:
         for op in self.operators:

@@ -16,26 +16,11 @@ from tests.unit.chart.rendering import OPTION_SETS, render
 __all__ = ["chart_crds"]  # fixtures
 
 
-def kopf_peering_crd(namespace: str) -> dict[str, object]:
-    """The chart's own KopfPeering CRD, created for real so that the dry-run knows the KopfPeering kind."""
-    (crd,) = [
-        m
-        for m in render(OPTION_SETS["peering"], namespace=namespace)
-        if m["metadata"]["name"] == "kopfpeerings.kopf.dev"
-    ]
-    return crd
-
-
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
 def test_server_side_dry_run_accepts_every_option_set(
     control_plane: ClusterClient, chart_crds: None, namespace: str, option_set: str
 ) -> None:
     manifests = render(OPTION_SETS[option_set], namespace=namespace)
-    if option_set == "peering":
-        apply_objects(control_plane, [kopf_peering_crd(namespace)])
-        control_plane.kubectl(
-            "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s"
-        )
     # Pod Security Standards: every pod template meets "restricted", except the hostNetwork DaemonSet, which
     # cannot (the API server warns about workloads whose pods the namespace's level would refuse).
     control_plane.kubectl(

@@ -118,14 +118,11 @@ class ChartWorld:
         helm_install(self.cp, self.namespace, values, self.workdir)
 
     def operator_template(self) -> dict[str, Any]:
-        """The operator's pod template: a Deployment, or a StatefulSet with peering."""
-        name = f"{RELEASE}-operator"
-        for kind in ("deployment", "statefulset"):
-            found = self.cp.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
-            if found.returncode == 0:
-                template: dict[str, Any] = json.loads(found.stdout)["spec"]["template"]
-                return template
-        raise AssertionError(f"the chart installed no operator workload {name}")
+        """The operator's pod template (a Deployment, whatever the number of replicas)."""
+        template: dict[str, Any] = get_json(
+            self.cp, "deployment", f"{RELEASE}-operator", "-n", self.namespace
+        )["spec"]["template"]
+        return template
 
     def service_account_kubeconfig(self) -> Path:
         sa = self.operator_template()["spec"]["serviceAccountName"]
@@ -276,7 +273,17 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # And no more than enough: the same token is refused outside the Role.
     assert world.sa_kubeconfig is not None
     kc = world.sa_kubeconfig
-    assert forbidden(cp.kubectl("get", "secrets", "-n", ns, kubeconfig=kc, check=False))
+    # Secrets: read in its own namespace (the certificates of tls/wss SipSockets), never written, never
+    # elsewhere.
+    assert forbidden(cp.kubectl("get", "secrets", "-n", "default", kubeconfig=kc, check=False))
+    assert forbidden(
+        cp.kubectl(
+            "create", "secret", "generic", "x", "-n", ns, "--from-literal=a=b", kubeconfig=kc, check=False
+        )
+    )
+    assert forbidden(
+        cp.kubectl("delete", "secret", f"{RELEASE}-mi-token", "-n", ns, kubeconfig=kc, check=False)
+    )
     assert forbidden(cp.kubectl("get", "sipsockets", "-n", "default", kubeconfig=kc, check=False))
     assert forbidden(cp.kubectl("delete", "pod", pod.name, "-n", ns, kubeconfig=kc, check=False))
     assert forbidden(cp.kubectl("create", "configmap", "x", "-n", ns, kubeconfig=kc, check=False))
@@ -296,39 +303,36 @@ def test_operator_with_the_charts_service_account(world: ChartWorld) -> None:
     # While what it needs is allowed with the very same token.
     assert cp.kubectl("get", "sipsockets", "-n", ns, kubeconfig=kc, check=False).returncode == 0
     assert cp.kubectl("get", "pods", "-n", ns, kubeconfig=kc, check=False).returncode == 0
+    assert cp.kubectl("get", "secrets", "-n", ns, kubeconfig=kc, check=False).returncode == 0
 
 
-def peering_peers(cp: ControlPlane, namespace: str) -> dict[str, Any]:
-    peering = get_json(cp, "kopfpeering", RELEASE, "-n", namespace)
-    peers: dict[str, Any] = peering.get("status") or {}
-    return peers
+def leads(op: Operator) -> bool:
+    return bool(re.search(r"^sipsockets_leader 1$", op.metrics(), flags=re.M))
 
 
-def test_peering_replicas_with_the_charts_service_account(world: ChartWorld) -> None:
-    """operator.replicas > 1: kopf peering through the chart's KopfPeering object and Role, one replica active
-    (the highest pod index), the other taking over when it stops."""
+def test_replicas_elect_a_leader_with_the_charts_service_account(world: ChartWorld) -> None:
+    """operator.replicas > 1: the replicas elect a leader through the Lease the chart's Role names (get and
+    update on it only, create), one writing, the other watching; the other takes over when it stops."""
     cp, ns = world.cp, world.namespace
     world.install(operator={"replicas": 2, "webhook": {"enabled": False}})
     world.start_proxy(f"{RELEASE}-proxy-0")
-    standby = world.start_operator(pod_index=0)
-    active = world.start_operator(pod_index=1)
-    peers = wait_for(
-        lambda: peering_peers(cp, ns) if len(peering_peers(cp, ns)) == 2 else None, "two peers", timeout=WAIT
-    )
-    assert sorted(p["priority"] for p in peers.values()) == [0, 1]
-    wait_for(
-        lambda: "Pausing operations" in standby.tail(), "the pod-index-0 replica standing by", timeout=WAIT
-    )
+    ops = [world.start_operator(pod_index=0), world.start_operator(pod_index=1)]
+    leader = wait_for(lambda: next((op for op in ops if leads(op)), None), "a leader", timeout=WAIT)
+    standby = next(op for op in ops if op is not leader)
+    lease = get_json(cp, "lease", f"{RELEASE}-operator", "-n", ns)
+    assert lease["spec"]["holderIdentity"] in leader.tail(200_000)
 
     addr = world.addresses.next()
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5060))
     wait_condition(cp, ns, "carrier-a", "Ready", "True", timeout=WAIT)
     assert wait_for(lambda: answers_ok(addr, 5060), f"OPTIONS answered on udp {addr}:5060", timeout=WAIT)
-    # The lower-priority replica stood by: it did not handle the SipSocket.
+    # The other replica watched: it did not handle the SipSocket.
     assert "carrier-a" not in standby.tail(200_000)
+    assert not leads(standby)
 
-    # The active replica goes away (a rolling update, a drained node): the other one takes over.
-    active.stop()
+    # The leader goes away (a rolling update, a drained node): it releases the Lease, the other takes over.
+    leader.stop()
+    wait_for(lambda: leads(standby), "the other replica leading", timeout=WAIT)
     apply(cp, ns, sipsocket("carrier-b", "udp", addr, 5062))
     wait_condition(cp, ns, "carrier-b", "Ready", "True", timeout=WAIT)
     assert wait_for(lambda: answers_ok(addr, 5062), f"OPTIONS answered on udp {addr}:5062", timeout=WAIT)

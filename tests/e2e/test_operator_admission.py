@@ -56,6 +56,23 @@ __all__ = ["crd", "env"]  # fixtures
             "advertised.address must be an address peers can send to",
         ),
         ({"address": "10.0.0.1"}, "spec.protocol"),
+        ({"protocol": "tls", "address": "10.0.0.1"}, "protocol tls and wss need spec.tls.secretName"),
+        ({"protocol": "wss", "address": "10.0.0.1"}, "protocol tls and wss need spec.tls.secretName"),
+        ({"protocol": "udp", "address": "10.0.0.1", "tls": {"secretName": "x"}}, "spec.tls"),
+        ({"protocol": "ws", "address": "10.0.0.1", "tls": {"secretName": "x"}}, "spec.tls"),
+        ({"protocol": "tls", "address": "10.0.0.1", "tls": {}}, "spec.tls.secretName"),
+        (
+            {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "Bad_Name"}},
+            "spec.tls.secretName",
+        ),
+        (
+            {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "x", "clientAuth": "always"}},
+            "spec.tls.clientAuth",
+        ),
+        (
+            {"protocol": "wss", "address": "10.0.0.1", "tls": {"secretName": "x", "clientAuth": "required"}},
+            "spec.tls.caSecretName",
+        ),
     ],
 )
 def test_api_server_refuses_invalid_specs_naming_the_field(
@@ -84,7 +101,20 @@ def test_api_server_accepts_valid_specs(env: Env) -> None:
     control_plane, namespace = env.cp, env.namespace
     good = [
         sipsocket("v4", "udp", "10.0.5.20"),
-        sipsocket("v6", "tls", "2001:db8::5", 5061, advertised={"address": "sbc.example.com", "port": 5061}),
+        sipsocket(
+            "v6",
+            "tls",
+            "2001:db8::5",
+            5061,
+            advertised={"address": "sbc.example.com", "port": 5061},
+            tls={"secretName": "v6-tls"},
+        ),
+        sipsocket(
+            "mtls",
+            "wss",
+            "10.0.5.23",
+            tls={"secretName": "edge-tls", "clientAuth": "optional", "caSecretName": "clients-ca"},
+        ),
         sipsocket(
             "all", "ws", "10.0.5.21", 8080, tag="edge", flags=["reuse_port", "frag"], tos="IPTOS_LOWDELAY"
         ),
@@ -93,6 +123,9 @@ def test_api_server_accepts_valid_specs(env: Env) -> None:
     for obj in good:
         out = apply(control_plane, namespace, obj, check=False)
         assert out.returncode == 0, out.stderr
+    # clientAuth defaults to none.
+    v6 = get(control_plane, namespace, "v6")
+    assert v6 is not None and v6["spec"]["tls"] == {"secretName": "v6-tls", "clientAuth": "none"}
 
 
 def _cert(workdir: Path) -> tuple[Path, Path]:
@@ -156,7 +189,7 @@ def test_webhook_refuses_conflicts_with_an_actionable_message(env: Env, webhook:
     wait_condition(cp, ns, "first", "Ready", "True")
 
     # tls shares TCP ports with tcp: same endpoint.
-    out = apply(cp, ns, sipsocket("second", "tls", addr, 5061), check=False)
+    out = apply(cp, ns, sipsocket("second", "tls", addr, 5061, tls={"secretName": "second-tls"}), check=False)
     assert out.returncode != 0
     assert "admission webhook" in out.stderr
     assert f"SipSocket {ns}/first" in out.stderr, out.stderr
@@ -178,6 +211,20 @@ def test_webhook_refuses_conflicts_with_an_actionable_message(env: Env, webhook:
     assert out.returncode != 0
     obj = get(cp, ns, "third")
     assert obj is not None and obj["spec"]["protocol"] == "udp"
+
+
+def test_webhook_admits_a_tls_socket_whose_secret_is_missing_with_a_warning(env: Env, webhook: int) -> None:
+    """The cert-manager order: the SipSocket first, its Certificate's Secret later. Admitted; `kubectl apply`
+    prints why it will not serve yet, and ResolvedRefs says the same."""
+    cp, ns = env.cp, env.namespace
+    addr = env.addresses.next()
+    out = apply(cp, ns, sipsocket("edge", "tls", addr, 5061, tls={"secretName": "edge-tls"}), check=False)
+    assert out.returncode == 0, out.stderr
+    assert f"Warning: SipSocket {ns}/edge: Secret {ns}/edge-tls not found; create it" in out.stderr, (
+        out.stderr
+    )
+    obj = wait_condition(cp, ns, "edge", "ResolvedRefs", "False", "InvalidCertificateRef")
+    assert condition(obj, "Programmed")["reason"] == "InvalidCertificateRef"
 
 
 def test_race_without_webhook_has_exactly_one_winner(env: Env) -> None:

@@ -139,12 +139,9 @@ db-url
 {{- include "sipsockets.componentName" (list . "webhook-tls") -}}
 {{- end -}}
 
-{{- define "sipsockets.peeringName" -}}
-{{- default (include "sipsockets.fullname" .) .Values.operator.peering.name -}}
-{{- end -}}
-
-{{- define "sipsockets.peering" -}}
-{{- if gt (int .Values.operator.replicas) 1 }}true{{ end -}}
+{{/* The leader-election Lease of the operator replicas (RBAC names it: get and update on it only). */}}
+{{- define "sipsockets.leaseName" -}}
+{{- default (include "sipsockets.componentName" (list . "operator")) .Values.operator.leaderElection.leaseName -}}
 {{- end -}}
 
 {{/* The container securityContext every chart container shares; the proxy adds NET_BIND_SERVICE. */}}

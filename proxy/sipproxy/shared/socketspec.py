@@ -123,17 +123,33 @@ def default_resolver(name: str) -> list[str]:
 
 def _ip_literal(text: str) -> str | None:
     try:
-        return ipaddress.ip_address(text).compressed
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # `fe80::1%eth0`: SIP has no syntax for a zone in a Via or Record-Route, and a zone may hold any
+        # text (`::%[::]` could not be written back as a socket string).
+        raise RowError(f"address {text!r}: IPv6 zone ids (%...) are not supported")
+    return address.compressed
+
+
+def _ascii_number(text: str) -> int | None:
+    """The value of a decimal number in ASCII digits, else None. `str.isdigit` alone also accepts `²`
+    (U+00B2) or the Arabic-Indic digits, on which int() raises ValueError (not RowError) or reads another
+    digit, and int() refuses more than 4300 digits: each would have failed a whole reload instead of
+    refusing one row."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 2**63
 
 
 def _parse_port(text: str, what: str) -> int:
-    if not text.isdigit():
+    port = _ascii_number(text)
+    if port is None:
         raise RowError(f"{what} port {text!r} is not a number")
-    port = int(text)
     if not 1 <= port <= 65535:
-        raise RowError(f"{what} port {port} out of range 1-65535")
+        raise RowError(f"{what} port {text.lstrip('0')[:12] or 0} out of range 1-65535")
     return port
 
 
@@ -294,9 +310,10 @@ def parse_static_socket(text: str, resolve: Resolver = default_resolver) -> Sock
             elif word == "tag":
                 tag = value
             else:
-                if not value.isdigit() or int(value) < 1:
+                workers = _ascii_number(value)
+                if workers is None or not 1 <= workers < 2**63:
                     raise RowError(f"socket {text!r}: use_workers must be an integer >= 1")
-                use_workers = int(value)
+                use_workers = workers
             i += 2
         elif word in FLAGS:
             flags.add(word)

@@ -117,42 +117,52 @@ class ListenerIndex:
     Built once from every listener, then kept current with `add` and `remove` as sockets come and go, so a
     reload that adds one socket to a thousand costs each worker one listener's work, not a thousand's."""
 
-    __slots__ = ("_by_key", "_by_public", "_ours", "_present", "_via_prefixes", "_wires", "listeners")
+    __slots__ = ("_by_key", "_by_public", "_holders", "_ours", "_via_prefixes", "_wires", "listeners")
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
-        self.listeners: list[Listener] = []
-        self._present: set[Listener] = set()
+        # In the order added (a dict as an ordered set: removing one is O(1)); first fit goes by this order.
+        self.listeners: dict[Listener, None] = {}
         # host -> port -> how many listeners have it (bound or advertised)
         self._ours: dict[str, dict[int, int]] = {}
         self._wires: dict[Listener, Wire] = {}
         self._by_key: dict[bytes, Listener] = {}
         self._by_public: dict[tuple[str, int, str], Listener] = {}
+        # Every listener under each key of the two maps above, in order: the first is the holder, and when
+        # it goes the next takes over without a scan of every listener.
+        self._holders: dict[object, list[Listener]] = {}
         # The values of the Vias we write, up to and including `;branch=` (with how many listeners write
         # each): a response whose top Via starts with one of them is ours without parsing that Via.
         self._via_prefixes: dict[bytes, int] = {}
         for lst in listeners:
             self.add(lst)
 
+    def _keys(self, lst: Listener) -> list[tuple[str, int, str]]:
+        return [
+            (normalize_host(host), port, lst.proto)
+            for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port))
+        ]
+
     def add(self, lst: Listener) -> None:
-        if lst in self._present:
+        if lst in self.listeners:
             return
-        self._present.add(lst)
-        self.listeners.append(lst)
+        self.listeners[lst] = None
         wire = self.wire(lst)
         prefix = wire.via_head[len(b"Via: ") :]
         self._via_prefixes[prefix] = self._via_prefixes.get(prefix, 0) + 1
+        self._holders.setdefault(wire.sk, []).append(lst)
         self._by_key.setdefault(wire.sk, lst)
-        for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
-            norm = normalize_host(host)
-            ports = self._ours.setdefault(norm, {})
-            ports[port] = ports.get(port, 0) + 1
-            self._by_public.setdefault((norm, port, lst.proto), lst)
+        for key in self._keys(lst):
+            ports = self._ours.setdefault(key[0], {})
+            ports[key[1]] = ports.get(key[1], 0) + 1
+            holders = self._holders.setdefault(key, [])
+            if lst not in holders:  # bound and advertised may be the same address
+                holders.append(lst)
+            self._by_public.setdefault(key, lst)
 
     def remove(self, lst: Listener) -> None:
-        if lst not in self._present:
+        if lst not in self.listeners:
             return
-        self._present.discard(lst)
-        self.listeners.remove(lst)
+        del self.listeners[lst]
         wire = self._wires.pop(lst, None) or Wire.of(lst)
         prefix = wire.via_head[len(b"Via: ") :]
         left = self._via_prefixes.get(prefix, 1) - 1
@@ -160,34 +170,38 @@ class ListenerIndex:
             self._via_prefixes[prefix] = left
         else:
             self._via_prefixes.pop(prefix, None)
-        if self._by_key.get(wire.sk) == lst:
-            # First fit, as if built anew: the next listener (in order) with the same key takes over.
-            del self._by_key[wire.sk]
-            for other in self.listeners:
-                if self.wire(other).sk == wire.sk:
-                    self._by_key[wire.sk] = other
-                    break
-        for host, port in ((lst.host, lst.port), (lst.public_host, lst.public_port)):
-            norm = normalize_host(host)
-            ports = self._ours.get(norm)
+        # First fit, as if built anew: the next listener (in order) under the same key takes over.
+        holder = self._drop_holder(wire.sk, lst)
+        if holder is None:
+            self._by_key.pop(wire.sk, None)
+        else:
+            self._by_key[wire.sk] = holder
+        for key in self._keys(lst):
+            ports = self._ours.get(key[0])
             if ports is not None:
-                count = ports.get(port, 1) - 1
+                count = ports.get(key[1], 1) - 1
                 if count > 0:
-                    ports[port] = count
+                    ports[key[1]] = count
                 else:
-                    ports.pop(port, None)
+                    ports.pop(key[1], None)
                     if not ports:
-                        del self._ours[norm]
-            key = (norm, port, lst.proto)
-            if self._by_public.get(key) == lst:
-                del self._by_public[key]
-                for other in self.listeners:
-                    if other.proto == lst.proto and key[:2] in (
-                        (normalize_host(other.host), other.port),
-                        (normalize_host(other.public_host), other.public_port),
-                    ):
-                        self._by_public[key] = other
-                        break
+                        del self._ours[key[0]]
+            holder = self._drop_holder(key, lst)
+            if holder is None:
+                self._by_public.pop(key, None)
+            else:
+                self._by_public[key] = holder
+
+    def _drop_holder(self, key: object, lst: Listener) -> Listener | None:
+        holders = self._holders.get(key)
+        if holders is None:
+            return None
+        if lst in holders:
+            holders.remove(lst)
+        if not holders:
+            del self._holders[key]
+            return None
+        return holders[0]
 
     def known_wire(self, listener: Listener) -> Wire | None:
         """The precomputed bytes of a listener of this snapshot; None for one it does not know."""

@@ -66,7 +66,12 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
             }
         }
     },
-    "peering": {"operator": {"replicas": 3}},
+    "replicas": {
+        "operator": {
+            "replicas": 3,
+            "leaderElection": {"leaseName": "voip-sbc", "leaseDuration": 20, "renewDeadline": 12.5},
+        }
+    },
     "miCertManager": {"mi": {"tls": {"certManager": {"enabled": True, "duration": "720h"}}}},
     "miTokenOnly": {"mi": {"tls": {"enabled": False}, "token": {"enabled": True}}},
     "miTlsAndToken": {"mi": {"token": {"enabled": True}}},

@@ -1,4 +1,4 @@
-"""The operator's RBAC is exactly what it calls: nothing broader, no wildcards, no Secrets."""
+"""The operator's RBAC is exactly what it calls: no wildcards, Secrets read-only, one Lease by name."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-# kopf lists and watches, patches (finalizer, annotations, status) and posts Events; it never GETs one object.
+# kopf lists and watches; the operator's own client patches (finalizer, status) and posts Events; it never
+# GETs one SipSocket. Secrets: the operator's own client GETs those that tls/wss SipSockets name, kopf watches
+# them for renewals.
 NAMESPACED = {
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("sipsockets.io", "sipsockets", "list"),
     ("sipsockets.io", "sipsockets", "watch"),
     ("sipsockets.io", "sipsockets", "patch"),
@@ -27,25 +32,43 @@ NAMESPACED = {
     ("", "pods", "watch"),
     ("", "events", "create"),
 }
-PEERING = {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}
+LEASES = {("coordination.k8s.io", "leases", v) for v in ("get", "update", "create")}
+
+
+def lease_rules(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in role["rules"] if "leases" in r["resources"]]
 
 
 def test_operator_role_is_least_privilege() -> None:
     r = rendered()
     role = r.one("Role", "-operator")
     assert role["metadata"]["namespace"] == "voip"
-    assert rules_of(role) == NAMESPACED
+    assert rules_of(role) == NAMESPACED | LEASES
     # Resource scanning is off in the operator: no cluster-wide grant at all.
     assert not r.of_kind("ClusterRole")
     assert not r.of_kind("ClusterRoleBinding")
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert "resourceNames" not in rule
+        if rule not in lease_rules(role):
+            assert "resourceNames" not in rule
+    # Secrets are never written: not created, patched, updated or deleted.
+    assert {verb for group, resource, verb in rules_of(role) if resource == "secrets"} == {
+        "get",
+        "list",
+        "watch",
+    }
 
 
-def test_peering_adds_only_kopfpeerings() -> None:
-    role = rendered(OPTION_SETS["peering"]).one("Role", "-operator")
-    assert rules_of(role) == NAMESPACED | PEERING
+def test_the_lease_is_read_and_renewed_by_name_only() -> None:
+    """get and update on the one Lease the operator's settings name; create cannot carry a name."""
+    for values, lease in (({}, f"{RELEASE}-operator"), (OPTION_SETS["replicas"], "voip-sbc")):
+        r = rendered(values)
+        by_verbs = {tuple(sorted(rule["verbs"])): rule for rule in lease_rules(r.one("Role", "-operator"))}
+        assert by_verbs[("get", "update")]["resourceNames"] == [lease]
+        assert "resourceNames" not in by_verbs[("create",)]
+        op = r.one("Deployment", "-operator")
+        env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["SIPSOCKETS_LEASE_NAME"] == lease
 
 
 def test_bindings_name_the_operator_service_account_only() -> None:

@@ -338,7 +338,7 @@ def test_operator_settings_follow_the_operator_contract() -> None:
     assert env["SIPSOCKETS_WEBHOOK_LISTEN"] == "0.0.0.0:9443"
     assert env["SIPSOCKETS_HEALTH_LISTEN"] == "0.0.0.0:8080"
     assert env["SIPSOCKETS_LOG_FORMAT"] == "text"
-    assert "SIPSOCKETS_PEERING" not in env
+    assert env["SIPSOCKETS_LEASE_NAME"] == f"{RELEASE}-operator"
     # The selector finds exactly this release's proxy pods.
     selector = dict(kv.split("=") for kv in env["SIPSOCKETS_PROXY_SELECTOR"].split(","))
     proxy_labels = r.one("Deployment", "-proxy")["spec"]["template"]["metadata"]["labels"]
@@ -423,23 +423,36 @@ def test_network_policy_lets_only_the_operator_and_the_proxies_reach_the_bundled
     assert not [p for p in external.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-postgresql")]
 
 
-def test_peering_runs_a_statefulset_with_distinct_priorities() -> None:
-    r = rendered(OPTION_SETS["peering"])
-    op = r.one("StatefulSet", "-operator")
+def test_replicas_are_one_deployment_electing_a_leader_through_a_lease() -> None:
+    """Any number of replicas: one Deployment, rolled one pod at a time (the old leader releases the Lease on
+    SIGTERM, the new pod takes it); no kopf peering objects any more."""
+    r = rendered(OPTION_SETS["replicas"])
+    op = r.one("Deployment", "-operator")
     assert op["spec"]["replicas"] == 3
-    env = env_of(pod_spec(op)["containers"][0])
-    assert env["SIPSOCKETS_PEERING"] == RELEASE
-    assert env["SIPSOCKETS_PRIORITY"] == {
-        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    assert op["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
-    crd = next(c for c in r.of_kind("CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev")
-    assert crd["spec"]["names"]["kind"] == "KopfPeering"
-    (peering,) = r.of_kind("KopfPeering")
-    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    assert not [d for d in r.of_kind("Deployment") if d["metadata"]["name"].endswith("-operator")]
-    single = rendered()
-    assert not single.of_kind("KopfPeering")
-    assert single.one("Deployment", "-operator")["spec"]["strategy"] == {"type": "Recreate"}
+    env = env_of(pod_spec(op)["containers"][0])
+    assert (env["SIPSOCKETS_LEASE_NAME"], env["SIPSOCKETS_LEASE_DURATION"]) == ("voip-sbc", "20")
+    assert (env["SIPSOCKETS_RENEW_DEADLINE"], env["SIPSOCKETS_RETRY_PERIOD"]) == ("12.5", "2")
+    assert all(not s["metadata"]["name"].endswith("-operator") for s in r.of_kind("StatefulSet"))
+    assert not r.of_kind("KopfPeering")
+    assert not [c for c in r.of_kind("CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev"]
+    single = env_of(pod_spec(rendered().one("Deployment", "-operator"))["containers"][0])
+    assert single["SIPSOCKETS_LEASE_NAME"] == f"{RELEASE}-operator"
+
+
+@pytest.mark.parametrize(
+    ("election", "complaint"),
+    [
+        ({"leaseDuration": 10, "renewDeadline": 10}, "leaseDuration must be longer than renewDeadline"),
+        ({"renewDeadline": 2, "retryPeriod": 2}, "renewDeadline must be longer than 1.2 times retryPeriod"),
+    ],
+)
+def test_lease_timings_that_cannot_fence_are_refused(election: dict[str, float], complaint: str) -> None:
+    error = rendered_error({"operator": {"leaderElection": election}})
+    assert complaint in error
 
 
 def test_pod_disruption_budgets() -> None:
@@ -505,6 +518,7 @@ def test_operator_settings_load_with_the_real_settings_parser(option_set: str, t
     """The chart's operator environment, with its mounted files stood in by local ones, is accepted by the
     operator's own settings loader, and means what the values say."""
     from sipoperator import settings as operator_settings
+    from sipoperator.lease import Timing
 
     values = OPTION_SETS[option_set]
     r = rendered(values)
@@ -538,5 +552,8 @@ def test_operator_settings_load_with_the_real_settings_parser(option_set: str, t
     assert loaded.mi_port == values.get("mi", {}).get("port", 8888)
     assert loaded.table_name == values.get("database", {}).get("tableName", "sockets")
     assert loaded.webhook_listen == ("" if option_set == "everythingOff" else "0.0.0.0:9443")
-    assert loaded.peering == (RELEASE if option_set == "peering" else "")
-    assert loaded.priority == (2 if option_set == "peering" else 0)
+    election = values.get("operator", {}).get("leaderElection", {})
+    assert loaded.lease_name == election.get("leaseName", f"{RELEASE}-operator")
+    assert loaded.timing == Timing(
+        election.get("leaseDuration", 15), election.get("renewDeadline", 10), election.get("retryPeriod", 2)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sipoperator.conditions import (
+    DATABASE_UNAVAILABLE,
     FAILED,
     LISTENING,
     PARTIAL,
@@ -10,10 +11,15 @@ from sipoperator.conditions import (
     Condition,
     Outcome,
     PodResult,
+    Refs,
     conditions,
+    database_down,
+    deletion_blocked,
     listeners,
     listening_count,
     merge,
+    refused,
+    unresolved,
 )
 
 
@@ -97,6 +103,78 @@ def test_merge_keeps_transition_time_and_reports_changes() -> None:
     assert later[0]["lastTransitionTime"] == "2026-01-01T00:02:00Z"
 
 
+# -- ResolvedRefs --------------------------------------------------------------------------------------------
+
+GOOD = Refs(
+    True, "ResolvedRefs", "Secret voip/edge-tls: CN=sip.example.com, valid until 2027-04-01T00:00:00Z"
+)
+MISSING = Refs(False, "InvalidCertificateRef", "Secret voip/edge-tls not found")
+LISTENS = (PodResult("p0", True, LISTENING),)
+
+
+def test_resolved_refs_sits_between_accepted_and_programmed() -> None:
+    got = conditions(Outcome(True, programmed=True, pods=LISTENS, refs=GOOD))
+    assert [(c.type, c.status) for c in got] == [
+        ("Accepted", "True"),
+        ("ResolvedRefs", "True"),
+        ("Programmed", "True"),
+        ("Ready", "True"),
+    ]
+    # Sockets without spec.tls have no ResolvedRefs at all.
+    assert "ResolvedRefs" not in by_type(conditions(Outcome(True, programmed=True, pods=LISTENS)))
+
+
+def test_with_nothing_to_serve_programmed_and_ready_follow_resolved_refs() -> None:
+    got = by_type(conditions(unresolved("TCP 10.0.0.1:5061 is free for this SipSocket", MISSING)))
+    assert got["Accepted"].status == "True"
+    refs = got["ResolvedRefs"]
+    assert (refs.status, refs.reason) == ("False", "InvalidCertificateRef")
+    assert refs.message == (
+        "Secret voip/edge-tls not found; nothing is served on this socket until it is fixed"
+    )
+    for ctype, prefix in (("Programmed", "not written to the database: "), ("Ready", "not served: ")):
+        assert (got[ctype].status, got[ctype].reason) == ("False", "InvalidCertificateRef")
+        assert got[ctype].message == prefix + "Secret voip/edge-tls not found"
+
+
+def test_a_bad_secret_with_a_last_good_certificate_keeps_the_socket_ready_and_says_so() -> None:
+    serving = Refs(False, "InvalidCertificateRef", MISSING.message, "the certificate of 2027-01-01/1F2E")
+    got = by_type(conditions(Outcome(True, programmed=True, pods=LISTENS, refs=serving)))
+    assert got["ResolvedRefs"].message == (
+        "Secret voip/edge-tls not found; the proxies keep serving the certificate of 2027-01-01/1F2E "
+        "until it is fixed"
+    )
+    assert (got["Programmed"].status, got["Ready"].status, got["Ready"].reason) == (
+        "True",
+        "True",
+        "Listening",
+    )
+    assert got["Ready"].message == (
+        "listening on 1/1 proxy pods, with the last good certificate (see ResolvedRefs)"
+    )
+
+
+def test_resolved_refs_is_judged_on_its_own_when_the_socket_is_refused() -> None:
+    got = conditions(refused("EndpointConflict", "TCP 10.0.0.1:5061 is used by SipSocket voip/a", GOOD))
+    assert [(c.type, c.status, c.reason) for c in got] == [
+        ("Accepted", "False", "EndpointConflict"),
+        ("ResolvedRefs", "True", "ResolvedRefs"),
+        ("Programmed", "False", "EndpointConflict"),
+        ("Ready", "False", "EndpointConflict"),
+    ]
+
+
+def test_a_domain_name_taken_by_hand_is_its_own_reason_not_database_unavailable() -> None:
+    got = by_type(
+        conditions(database_down("tls_mgm already has server domain 'voip/a'", [], "DomainConflict"))
+    )
+    assert (got["Programmed"].reason, got["Programmed"].message) == (
+        "DomainConflict",
+        "tls_mgm already has server domain 'voip/a'",
+    )
+    assert got["Accepted"].message == "spec is valid"
+
+
 def test_listening_count_counts_listening_pods_of_all_ready_pods() -> None:
     pods = [
         PodResult("p0", True, LISTENING),
@@ -106,3 +184,23 @@ def test_listening_count_counts_listening_pods_of_all_ready_pods() -> None:
     ]
     assert listening_count(pods) == "2/4"
     assert listening_count([]) == "0/0"
+
+
+def test_a_deletion_blocked_by_the_database_says_so_and_keeps_accepted() -> None:
+    previous = [
+        {"type": "Accepted", "status": "False", "reason": "EndpointConflict", "message": "held by b"},
+        {"type": "Programmed", "status": "False", "reason": "EndpointConflict", "message": "not written"},
+        {"type": "Ready", "status": "False", "reason": "EndpointConflict", "message": "not served"},
+    ]
+    accepted, programmed, ready = deletion_blocked(previous, "connection refused")
+    assert accepted == Condition("Accepted", "False", "EndpointConflict", "held by b")
+    assert (programmed.type, programmed.status, programmed.reason) == (
+        "Programmed",
+        "False",
+        DATABASE_UNAVAILABLE,
+    )
+    assert programmed.message.startswith("deleting: the row cannot be removed")
+    assert "connection refused" in programmed.message and "finalizer stays" in programmed.message
+    assert (ready.status, ready.reason) == ("False", DATABASE_UNAVAILABLE)
+    # Never reconciled (no conditions yet): only the two.
+    assert [c.type for c in deletion_blocked(None, "x")] == ["Programmed", "Ready"]

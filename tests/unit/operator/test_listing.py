@@ -49,3 +49,18 @@ def test_opensips_listing_counts_as_listening() -> None:
 def test_garbage_is_ignored() -> None:
     assert parse_listing("OK").entries == {}
     assert parse_listing([1, {"no": "socket"}, {"socket": 5}]).entries == {}
+
+
+def test_a_tls_socket_the_proxy_warns_about_carries_its_warning() -> None:
+    warning = "no TLS server domain matches 10.0.0.1:5061 (match_ip_address, or *): connections fail"
+    listed = parse_listing(
+        [
+            {"socket": "tls:10.0.0.1:5061", "state": "listening", "warning": warning},
+            {"socket": "tls:10.0.0.2:5061", "state": "listening"},
+        ]
+    )
+    mine = validate({"protocol": "tls", "address": "10.0.0.1", "port": 5061, "tls": {"secretName": "x"}})
+    other = validate({"protocol": "tls", "address": "10.0.0.2", "port": 5061, "tls": {"secretName": "x"}})
+    assert listed.state_of(mine.socket, mine.key) == (LISTENING, "")
+    assert listed.warning_of(mine.socket, mine.key) == warning
+    assert listed.warning_of(other.socket, other.key) == ""

@@ -31,7 +31,7 @@ async def operator(tmp_path: Path) -> AsyncIterator[tuple[Reconciler, FakeAPI, F
         metrics = Metrics()
         fleet = Fleet(settings, metrics)
         try:
-            yield Reconciler(settings, store, fleet, metrics, StatusWriter(kube)), api, fleet, store
+            yield Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube), api, fleet, store
         finally:
             await kube.close()
             await fleet.client.close()

@@ -58,6 +58,16 @@ class World:
     def reloads(self) -> int:
         return sum(1 for method, _ in self.calls if method == "sockets_reload")
 
+    def methods(self) -> list[str]:
+        """The MI methods called so far, discovery left out."""
+        return [m for m, _ in self.calls if m not in ("list_sockets", "sockets_capacity")]
+
+    def domains(self) -> list[tuple[str, str, bytes]]:
+        """(domain, match_ip_address, certificate) of every tls_mgm row."""
+        with sqlite3.connect(self.db) as conn:
+            rows = conn.execute("SELECT domain, match_ip_address, certificate FROM tls_mgm").fetchall()
+        return sorted((str(r[0]).strip(), str(r[1]).strip(), bytes(r[2])) for r in rows)
+
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
@@ -70,12 +80,19 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         with sqlite3.connect(db) as conn:
             return [str(r[0]) for r in conn.execute("SELECT socket FROM sockets")]
 
+    def domains() -> list[tuple[str, bytes]]:
+        with sqlite3.connect(db) as conn:
+            return [
+                (str(r[0]).strip(), bytes(r[1]))
+                for r in conn.execute("SELECT domain, certificate FROM tls_mgm")
+            ]
+
     async with FakeAPI() as api:
         kube = KubeClient(api.login())
         metrics = Metrics()
         fleet = Fleet(settings, metrics)
-        rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
-        mi = FakeMI(sockets, lambda method: calls.append((method, rec.table_lock.locked())))
+        rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
+        mi = FakeMI(sockets, lambda method: calls.append((method, rec.table_lock.locked())), domains=domains)
         fleet.observe("proxy-0", "uid-p", "127.0.0.1", True, await mi.start())
         try:
             yield World(rec, api, mi, db, calls)
@@ -117,7 +134,8 @@ async def test_a_pass_programs_the_row_reloads_outside_the_lock_and_writes_the_s
 
 
 async def test_the_default_port_is_reported_from_the_validated_spec(world: World) -> None:
-    result = await world.rec.reconcile(world.body("d", {"protocol": "tls", "address": "10.0.0.1"}))
+    spec = {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "d-tls"}}
+    result = await world.rec.reconcile(world.body("d", spec))
     assert (result.status["port"], result.status["socket"]) == (5061, "tls:10.0.0.1:5061")
 
 

@@ -39,7 +39,7 @@ def after(conditions: list[Condition], now: float = 100.0, fleet: int = 0, table
     return memo
 
 
-def test_never_reconciled_here_waits_for_kopfs_own_handler() -> None:
+def test_never_reconciled_here_waits_for_the_keepers_first_pass() -> None:
     memo = Memo()
     assert not due(memo, 1e6, RESYNC, 0, 0, running=False)
     assert seconds_until_due(memo, 0.0, RESYNC) == RESYNC
@@ -87,3 +87,24 @@ def test_a_table_change_wakes_only_objects_waiting_for_an_endpoint_or_a_slot() -
 def test_never_while_a_pass_runs() -> None:
     memo = after(ready())
     assert not due(memo, 1e6, RESYNC, 9, 9, running=True)
+
+
+def test_a_changed_secret_makes_a_ready_object_due_at_once_and_its_next_pass_clears_it() -> None:
+    memo = Memo()
+    started(memo, 100.0, 0, 0)
+    finished(memo, 100.5, ready())
+    assert not due(memo, 101.0, RESYNC, 0, 0, running=False)
+    memo.refs_changed = True
+    assert due(memo, 101.0, RESYNC, 0, 0, running=False)
+    assert not due(memo, 101.0, RESYNC, 0, 0, running=True)  # the running pass reads no Secret twice
+    started(memo, 101.0, 0, 0)
+    finished(memo, 101.5, ready())
+    assert not due(memo, 102.0, RESYNC, 0, 0, running=False)
+
+
+def test_a_secret_change_during_a_pass_is_not_lost() -> None:
+    memo = Memo()
+    started(memo, 100.0, 0, 0)
+    memo.refs_changed = True  # the watch saw a new version after this pass had read the Secret
+    finished(memo, 100.5, ready())
+    assert due(memo, 100.6, RESYNC, 0, 0, running=False)

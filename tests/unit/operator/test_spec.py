@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sipoperator.spec import Row, SpecError, endpoint_key, row_key, same_row, validate
+from sipoperator.spec import Row, SpecError, TlsSpec, endpoint_key, row_key, same_row, validate
 from sipproxy.shared.socketspec import parse_row
 
 
@@ -14,7 +14,8 @@ from sipproxy.shared.socketspec import parse_row
     ("protocol", "port"), [("udp", 5060), ("tcp", 5060), ("tls", 5061), ("ws", 80), ("wss", 443)]
 )
 def test_port_defaults_per_protocol(protocol: str, port: int) -> None:
-    got = validate({"protocol": protocol, "address": "10.0.5.20"})
+    tls = {"tls": {"secretName": "edge-tls"}} if protocol in ("tls", "wss") else {}
+    got = validate({"protocol": protocol, "address": "10.0.5.20", **tls})
     assert got.port == port
     assert got.socket == f"{protocol}:10.0.5.20:{port}"
 
@@ -112,6 +113,64 @@ def test_same_row_sees_hand_edits_but_not_blank_versus_null() -> None:
     assert same_row(base, row)
     assert not same_row({**base, "tag": "b"}, row)
     assert not same_row({**base, "socket": "udp:10.0.0.1:5061"}, row)
+
+
+# -- spec.tls ------------------------------------------------------------------------------------------------
+
+
+def test_tls_and_wss_take_their_certificate_from_spec_tls() -> None:
+    got = validate({"protocol": "wss", "address": "10.0.5.20", "tls": {"secretName": "edge-tls"}})
+    assert got.tls == TlsSpec("edge-tls", "none", None)
+    assert got.row == Row(socket="wss:10.0.5.20:443")  # the sockets row does not change with TLS
+
+
+def test_client_auth_references_the_ca_secret_too() -> None:
+    spec = {"secretName": "edge-tls", "clientAuth": "required", "caSecretName": "clients-ca"}
+    got = validate({"protocol": "tls", "address": "10.0.5.20", "tls": spec})
+    assert got.tls == TlsSpec("edge-tls", "required", "clients-ca")
+    assert got.tls.secrets == ("edge-tls", "clients-ca")
+    # The same Secret for both (cert-manager's ca.crt) is read once; without client auth the CA is unused.
+    same = {"secretName": "edge-tls", "clientAuth": "optional", "caSecretName": "edge-tls"}
+    assert referenced(same) == ("edge-tls",)
+    assert referenced({"secretName": "edge-tls", "caSecretName": "clients-ca"}) == ("edge-tls",)
+
+
+def referenced(tls: dict[str, Any]) -> tuple[str, ...]:
+    got = validate({"protocol": "tls", "address": "10.0.5.20", "tls": tls}).tls
+    assert got is not None
+    return got.secrets
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"protocol": "tls", "address": "10.0.0.1"}, "tls", "needs spec.tls.secretName"),
+        ({"protocol": "wss", "address": "10.0.0.1"}, "tls", "needs spec.tls.secretName"),
+        ({"protocol": "tcp", "address": "10.0.0.1", "tls": {"secretName": "x"}}, "tls", "only for protocol"),
+        ({"protocol": "ws", "address": "10.0.0.1", "tls": {"secretName": "x"}}, "tls", "only for protocol"),
+        ({"protocol": "tls", "address": "10.0.0.1", "tls": {}}, "tls.secretName", "is required"),
+        (
+            {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "Bad_Name"}},
+            "tls.secretName",
+            "not a",
+        ),
+        (
+            {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "x", "clientAuth": "always"}},
+            "tls.clientAuth",
+            "none, optional, required",
+        ),
+        (
+            {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "x", "clientAuth": "required"}},
+            "tls.caSecretName",
+            "is required with clientAuth required",
+        ),
+    ],
+)
+def test_tls_specs_that_cannot_work_name_the_field(spec: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate(spec)
+    assert info.value.field == field
+    assert words in str(info.value)
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::", "0:0::0"])

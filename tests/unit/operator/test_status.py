@@ -6,6 +6,7 @@ import kopf
 import pytest
 
 from sipoperator.kube import KubeClient, KubeError
+from sipoperator.lease import NotLeader
 from sipoperator.status import StatusWriter, changes
 from tests.unit.operator.servers import FakeAPI
 
@@ -93,3 +94,19 @@ async def test_an_unreachable_api_is_a_kube_error_too() -> None:
     finally:
         await kube.close()
     assert info.value.status == 0 and info.value.reason == "Unreachable"
+
+
+async def test_a_replica_without_the_lease_patches_no_status() -> None:
+    class Closed:
+        def budget(self) -> float:
+            raise NotLeader("not the leader")
+
+    async with FakeAPI() as api:
+        api.objects[("voip", "a")] = {}
+        kube = KubeClient(api.login())
+        try:
+            with pytest.raises(NotLeader):
+                await StatusWriter(kube, Closed()).write("voip", "a", READY, [{}])
+        finally:
+            await kube.close()
+    assert api.patches == []

@@ -1,4 +1,5 @@
-"""The validating webhook over real HTTP: the chain reconcile runs, and a denial when it cannot run."""
+"""The validating webhook over real HTTP: the chain reconcile runs, a denial when it cannot run, warnings for
+the Secrets of spec.tls."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from sipoperator.spec import Row
 from sipoperator.status import StatusWriter
 from sipoperator.store import Store
 from sipoperator.webhook import PATH, Webhook
-from tests.unit.operator.servers import FakeMI
+from tests.tlscerts import issue, make_ca
+from tests.unit.operator.servers import FakeAPI, FakeMI
 
 Review = Callable[..., Any]
 
@@ -34,12 +36,14 @@ def request(
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
 
 
-async def served(db_url: str) -> tuple[Reconciler, TestClient[Any, Any], list[Callable[[], Any]]]:
+async def served(
+    db_url: str, kube: KubeClient | None = None
+) -> tuple[Reconciler, TestClient[Any, Any], list[Callable[[], Any]]]:
     settings = Settings(namespace="voip", db_url=db_url)
     store, metrics = Store(db_url, timeout=2), Metrics()
     fleet = Fleet(settings, metrics)
-    kube = KubeClient(lambda: None)  # the webhook writes no status
-    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube))
+    kube = kube or KubeClient(lambda: None)  # the webhook writes no status; it reads Secrets
+    rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
     client = TestClient(TestServer(Webhook(rec).app(), host="127.0.0.1"))
     await client.start_server()
     return rec, client, [client.close, kube.close, fleet.client.close, store.close]
@@ -160,3 +164,53 @@ async def test_with_the_database_down_it_judges_from_the_last_table_seen_and_the
     finally:
         for close in closers:
             await close()
+
+
+# -- spec.tls: the Secrets are warned about, never refused ---------------------------------------------------
+
+
+async def test_a_missing_or_invalid_secret_is_accepted_with_a_warning_a_good_one_without(
+    tmp_path: Path,
+) -> None:
+    """cert-manager writes a Certificate's Secret after the SipSocket naming it exists: refusing would break
+    that flow, so the webhook admits and `kubectl apply` prints the warning; ResolvedRefs reports it."""
+    leaf = issue(make_ca(), "sip.example.com", dns=["sip.example.com"])
+    async with FakeAPI() as api:
+        kube = KubeClient(api.login())
+        _, client, closers = await served(f"sqlite:///{tmp_path / 'sockets.db'}", kube)
+        spec = {"protocol": "tls", "address": "10.0.0.1", "tls": {"secretName": "edge-tls"}}
+
+        async def review(body: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = (await (await client.post(PATH, json=body)).json())["response"]
+            return answer
+
+        try:
+            missing = await review(request("CREATE", "edge", spec))
+            assert missing["allowed"] is True
+            [warning] = missing["warnings"]
+            assert warning.startswith("SipSocket voip/edge: Secret voip/edge-tls not found; create it")
+
+            api.put_secret(
+                "voip", "edge-tls", "kubernetes.io/tls", {"tls.crt": leaf.cert_pem, "tls.key": b"x"}
+            )
+            invalid = await review(request("CREATE", "edge", spec))
+            assert invalid["allowed"] is True
+            assert "tls.key holds no PEM private key" in invalid["warnings"][0]
+
+            api.put_secret(
+                "voip", "edge-tls", "kubernetes.io/tls", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
+            )
+            good = await review(request("CREATE", "edge", spec))
+            assert good["allowed"] is True and "warnings" not in good
+
+            # What the schema refuses, the webhook refuses too: tls without its Secret, or on udp.
+            bare = await review(request("CREATE", "edge", {"protocol": "tls", "address": "10.0.0.1"}))
+            assert bare["allowed"] is False
+            assert bare["status"]["message"].startswith(
+                "SipSocket voip/edge is invalid: spec.tls: protocol tls"
+            )
+            wrong = await review(request("CREATE", "u", {**spec, "protocol": "udp"}))
+            assert wrong["allowed"] is False
+        finally:
+            for close in closers:
+                await close()

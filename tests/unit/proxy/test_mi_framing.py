@@ -90,6 +90,29 @@ async def test_invalid_requests(client: TestClient[Any, Any], request_body: Any)
     assert status == 200 and body["error"]["code"] == -32600
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc":"2.0","method":"plain","id":NaN}',
+        b'{"jsonrpc":"2.0","method":"plain","params":[Infinity],"id":1}',
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser recurses
+    ],
+)
+async def test_what_is_not_strict_json_is_a_parse_error(client: TestClient[Any, Any], raw: bytes) -> None:
+    """Found by the MI fuzz harness (fuzz/mi_rpc.py): these raised, or were answered with invalid JSON."""
+    status, body = await call(client, raw, raw=True)
+    assert status == 200
+    assert body == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+
+
+async def test_an_id_json_cannot_write_back_is_an_invalid_request(client: TestClient[Any, Any]) -> None:
+    """Found by the MI fuzz harness: an id of 1e4001 reads as inf and was echoed as `Infinity`."""
+    status, body = await call(client, b'{"jsonrpc":"2.0","method":"plain","id":1e4001}', raw=True)
+    assert status == 200 and body["error"]["code"] == -32600 and body["id"] is None
+    _, body = await call(client, b'{"jsonrpc":"2.0","method":"plain","id":-2.5e3}', raw=True)
+    assert body == {"jsonrpc": "2.0", "result": "OK", "id": -2500.0}
+
+
 async def test_unknown_method_and_bad_params(client: TestClient[Any, Any]) -> None:
     _, body = await call(client, {"jsonrpc": "2.0", "method": "nope", "id": 3})
     assert body["error"]["code"] == -32601 and body["id"] == 3

@@ -125,3 +125,39 @@ def test_bad_static_sockets(text: str, reason: str) -> None:
 def test_transport_layer_groups_stream_protocols() -> None:
     assert transport_layer("udp") == "udp"
     assert {transport_layer(p) for p in ("tcp", "tls", "ws", "wss")} == {"tcp"}
+
+
+@pytest.mark.parametrize(
+    ("socket", "advertised", "reason"),
+    [
+        ("udp:10.0.0.1:700\u00b2", None, "not a number"),  # superscript two: isdigit() but not int()
+        ("udp:10.0.0.1:\u0661\u0662\u0663", None, "not a number"),  # Arabic-Indic 123: int() reads it
+        ("udp:10.0.0.1", "1.2.3.4:\u2075", "not a number"),
+        ("udp:10.0.0.1:" + "9" * 5000, None, "out of range"),  # more digits than int() converts
+        ("udp:10.0.0.1:" + "0" * 5000 + "5060", None, None),  # leading zeros were always accepted
+    ],
+)
+def test_ports_are_ascii_numbers_and_any_other_text_is_a_row_error(
+    socket: str, advertised: str | None, reason: str | None
+) -> None:
+    """Found by the rows fuzz harness (fuzz/socket_rows.py): these raised ValueError, not RowError, which
+    the supervisor's reload does not catch per row (one such row failed the whole reload)."""
+    if reason is None:
+        assert parse_row(socket, advertised).port == 5060
+        return
+    with pytest.raises(RowError, match=reason):
+        parse_row(socket, advertised)
+
+
+@pytest.mark.parametrize("workers", ["\u00b3", "\u0662", "9" * 5000, "0"])
+def test_use_workers_is_an_ascii_number(workers: str) -> None:
+    with pytest.raises(RowError, match="use_workers must be an integer >= 1"):
+        parse_static_socket(f"udp:127.0.0.1:5060 use_workers {workers}")
+
+
+@pytest.mark.parametrize("socket", ["udp:[fe80::1%eth0]:5060", "udp:::%[::]", "tcp:fe80::1%1"])
+def test_ipv6_zone_ids_are_refused(socket: str) -> None:
+    """Found by the rows fuzz harness: `udp:::%[::]` parsed to a host that its own socket string
+    (`udp:[::%[::]]:5060`) could not be read back from; SIP has no syntax for a zone in any case."""
+    with pytest.raises(RowError, match="zone ids"):
+        parse_row(socket)

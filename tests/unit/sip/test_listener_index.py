@@ -67,6 +67,6 @@ def test_removing_an_absent_listener_or_adding_one_twice_changes_nothing() -> No
     index = ListenerIndex([a])
     index.add(a)
     index.remove(b)
-    assert index.listeners == [a]
+    assert list(index.listeners) == [a]
     index.remove(a)
-    assert index.listeners == [] and not index.is_ours("127.0.0.1", 5060)
+    assert list(index.listeners) == [] and not index.is_ours("127.0.0.1", 5060)

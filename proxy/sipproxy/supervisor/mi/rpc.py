@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -39,16 +40,29 @@ def _error(code: int, message: str, ident: Any, data: Any = None) -> dict[str, A
     return {"jsonrpc": "2.0", "error": err, "id": ident}
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _valid_id(ident: Any) -> bool:
+    """A string, a number or null; a number JSON can write back (1e400 reads as inf, which it cannot)."""
+    if isinstance(ident, float):
+        return math.isfinite(ident)
+    return not isinstance(ident, bool) and isinstance(ident, str | int | type(None))
+
+
 async def handle_body(body: bytes, methods: Mapping[str, Method]) -> dict[str, Any] | None:
     """The response object for one HTTP request body; None for a notification (no id)."""
     try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        # Strict JSON (RFC 8259): Python's NaN and Infinity extensions are refused. Nesting deeper than
+        # the parser's recursion limit is refused too, as a parse error rather than an exception.
+        request = json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _error(PARSE_ERROR, "Parse error", None)
     if not isinstance(request, dict):
         return _error(INVALID_REQUEST, "Invalid Request", None)
     ident = request.get("id")
-    if isinstance(ident, bool) or not isinstance(ident, str | int | float | type(None)):
+    if not _valid_id(ident):
         return _error(INVALID_REQUEST, "Invalid Request", None)
     if request.get("jsonrpc") != "2.0":
         return _error(INVALID_REQUEST, "Invalid Request", ident, 'jsonrpc must be "2.0"')
