@@ -76,9 +76,7 @@ def table(db_url: str) -> list[str]:
     return asyncio.run(read())
 
 
-def test_deletion_while_the_database_is_down_waits_and_says_why(
-    env: Env, postgres: RestartablePostgres
-) -> None:
+def test_deletion_while_the_database_is_down_waits_and_says_why(env: Env, postgres: PostgresServer) -> None:
     """The finalizer stays while the row cannot be removed; Programmed (and Ready) say DatabaseUnavailable
     with a message saying the deletion waits; once the server is back the row goes, then the object."""
     cp, ns = env.cp, env.namespace
