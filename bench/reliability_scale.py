@@ -295,15 +295,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 t = time.monotonic()
                 await asyncio.to_thread(api.request, "DELETE", path)
                 gone = await wait_until(lambda: not watch.snapshot(), limit, 0.2)
-                empty = await wait_until(
-                    lambda: (churn.read_table(db_url) or churn.TableView([(0, "", None)], [])).rows == [],
-                    limit,
-                    0.5,
-                )
+                empty: float | None = None
+                while time.monotonic() - t < limit:
+                    # read_table runs its own event loop: in a thread, never in this one.
+                    view = await asyncio.to_thread(churn.read_table, db_url)
+                    if view is not None and view.rows == []:
+                        empty = time.monotonic() - t
+                        break
+                    await asyncio.sleep(0.5)
                 listed = await asyncio.to_thread(churn.sockets_list, pod.mi_url)
                 out["delete_all"] = {
                     "api_empty_s": gone,
-                    "table_empty_s": (time.monotonic() - t) if empty is not None else None,
+                    "table_empty_s": empty,
                     "proxy_listing_after": len(listed or {}),
                     "loadavg": load(),
                 }
