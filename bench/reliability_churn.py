@@ -4,8 +4,8 @@ holds exactly one owned row per live SipSocket, every one Ready, the proxy listi
 
 The API-server tier as in the e2e tests: etcd + kube-apiserver (devenv.controlplane), one proxy "pod"
 (devenv.fakepods: a real sipproxy at the chart's worker counts), the operator as a real process with its
-default settings (resync 60 s, MI timeout 5 s). Addresses in 127.78.x.y, clear of the e2e tests' and the
-other benchmarks'.
+default settings (resync 60 s, MI timeout 5 s, Lease duration 15 s: a SIGKILLed operator's successor waits
+that long before it writes). Addresses in 127.78.x.y, clear of the e2e tests' and the other benchmarks'.
 
 - `database`: PostgreSQL (devenv.databases) stopped for `--outage-seconds` (30) during `--db-churn` (100)
   operations; what the conditions said meanwhile, and that deletions kept their finalizer until it returned.
