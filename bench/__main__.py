@@ -27,7 +27,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]
     "tls": tls_edge.run,
     "reliability": reliability.run,
 }
-# Without names: all but `reliability`, which takes about an hour (docs/reliability.md) and is run on its own.
+# Without names: all but `reliability`, about 20 minutes (docs/reliability.md), which is run on its own.
 DEFAULT = [name for name in BENCHES if name != "reliability"]
 
 
