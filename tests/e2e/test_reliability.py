@@ -136,6 +136,8 @@ def test_database_outage_during_churn_loses_nothing(postgres: PostgresServer, wo
         def reported() -> bool:
             objects = world.watch.snapshot()
             for name in touched:
+                if name not in objects:
+                    return False  # the watch has not delivered its latest create yet
                 meta, status = objects[name]["metadata"], objects[name].get("status") or {}
                 programmed = churn._condition(objects[name], "Programmed")
                 if status.get("observedGeneration") != meta.get("generation"):
