@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, Select, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
@@ -29,9 +30,16 @@ def make_engine(db_url: str) -> AsyncEngine:
     )
 
 
-async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:
+@functools.lru_cache(maxsize=8)
+def _query(table_name: str) -> Select[tuple[str | None, str | None, str | None, str | None, str | None]]:
+    """One statement per table name for the life of the process. A new Table per reload was a new entry of
+    SQLAlchemy's compiled-statement cache each time: compiled anew, and about 45 KB more memory per reload
+    until the cache's 500 entries were full (docs/reliability.md, the soak)."""
     table = sockets_table(MetaData(), table_name)
-    query = select(table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
+    return select(table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
+
+
+async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:
     async with engine.connect() as conn:
-        result = await conn.execute(query)
+        result = await conn.execute(_query(table_name))
         return [Row(*(None if v is None else str(v) for v in r)) for r in result]
