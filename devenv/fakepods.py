@@ -2,6 +2,10 @@
 object whose status (Running, Ready, podIP) this harness sets, as a kubelet would. The operator sees
 ordinary Pods.
 
+A pod may also run in a network namespace of its own (`netns`, devenv/netns.py), where its SIP sockets see
+that namespace's addresses only (a node holding a carrier's address, or not); its MI and probe ports are then
+reached at `ip` through relays into the namespace. `node` is the Pod's spec.nodeName.
+
 This simulation belongs to the e2e tier and the demo only; nothing in the operator knows about it.
 """
 
@@ -22,6 +26,7 @@ from typing import Any
 import yaml
 
 from devenv.controlplane import ControlPlane
+from devenv.netns import Netns, Relay
 from devenv.processes import ProcessTable, alive
 
 PROXY_LABELS = {"app.kubernetes.io/name": "sipsockets", "app.kubernetes.io/component": "proxy"}
@@ -47,8 +52,13 @@ class ProxyPod:
         config: dict[str, Any],
         workdir: Path,
         labels: dict[str, str] | None = None,
+        netns: Netns | None = None,
+        node: str | None = None,
     ) -> None:
         self.cp = cp
+        self.netns = netns
+        self.node = node
+        self.relays: list[Relay] = []
         self.namespace = namespace
         self.name = name
         self.ip = ip
@@ -67,6 +77,15 @@ class ProxyPod:
         self.probe_listen = str((self.config.get("metrics") or {}).get("listen") or self.mi_listen)
         self.procs = ProcessTable(cp.workdir)
         self._proc_name = f"proxy-{namespace}-{name}"
+        if netns is not None:
+            # Inside the namespace the ports listen on its loopback; the host reaches them at `ip`.
+            self.config["node_name"] = node
+            self._inner: dict[str, tuple[str, int]] = {}
+            for section in ("mi", "metrics"):
+                if section in self.config:
+                    host, _, port = str(self.config[section]["listen"]).rpartition(":")
+                    self._inner[f"{host}:{port}"] = ("127.0.0.1", int(port))
+                    self.config[section] = {**self.config[section], "listen": f"127.0.0.1:{port}"}
 
     # -- the process -----------------------------------------------------------------------------------
 
@@ -79,13 +98,15 @@ class ProxyPod:
         cfg = self.workdir / "proxy.yaml"
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.procs.stop(self._proc_name)
+        self._close_relays()
         self._refuse_taken_mi_address()
-        proc = self.procs.start(
-            self._proc_name,
-            [sipproxy_command(), "--config", str(cfg)],
-            self.workdir / "sipproxy.log",
-            env=dict(os.environ),
-        )
+        argv = [sipproxy_command(), "--config", str(cfg)]
+        if self.netns is not None:
+            argv = self.netns.command(argv)
+            for outer, inner in self._inner.items():
+                host, _, port = outer.rpartition(":")
+                self.relays.append(Relay((host, int(port)), self.netns, inner))
+        proc = self.procs.start(self._proc_name, argv, self.workdir / "sipproxy.log", env=dict(os.environ))
         self._wait_ready(proc.pid, timeout)
         self._register(ready=True)
 
@@ -127,6 +148,7 @@ class ProxyPod:
             except ProcessLookupError:
                 pass
             self.procs.stop(self._proc_name, timeout=5)
+        self._close_relays()
         self._set_status(ready=False)
 
     def pause(self) -> None:
@@ -144,6 +166,7 @@ class ProxyPod:
     def stop(self) -> None:
         """The pod is deleted: graceful stop of the process, then the Pod object goes."""
         self.procs.stop(self._proc_name)
+        self._close_relays()
         self.cp.kubectl(
             "delete",
             "pod",
@@ -155,18 +178,24 @@ class ProxyPod:
             check=False,
         )
 
+    def _close_relays(self) -> None:
+        for relay in self.relays:
+            relay.close()
+        self.relays = []
+
     # -- the Pod object --------------------------------------------------------------------------------
 
     def _register(self, ready: bool) -> None:
+        spec: dict[str, Any] = {
+            "containers": [{"name": "sipproxy", "image": "sipsockets/proxy:dev", "imagePullPolicy": "Never"}]
+        }
+        if self.node is not None:
+            spec["nodeName"] = self.node  # bound to that node at creation, as the scheduler would
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": self.name, "namespace": self.namespace, "labels": self.labels},
-            "spec": {
-                "containers": [
-                    {"name": "sipproxy", "image": "sipsockets/proxy:dev", "imagePullPolicy": "Never"}
-                ]
-            },
+            "spec": spec,
         }
         exists = self.cp.kubectl("get", "pod", self.name, "-n", self.namespace, check=False).returncode == 0
         if not exists:

@@ -21,9 +21,11 @@ from sipoperator.fleetsync import FleetSync
 from sipoperator.keepers import Keepers
 from sipoperator.kube import KubeClient
 from sipoperator.metrics import Metrics
+from sipoperator.nodes import NodeLabels
 from sipoperator.proxies import Fleet
 from sipoperator.reconciler import Reconciler
 from sipoperator.settings import Settings, SettingsError, load, split_listen
+from sipoperator.sources import SourceWatch
 from sipoperator.status import StatusWriter
 from sipoperator.store import Store
 from sipoperator.webhook import Webhook, tls_context
@@ -63,13 +65,13 @@ async def run(settings: Settings) -> None:
     handlers.configure(kopf_settings)
     kube = KubeClient(functools.partial(handlers.login, kopf_settings))
     status = StatusWriter(kube)
-    rec = Reconciler(settings, store, fleet, metrics, status, kube)
+    rec = Reconciler(settings, store, fleet, metrics, status, kube, NodeLabels(kube))
     events = EventPoster(kube)
     fleet_sync = FleetSync(settings, store, fleet, metrics)
     keepers = Keepers(rec, kube, events, reload_missed=fleet_sync.wake)
-    elector = Elector(
-        kube, settings.namespace, settings.lease_name, settings.timing, metrics, AllOf([keepers, fleet_sync])
-    )
+    # The leader's work: the keepers' passes, the fleet check and the look at node addresses (fromNode).
+    work = AllOf([keepers, fleet_sync, SourceWatch(rec)])
+    elector = Elector(kube, settings.namespace, settings.lease_name, settings.timing, metrics, work)
     # Every writer asks the elector first (lease.py: fencing by lease time).
     store.fence = status.fence = keepers.fence = fleet.client.fence = elector
     handlers.register(registry, rec, keepers)

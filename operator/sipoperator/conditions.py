@@ -3,6 +3,10 @@
 Accepted -> Programmed -> Ready form a chain: when one is False the next ones are False with the same reason,
 so `kubectl get sipsockets` (whose Reason column shows Ready's reason) names the first thing to fix.
 
+Ready counts the pods that serve the socket (all ready proxy pods, or those on the nodes `spec.nodeSelector`
+selects). A pod whose node does not hold the address reports it `Absent`: not a failure, the address lives on
+another node. Ready means listening on every serving pod whose node holds the address, and on at least one.
+
 `ResolvedRefs` (SipSockets with `spec.tls` only) sits between Accepted and Programmed and is judged on its
 own: it says whether the Secrets resolve, whatever Accepted says. It joins the chain only while there is no
 certificate to serve: then Programmed and Ready are False with its reason (`InvalidCertificateRef`). A
@@ -24,6 +28,10 @@ RESOLVED_REFS = "ResolvedRefs"
 LISTENING, FAILED, PENDING = "Listening", "Failed", "Pending"
 # Listening, but not with every worker of the pod that should serve it (one is being replaced).
 PARTIAL = "Partial"
+# The address is not on the pod's node (not bound; bound when it appears). Not a failure.
+ABSENT = "Absent"
+# The pod's node is not one spec.nodeSelector selects: it does not serve the socket.
+NOT_SELECTED = "NotSelected"
 
 
 @dataclass(frozen=True)
@@ -32,8 +40,15 @@ class PodResult:
 
     pod: str
     reachable: bool
-    state: str = PENDING  # LISTENING, FAILED or PENDING
+    state: str = PENDING  # LISTENING, PARTIAL, ABSENT, FAILED, PENDING or NOT_SELECTED
     error: str = ""
+    selected: bool = True  # serves the socket (spec.nodeSelector); False: left out of Ready
+    node: str = ""  # the pod's node, when known
+    # Free-bind sockets only (None otherwise, or when the proxy does not say): the node holds the address;
+    # messages arrived on the socket there lately.
+    address_local: bool | None = None
+    receiving: bool | None = None
+    advertised: str | None = None  # the advertised address the pod uses (spec.advertised from a source)
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,9 @@ class Outcome:
     programmed_reason: str = "Programmed"
     programmed_message: str = ""
     pods: Sequence[PodResult] = field(default_factory=tuple)
+    # spec.advertised from a Service or the nodes, not known (yet): why (the socket is programmed and may
+    # listen, but Via would not name the address peers reach it on)
+    advertised_pending: str = ""
     refs: Refs | None = None  # None: the SipSocket references no Secret
 
 
@@ -78,13 +96,23 @@ class Condition:
     message: str
 
 
-def listeners(pods: Iterable[PodResult]) -> list[dict[str, str]]:
-    out = []
+def listeners(pods: Iterable[PodResult]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for p in sorted(pods, key=lambda p: p.pod):
+        entry: dict[str, Any]
         if not p.reachable:
-            out.append({"pod": p.pod, "state": FAILED, "message": f"proxy unreachable: {p.error}"})
+            entry = {"pod": p.pod, "state": FAILED, "message": f"proxy unreachable: {p.error}"}
         else:
-            out.append({"pod": p.pod, "state": p.state, "message": p.error or _default_message(p.state)})
+            entry = {"pod": p.pod, "state": p.state, "message": p.error or _default_message(p.state)}
+        if p.node:
+            entry["node"] = p.node
+        if p.reachable and p.address_local is not None:
+            entry["addressOnNode"] = p.address_local
+        if p.reachable and p.receiving is not None:
+            entry["receiving"] = p.receiving
+        if p.reachable and p.advertised is not None:
+            entry["advertised"] = p.advertised
+        out.append(entry)
     return out
 
 
@@ -100,6 +128,8 @@ def _default_message(state: str) -> str:
         PENDING: "not listed by the proxy yet",
         FAILED: "failed",
         PARTIAL: "listening, but not on every worker",
+        ABSENT: "the address is not on this pod's node",
+        NOT_SELECTED: "not on a node spec.nodeSelector selects",
     }[state]
 
 
@@ -111,16 +141,30 @@ def _names(pods: Iterable[PodResult]) -> str:
     return ", ".join(sorted(p.pod for p in pods))
 
 
-def _ready(pods: Sequence[PodResult]) -> Condition:
-    if not pods:
+def _ready(all_pods: Sequence[PodResult]) -> Condition:
+    if not all_pods:
         return Condition(READY, "False", "NoProxyPods", "no ready proxy pod matches the proxy selector")
+    pods = [p for p in all_pods if p.selected]
+    if not pods:
+        return Condition(
+            READY,
+            "False",
+            "NoSelectedNodes",
+            f"none of the {len(all_pods)} ready proxy pods runs on a node spec.nodeSelector selects",
+        )
     unreachable = [p for p in pods if not p.reachable]
     listening = [p for p in pods if p.reachable and p.state == LISTENING]
+    absent = [p for p in pods if p.reachable and p.state == ABSENT]
     failed = [p for p in pods if p.reachable and p.state == FAILED]
     pending = [p for p in pods if p.reachable and p.state == PENDING]
     total = len(pods)
-    if len(listening) == total:
-        return Condition(READY, "True", "Listening", f"listening on {total}/{total} proxy pods")
+    if listening and len(listening) + len(absent) == total:
+        message = f"listening on {len(listening)}/{total} proxy pods"
+        if absent:
+            message += f"; the address is not on the node of {_names(absent)}"
+        if len(all_pods) > total:
+            message += f"; {len(all_pods) - total} pods are on nodes spec.nodeSelector does not select"
+        return Condition(READY, "True", "Listening", message)
     if unreachable:
         detail = "; ".join(f"{p.pod}: {p.error}" for p in sorted(unreachable, key=lambda p: p.pod))
         return Condition(
@@ -147,6 +191,14 @@ def _ready(pods: Sequence[PodResult]) -> Condition:
     if failed:
         detail = "; ".join(f"{p.pod}: {p.error or 'failed'}" for p in sorted(failed, key=lambda p: p.pod))
         return Condition(READY, "False", "BindFailed", f"no proxy pod could bind the socket: {detail}")
+    if not pending:
+        return Condition(
+            READY,
+            "False",
+            "AddressAbsent",
+            f"the address is on the node of none of the {total} proxy pods ({_names(absent)}); put it on a "
+            "node, or set spec.freebind for a floating address",
+        )
     return Condition(
         READY,
         "False",
@@ -192,6 +244,10 @@ def conditions(outcome: Outcome) -> list[Condition]:
             ready.status,
             ready.reason,
             f"{ready.message}, with the last good certificate (see {RESOLVED_REFS})",
+        )
+    if outcome.advertised_pending:
+        ready = Condition(
+            READY, "False", "AdvertisedAddressPending", f"{outcome.advertised_pending}; {ready.message}"
         )
     return [accepted, *refs, programmed, ready]
 

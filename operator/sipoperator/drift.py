@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sipoperator.conditions import LISTENING, PENDING
+from sipoperator.conditions import ABSENT, LISTENING, NOT_SELECTED, PENDING
 from sipoperator.proxies import Listed
 from sipoperator.spec import DesiredSocket, row_key
 
@@ -19,16 +19,25 @@ def table_sockets(sockets: Iterable[str | None]) -> frozenset[str]:
 
 
 def needs_reload(
-    listed: Listed, desired: DesiredSocket, table: frozenset[str] | None, reloaded: bool
+    listed: Listed,
+    desired: DesiredSocket,
+    table: frozenset[str] | None,
+    reloaded: bool,
+    selected: bool = True,
 ) -> bool:
     """`table`: the table's socket texts, None when unknown. `reloaded`: this pass reloaded the pod already;
-    then only a socket still not listed is worth another reload (one that raced with a concurrent write)."""
+    then only a socket still not listed is worth another reload (one that raced with a concurrent write).
+    `selected`: the pod's node is one the socket is placed on (spec.nodeSelector)."""
     if table is None:
         return False  # the database is down: a reload could not read the table either
     state = listed.state_of(desired.socket, desired.key)[0]
     if reloaded:
         return state == PENDING
-    if state != LISTENING:
+    # Absent is settled: the address is not on the pod's node, and the proxy binds it by itself when it comes.
+    # A pod that should (not) serve the socket but says otherwise read an older placement. OpenSIPS serves
+    # every row on every node, so there only presence counts.
+    settled = (LISTENING, ABSENT) if selected or listed.opensips else (NOT_SELECTED,)
+    if state not in settled:
         return True
     # The pod serves something the table no longer has (a missed reload after a delete), or lacks a row.
     return pod_out_of_sync(listed, table)

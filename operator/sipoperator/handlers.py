@@ -77,6 +77,12 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, keepers: Keepers)
         version = None if deleted else str(body.metadata.get("resourceVersion") or "")
         rec.secret_changed(str(body.metadata.name), version)
 
+    @kopf.on.event("", "v1", "services", registry=registry)
+    async def watch_services(body: kopf.Body, **_: Any) -> None:
+        """A Service changed (a new load-balancer address) or went: the SipSockets advertising its address
+        are woken (their keepers, on the leader, run a pass within moments); the others are not."""
+        rec.service_changed(str(body.metadata.name))
+
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     async def watch_pods(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
         name = str(body.metadata.name)
@@ -90,5 +96,6 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler, keepers: Keepers)
         mi_port, problem = mi_port_of(body.metadata.annotations)
         if problem:
             log.warning("proxy pod %s: %s; using --mi-port %d", name, problem, rec.settings.mi_port)
-        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready, mi_port)
+        node = (body.get("spec") or {}).get("nodeName")
+        rec.fleet.observe(name, str(body.metadata.uid), status.get("podIP"), ready, mi_port, node or None)
         rec.fleet.discover_soon()

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from sipoperator.conditions import FAILED, LISTENING, PARTIAL, PENDING
+from sipoperator.conditions import ABSENT, FAILED, LISTENING, NOT_SELECTED, PARTIAL, PENDING
 from sipoperator.lease import UNFENCED, Fence
 from sipoperator.metrics import Metrics
 from sipoperator.mi_tls import reloading_client_context
@@ -158,12 +158,25 @@ class Coalesced(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What our proxy says of a socket besides its state: is the address on the pod's node, and did messages
+    arrive on it within the last minute (where a floating address served with free bind is). None: the proxy
+    does not say (OpenSIPS, an older sipproxy, a socket not bound there)."""
+
+    address_local: bool | None = None
+    receiving: bool | None = None
+    advertised: str | None = None  # what the socket advertises there (the pod's node's own, with fromNode)
+
+
+@dataclass(frozen=True)
 class Listed:
-    """A pod's dynamic sockets: socket text -> (state, error); and the proxy's warnings about some of them
-    (ours: a tls/wss socket no loaded TLS server domain serves, whose handshakes all fail)."""
+    """A pod's dynamic sockets: socket text -> (state, error); what else the proxy says of them; and its
+    warnings about some of them (ours: a tls/wss socket no loaded TLS server domain serves, whose handshakes
+    all fail)."""
 
     entries: dict[str, tuple[str, str]]
     opensips: bool  # no per-socket state: a listed socket counts as listening
+    seen: dict[str, Seen] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
 
     def _text_of(self, socket: str, key: EndpointKey) -> str | None:
@@ -176,7 +189,13 @@ class Listed:
 
     def state_of(self, socket: str, key: EndpointKey) -> tuple[str, str]:
         text = self._text_of(socket, key)
-        return self.entries[text] if text is not None else (PENDING, "")
+        if text is None:
+            return PENDING, ""
+        return self.entries[text]
+
+    def seen_of(self, socket: str, key: EndpointKey) -> Seen:
+        text = self._text_of(socket, key)
+        return self.seen.get(text, Seen()) if text is not None else Seen()
 
     def warning_of(self, socket: str, key: EndpointKey) -> str:
         text = self._text_of(socket, key)
@@ -199,6 +218,7 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
     """A `sockets_list` answer. Ours has `state` and `error` per socket; OpenSIPS 3.6 has neither (and lists
     sockets that failed to bind as if they were fine), so there a listed socket counts as listening."""
     entries: dict[str, tuple[str, str]] = {}
+    seen: dict[str, Seen] = {}
     warnings: dict[str, str] = {}
     saw_state = False
     for item in result if isinstance(result, list) else []:
@@ -211,13 +231,29 @@ def parse_listing(result: Any, opensips: bool | None = None) -> Listed:
             entries[item["socket"]] = (LISTENING, "")
             continue
         saw_state = True
-        if str(state).lower() == "listening":
+        name = str(state).lower()
+        error = str(item.get("error") or state)
+        if name == "listening":
             entries[item["socket"]] = (LISTENING, "")
-        elif str(state).lower() == "partial":
-            entries[item["socket"]] = (PARTIAL, str(item.get("error") or state))
+        elif name in _STATES:
+            entries[item["socket"]] = (_STATES[name], error)
         else:
-            entries[item["socket"]] = (FAILED, str(item.get("error") or state))
-    return Listed(entries, opensips if opensips is not None else not saw_state, warnings)
+            entries[item["socket"]] = (FAILED, error)
+        local, receiving, advertised = (
+            item.get("address_local"),
+            item.get("receiving"),
+            item.get("advertised"),
+        )
+        seen[item["socket"]] = Seen(
+            address_local=local if isinstance(local, bool) else None,
+            receiving=receiving if isinstance(receiving, bool) else None,
+            advertised=advertised if isinstance(advertised, str) else None,
+        )
+    return Listed(entries, opensips if opensips is not None else not saw_state, seen, warnings)
+
+
+# Our proxy's states besides listening and failed (anything unknown counts as failed).
+_STATES = {"partial": PARTIAL, "absent": ABSENT, "unselected": NOT_SELECTED}
 
 
 @dataclass
@@ -228,6 +264,7 @@ class ProxyPod:
     client: MIClient
     metrics: Metrics
     mi_port: int | None = None  # None: the operator's --mi-port
+    node: str | None = None  # spec.nodeName
     static: list[str] | None = None
     capacity: int | None = None
     opensips: bool | None = None
@@ -354,7 +391,15 @@ class Fleet:
         """`listener` is called whenever the set of ready pods changes."""
         self._listeners.append(listener)
 
-    def observe(self, name: str, uid: str, ip: str | None, ready: bool, mi_port: int | None = None) -> None:
+    def observe(
+        self,
+        name: str,
+        uid: str,
+        ip: str | None,
+        ready: bool,
+        mi_port: int | None = None,
+        node: str | None = None,
+    ) -> None:
         current = self.pods.get(name)
         if not ready or not ip:
             if current is not None:
@@ -362,10 +407,11 @@ class Fleet:
                 self._bump(f"proxy pod {name} is no longer ready")
             return
         if current is not None and (current.uid, current.ip, current.mi_port) == (uid, ip, mi_port):
+            current.node = node or current.node  # spec.nodeName only ever goes from unset to set
             return
         # New pod, the same pod restarted, or its MI moved: forget what the old process said.
         self.pods[name] = ProxyPod(
-            name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics, mi_port=mi_port
+            name=name, uid=uid, ip=ip, client=self.client, metrics=self.metrics, mi_port=mi_port, node=node
         )
         port = mi_port or self.settings.mi_port
         self._bump(f"proxy pod {name} is ready at {ip}, MI port {port}")

@@ -1,11 +1,13 @@
 """Reconcile one SipSocket, as a flat chain:
 
-(a) gather a read-only `Snapshot`: the object, the Secrets its spec.tls references (API reads, before any
-    lock), the table rows, the fleet's static sockets and capacity, the other known objects;
+(a) gather a read-only `Snapshot`: the object, the Secrets its spec.tls references, where it is served
+    (`placement`: spec.nodeSelector against the labels of the proxy pods' nodes) and its advertised address
+    from a Service or the nodes (API reads, all before any lock), the table rows, the fleet's static sockets
+    and capacity, the other known objects;
 (b) run `checks.CHAIN` on it (spec -> endpoint conflict -> capacity), then `checks.resolve_refs` (the
     Secrets) and `domains.planned` (the tls_mgm row: from the Secret, else the last good one kept);
-(c) write: the owned row and its tls_mgm row in one transaction, or their removal (and rows whose SipSocket
-    is gone, `orphans`);
+(c) write: the owned row, its placement entry and its tls_mgm row in one transaction, or their removal (and
+    rows whose SipSocket is gone, `orphans`);
 (d) observe the fleet: `tls_reload` on each pod that has not applied this object's domain row yet (before
     `sockets_reload`, so a new socket has its certificate when it starts listening), `sockets_reload` where
     needed (`drift`), `sockets_list` per ready pod;
@@ -29,23 +31,29 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from sipoperator import advertised, domains, orphans, refs, schedule
 from sipoperator import conditions as cond
-from sipoperator import domains, orphans, refs, schedule
+from sipoperator.advertised import Resolved
 from sipoperator.checks import INVALID_SPEC, Refusal, accepted_message, first_refusal, resolve_refs
 from sipoperator.domains import DomainRow, same_domain
 from sipoperator.drift import needs_reload, needs_tls_reload, table_sockets, tls_failure
 from sipoperator.kube import KubeError
 from sipoperator.metrics import Metrics
+from sipoperator.nodes import NodeLabels
+from sipoperator.placement import EVERYWHERE, Placement, SocketOptions, place
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
 from sipoperator.refs import Resolution, SecretRead, SecretState, SecretUnreadable
 from sipoperator.settings import Settings
 from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, EndpointKey, Row, same_row
 from sipoperator.status import StatusSink
-from sipoperator.store import DatabaseUnavailable, DomainOwner, Removed, Store, TableRow, Written
+from sipoperator.store import NO_OPTIONS, DatabaseUnavailable, DomainOwner, Removed, Store, TableRow, Written
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
+# How often the nodes of SipSockets with spec.advertised.fromNode are read for a changed address (a changed
+# Service is told by its watch): within this much, plus one pass, new messages carry the new address.
+SOURCE_CHECK_SECONDS = 5.0
 Memo = schedule.Memo
 
 
@@ -94,8 +102,10 @@ class Reconciler:
         metrics: Metrics,
         status: StatusSink,
         secrets: SecretSource,
+        nodes: NodeLabels | None = None,
     ) -> None:
         self.settings = settings
+        self.nodes = nodes  # None: Nodes cannot be read (a SipSocket with a nodeSelector is served nowhere)
         self.store = store
         self.fleet = fleet
         self.metrics = metrics
@@ -156,6 +166,41 @@ class Reconciler:
         for event in self._wakers.values():
             event.set()
 
+    def _poke(self, uid: str) -> None:
+        self.memo(uid).sources_changed = True
+        if uid in self._wakers:
+            self._wakers[uid].set()
+
+    def service_changed(self, name: str) -> None:
+        """A Service of the namespace changed (its load-balancer address...): the SipSockets that take their
+        advertised address from it run a pass."""
+        for uid, known in list(self.known.items()):
+            source = known.wanted.advertised_from if known.wanted else None
+            if source is not None and source.service == name:
+                self._poke(uid)
+
+    async def check_sources(self) -> None:
+        """Read the nodes of the SipSockets whose advertised address comes from the nodes; wake those whose
+        addresses changed since their last pass. A changed Service is told by its watch instead."""
+        subjects = [
+            (uid, known.wanted)
+            for uid, known in list(self.known.items())
+            if known.wanted is not None
+            and known.wanted.advertised_from is not None
+            and known.wanted.advertised_from.node_address is not None
+        ]
+        if not subjects or self.nodes is None:
+            return
+        names = {p.node for p in self.fleet.ready() if p.node}
+        found = await self.nodes.nodes(names, max_age=0.0)
+        for uid, wanted in subjects:
+            assert wanted.advertised_from is not None
+            now = advertised.from_nodes(wanted.advertised_from, found)
+            memo = self.memo(uid)
+            if memo.last_run and memo.advertised_seen is not None and now != memo.advertised_seen:
+                log.info("the node addresses advertised by %s/%s changed", wanted.socket, uid)
+                self._poke(uid)
+
     def secret_changed(self, name: str, version: str | None) -> None:
         """The Secret watch saw `name` at `version` (None: deleted): wake the SipSockets it concerns."""
         references = {uid: k.wanted.tls if k.wanted else None for uid, k in self.known.items()}
@@ -200,9 +245,43 @@ class Reconciler:
             await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
             secrets = await self.read_secrets(known)  # (a) the Secrets: API calls, before the table lock
             memo.secret_versions = refs.versions(secrets)
-            step = await self._decide_and_write(known, generation, secrets)  # (a) the table's part, (b), (c)
-            outcome = await self._observe(known, step, body, memo)  # (d)
-            return await self._report(known, body, memo, outcome, step)  # (e)
+            # (a) Node and Service reads, before the table lock too
+            placement = await self._placement(known.wanted)
+            resolved = await self._advertised(known.wanted, memo)
+            options = (
+                placement.options(known.wanted.freebind, resolved.per_node) if known.wanted else NO_OPTIONS
+            )
+            # (a) the table's part, (b), (c)
+            step = await self._decide_and_write(known, generation, secrets, options, resolved.column)
+            outcome = await self._observe(known, step, body, memo, placement)  # (d)
+            if resolved.pending and outcome.accepted and outcome.programmed:
+                outcome = replace(outcome, advertised_pending=resolved.pending)
+            return await self._report(known, body, memo, outcome, step, resolved.shown)  # (e)
+
+    async def _placement(self, wanted: DesiredSocket | None) -> Placement:
+        if wanted is None or wanted.node_selector is None:
+            return EVERYWHERE
+        nodes = {p.node for p in self.fleet.ready() if p.node}
+        if self.nodes is None:
+            return place(wanted.node_selector, {n: "the operator does not read Nodes" for n in nodes})
+        return place(wanted.node_selector, await self.nodes.all(nodes))
+
+    async def _advertised(self, wanted: DesiredSocket | None, memo: Memo) -> Resolved:
+        """spec.advertised from a Service or the nodes (advertised.py); what was seen is kept for the watch of
+        the sources (`sources.py`, `service_changed`), which wakes the object when it changes."""
+        source = wanted.advertised_from if wanted else None
+        if source is None:
+            return Resolved()
+        if self.nodes is None:
+            return Resolved(pending="the operator does not read Services and Nodes")
+        if source.service is not None:
+            found = await self.nodes.service(self.settings.namespace, source.service)
+            resolved = advertised.from_service(source, found)
+        else:
+            names = {p.node for p in self.fleet.ready() if p.node}
+            resolved = advertised.from_nodes(source, await self.nodes.nodes(names, SOURCE_CHECK_SECONDS))
+        memo.advertised_seen = resolved
+        return resolved
 
     async def read_secrets(self, known: Known) -> dict[str, SecretState]:
         """The Secrets the object's spec.tls references, by name (API reads: never under the table lock)."""
@@ -222,8 +301,14 @@ class Reconciler:
         return SecretRead.from_body(body) if body is not None else None
 
     async def _decide_and_write(
-        self, known: Known, generation: int, secrets: Mapping[str, SecretState]
+        self,
+        known: Known,
+        generation: int,
+        secrets: Mapping[str, SecretState],
+        options: SocketOptions = NO_OPTIONS,
+        advertised_column: str | None = None,
     ) -> TableStep:
+        """`advertised_column`: the row's advertised address resolved from spec.advertised's source."""
         async with self.table_lock:
             removed, rows, error, current = NOTHING_REMOVED, None, None, None
             try:
@@ -260,6 +345,8 @@ class Reconciler:
                     return step
                 if rows is None:
                     return step
+                if wanted.advertised_from is not None:
+                    wanted = wanted.with_advertised(advertised_column)
                 domain: DomainRow | None = None
                 if wanted.tls is not None and resolution is not None:
                     domain = domains.planned(known.namespace, known.name, wanted, resolution, current)
@@ -270,14 +357,19 @@ class Reconciler:
                             )
                         kept = [r for r in rows if r.owner_uid != known.uid]
                         return replace(step, rows=kept, unserved=True)
-                written = await self._write_locked(known, wanted, rows, generation, domain, current)
+                written = await self._write_locked(known, wanted, rows, generation, domain, current, options)
             except DatabaseUnavailable as exc:
                 return replace(step, error=str(exc), error_reason=exc.reason)
             kept = [r for r in rows if r.owner_uid != known.uid]
             return replace(step, rows=kept, written=written, domain=domain)
 
     async def _observe(
-        self, known: Known, step: TableStep, body: Mapping[str, Any], memo: Memo
+        self,
+        known: Known,
+        step: TableStep,
+        body: Mapping[str, Any],
+        memo: Memo,
+        placement: Placement = EVERYWHERE,
     ) -> cond.Outcome:
         """(d): the fleet after the table lock is released."""
         wanted, refusal = known.wanted, step.refusal
@@ -300,7 +392,7 @@ class Reconciler:
                 await self.fleet.reload_all(tls=step.removed.domain)
             if standing is not None:
                 return replace(standing, refs=refs_now)
-            pods = await self._observe_pods(wanted, None, False, None, False, memo)
+            pods = await self._observe_pods(wanted, None, False, None, False, memo, placement)
             return cond.database_down(step.error or "unknown error", pods, step.error_reason, refs_now)
         table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
         pods = await self._observe_pods(
@@ -310,6 +402,7 @@ class Reconciler:
             domain=step.domain,
             tls_force=step.removed.domain or step.written.domain_changed,
             memo=memo,
+            placement=placement,
         )
         return cond.Outcome(
             True,
@@ -323,7 +416,13 @@ class Reconciler:
         )
 
     async def _report(
-        self, known: Known, body: Mapping[str, Any], memo: Memo, outcome: cond.Outcome, step: TableStep
+        self,
+        known: Known,
+        body: Mapping[str, Any],
+        memo: Memo,
+        outcome: cond.Outcome,
+        step: TableStep,
+        advertised_shown: str | None = None,
     ) -> Result:
         """(e): conditions, metrics and the status, written once."""
         current = body.get("status") or {}
@@ -345,7 +444,11 @@ class Reconciler:
             "listeners": cond.listeners(outcome.pods) if outcome.accepted else [],
             "certificate": _certificate(step, seen[-1]),
             # The `kubectl get -o wide` columns; None removes the field (a JSON merge patch).
-            "advertised": wanted.row.advertised if wanted and outcome.accepted else None,
+            "advertised": (
+                (advertised_shown if wanted.advertised_from else wanted.row.advertised)
+                if wanted and outcome.accepted
+                else None
+            ),
             "listening": cond.listening_count(outcome.pods) if outcome.accepted else None,
         }
         try:
@@ -380,14 +483,20 @@ class Reconciler:
         generation: int,
         domain: DomainRow | None,
         current: DomainRow | None,
+        options: SocketOptions = NO_OPTIONS,
     ) -> Written:
         mine = [r for r in rows if r.owner_uid == known.uid]
-        if len(mine) == 1 and same_row(mine[0].columns(), wanted.row) and same_domain(current, domain):
+        if (
+            len(mine) == 1
+            and same_row(mine[0].columns(), wanted.row)
+            and mine[0].options == options
+            and same_domain(current, domain)
+        ):
             return Written(mine[0].id, changed=False)
         written = await self.store.write(
-            known.uid, known.namespace, known.name, generation, wanted.row, domain
+            known.uid, known.namespace, known.name, generation, wanted.row, domain, options
         )
-        self._cache_write(known, written.row_id, wanted.row)
+        self._cache_write(known, written.row_id, wanted.row, options)
         self._domain_owners = [o for o in self._domain_owners if o.owner_uid != known.uid]
         if domain is not None and written.domain_id is not None:
             self._domain_owners.append(DomainOwner(written.domain_id, known.uid, known.namespace, known.name))
@@ -414,12 +523,23 @@ class Reconciler:
             self._table = [r for r in self._table if r.owner_uid != uid]
         self._domain_owners = [o for o in self._domain_owners if o.owner_uid != uid]
 
-    def _cache_write(self, known: Known, row_id: int, row: Row) -> None:
+    def _cache_write(self, known: Known, row_id: int, row: Row, options: SocketOptions = NO_OPTIONS) -> None:
         if self._table is None:
             return
         kept = [r for r in self._table if r.owner_uid != known.uid and r.id != row_id]
-        owner = {"owner_uid": known.uid, "owner_namespace": known.namespace, "owner_name": known.name}
-        kept.append(TableRow(row_id, **row.as_dict(), **owner))
+        c = row.as_dict()
+        owner = (known.uid, known.namespace, known.name)
+        columns = (c["socket"] or "", c["advertised"], c["tag"], c["flags"], c["tos"])
+        kept.append(
+            TableRow(
+                row_id,
+                *columns,
+                *owner,
+                freebind=options.freebind,
+                nodes=options.nodes,
+                node_advertised=options.advertised,
+            )
+        )
         self._table = kept
 
     def _orphans(self, rows: Sequence[TableRow], owners: Sequence[DomainOwner]) -> list[str]:
@@ -445,6 +565,7 @@ class Reconciler:
         domain: DomainRow | None,
         tls_force: bool,
         memo: Memo,
+        placement: Placement = EVERYWHERE,
     ) -> list[cond.PodResult]:
         """`table`: the socket texts the table has (None when unknown: the database is down). `domain`: our
         tls_mgm row (None: none); a pod that has not applied it gets `tls_reload` first, and every pod does
@@ -454,6 +575,8 @@ class Reconciler:
         digest = domain.digest() if domain is not None else None
 
         async def one(pod: ProxyPod) -> cond.PodResult:
+            node = pod.node or ""
+            selected = placement.selects(pod.node)
             failure = None
             try:
                 if tls_force or needs_tls_reload(memo.tls_applied.get(pod.key), digest):
@@ -464,12 +587,21 @@ class Reconciler:
                 if force_reload:
                     await pod.reload()
                 listed = await pod.listing()
-                if needs_reload(listed, wanted, table, reloaded=force_reload):
+                if needs_reload(listed, wanted, table, reloaded=force_reload, selected=selected):
                     await pod.reload()
                     listed = await pod.listing()
             except (Unreachable, MIError) as exc:
-                return cond.PodResult(pod.name, reachable=False, error=str(exc))
+                return cond.PodResult(pod.name, reachable=False, error=str(exc), selected=selected, node=node)
+            if pod.node in placement.unknown:
+                # Its node's labels could not be read: whether it should serve the socket is not known.
+                error = placement.unknown[pod.node or ""]
+                return cond.PodResult(pod.name, reachable=True, state=cond.FAILED, error=error, node=node)
+            if not selected:
+                why = f"node {node or '(unknown)'} is not selected by spec.nodeSelector"
+                state = cond.NOT_SELECTED
+                return cond.PodResult(pod.name, True, state=state, error=why, selected=False, node=node)
             state, error = listed.state_of(wanted.socket, wanted.key)
+            seen = listed.seen_of(wanted.socket, wanted.key)
             warning = listed.warning_of(wanted.socket, wanted.key) if domain is not None else ""
             if failure is not None and domain is not None:
                 state, error = cond.FAILED, f"TLS domain {domain.domain!r} not loaded: {failure}"
@@ -478,7 +610,20 @@ class Reconciler:
                 # was edited): not serving. The next pass reloads its TLS domains.
                 state, error = cond.FAILED, warning
                 memo.tls_applied.pop(pod.key, None)
-            return cond.PodResult(pod.name, reachable=True, state=state, error=error)
+            # Where the address is and traffic arrives, for a free-bind socket (bound on every pod; without
+            # free bind Listening already says the address is there); what each pod advertises, for an
+            # address from a Service or the nodes.
+            floating = wanted.freebind
+            return cond.PodResult(
+                pod.name,
+                reachable=True,
+                state=state,
+                error=error,
+                node=node,
+                address_local=seen.address_local if floating else None,
+                receiving=seen.receiving if floating else None,
+                advertised=seen.advertised if wanted.advertised_from is not None else None,
+            )
 
         return list(await asyncio.gather(*(one(p) for p in ready)))
 

@@ -32,6 +32,10 @@ class Memo:
     last_conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
     # The status this process last wrote: the watched body may not show our own latest patch yet.
     written_status: dict[str, Any] | None = None
+    # spec.advertised from a Service or the nodes: what the last pass resolved (advertised.Resolved), and
+    # whether the source changed since that pass began (a Service event, a node's new address).
+    advertised_seen: Any = None
+    sources_changed: bool = False
     # Secrets (spec.tls): the resourceVersion of each as the last pass read it ("" missing), and whether one
     # changed since that pass began.
     secret_versions: dict[str, str] = field(default_factory=dict)
@@ -49,6 +53,7 @@ def started(memo: Memo, now: float, fleet_epoch: int, table_epoch: int) -> None:
     """A pass begins: changes from here on are news to the next one."""
     memo.last_run = now
     memo.fleet_epoch, memo.table_epoch = fleet_epoch, table_epoch
+    memo.sources_changed = False  # this pass reads the sources afresh
     memo.refs_changed = False  # this pass reads the Secrets afresh
 
 
@@ -77,7 +82,8 @@ def due(memo: Memo, now: float, resync: float, fleet_epoch: int, table_epoch: in
     if memo.last_run == 0.0:
         return False  # never reconciled by this leader: its keeper runs the first pass itself
     elapsed = now - memo.last_run
-    if elapsed >= resync or memo.fleet_epoch != fleet_epoch or memo.refs_changed:
+    changed = memo.sources_changed or memo.refs_changed
+    if elapsed >= resync or memo.fleet_epoch != fleet_epoch or changed:
         return True
     if memo.blocked and memo.table_epoch != table_epoch:
         return True

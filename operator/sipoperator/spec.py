@@ -6,6 +6,7 @@ reconcile, so an object that slipped past (schema changed, webhook off) still ge
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -30,6 +31,13 @@ _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")
+# Kubernetes label keys ([prefix/]name) and values, as a nodeSelector takes them.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+NODE_SELECTOR_MAX = 16
+# A Service name (DNS-1035 label), and the node address types `advertised.fromNode` takes.
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+NODE_ADDRESS_TYPES = ("ExternalIP", "InternalIP")
 # A Secret's name: an RFC 1123 DNS subdomain.
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _COLUMN_MAX = 128  # CHAR(128) in the OpenSIPS schema
@@ -68,6 +76,21 @@ class Row:
 
 
 @dataclass(frozen=True)
+class AdvertisedFrom:
+    """`spec.advertised` taken from the platform: a Service's load-balancer ingress (`service`), or each
+    proxy pod's own node address of a type (`node_address`); `port` is the advertised port."""
+
+    port: int
+    service: str | None = None
+    node_address: str | None = None
+
+    def describe(self) -> str:
+        if self.service is not None:
+            return f"the load-balancer address of Service {self.service}"
+        return f"each node's {self.node_address}"
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     """`spec.tls`: the kubernetes.io/tls Secret with the socket's certificate, and client authentication."""
 
@@ -91,11 +114,20 @@ class DesiredSocket:
     port: int
     row: Row
     parsed: SocketSpec
+    # Where it is served (not OpenSIPS columns: the placement side table, shared/placement.py).
+    freebind: bool = False
+    node_selector: tuple[tuple[str, str], ...] | None = None  # sorted (label, value) pairs; None: every node
+    # spec.advertised from a Service or the nodes: resolved by reconcile, the row's `advertised` left empty
+    advertised_from: AdvertisedFrom | None = None
     tls: TlsSpec | None = None  # set exactly for the protocols of TLS_PROTOCOLS
 
     @property
     def key(self) -> EndpointKey:
         return endpoint_key(self.protocol, self.address, self.port)
+
+    def with_advertised(self, advertised: str | None) -> DesiredSocket:
+        """The same socket with the `advertised` column resolved from `advertised_from`."""
+        return dataclasses.replace(self, row=dataclasses.replace(self.row, advertised=advertised))
 
     @property
     def socket(self) -> str:
@@ -151,6 +183,30 @@ def _tos(value: Any) -> tuple[int, str | None]:
     raise SpecError("tos", f"must be 0-255 or one of {', '.join(TOS_NAMES)}, got {value!r}")
 
 
+def _label_key(key: Any) -> bool:
+    if not isinstance(key, str) or len(key) > 317:
+        return False
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+        return False
+    return bool(name) and bool(_LABEL_NAME.match(name))
+
+
+def _node_selector(value: Any) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError("nodeSelector", "must be a map of node label names to values")
+    if len(value) > NODE_SELECTOR_MAX:
+        raise SpecError("nodeSelector", f"may have at most {NODE_SELECTOR_MAX} labels, got {len(value)}")
+    for key, label in value.items():
+        if not _label_key(key):
+            raise SpecError(f"nodeSelector[{key!r}]", "is not a label name ([prefix/]name)")
+        if not isinstance(label, str) or not _LABEL_NAME.match(label):
+            raise SpecError(f"nodeSelector[{key!r}]", f"{label!r} is not a label value")
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+
+
 def _secret_name(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(field, "is required: the name of a Secret in the SipSocket's namespace")
@@ -197,25 +253,21 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     port = _port(spec["port"], "port") if spec.get("port") is not None else DEFAULT_PORTS[protocol]
 
     advertised_text: str | None = None
+    advertised_from: AdvertisedFrom | None = None
     advertised = spec.get("advertised")
     if advertised is not None:
         if not isinstance(advertised, Mapping):
             raise SpecError("advertised", "must be an object with address and optional port")
-        adv_address = advertised.get("address")
-        if not isinstance(adv_address, str) or not adv_address:
-            raise SpecError("advertised.address", "is required: an IP address literal or a host name")
-        try:
-            adv_host = ipaddress.ip_address(adv_address).compressed
-        except ValueError:
-            if not _HOSTNAME.match(adv_address) or len(adv_address) > 100:
-                raise SpecError(
-                    "advertised.address", f"{adv_address!r} is neither an IP address literal nor a host name"
-                ) from None
-            adv_host = adv_address.lower()
+        sources = [k for k in ("address", "fromService", "fromNode") if advertised.get(k) is not None]
+        if len(sources) > 1:
+            raise SpecError("advertised", f"takes one of address, fromService and fromNode, got {sources}")
         adv_port = (
             _port(advertised["port"], "advertised.port") if advertised.get("port") is not None else port
         )
-        advertised_text = f"[{adv_host}]:{adv_port}" if ":" in adv_host else f"{adv_host}:{adv_port}"
+        if sources and sources[0] != "address":
+            advertised_from = _advertised_from(advertised, adv_port)
+        else:
+            advertised_text = _advertised_literal(advertised.get("address"), adv_port)
 
     tag = spec.get("tag")
     if tag is not None and (not isinstance(tag, str) or not _TAG.match(tag)):
@@ -231,6 +283,13 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
     _, tos_text = _tos(spec.get("tos"))
     tls = _tls(protocol, spec.get("tls"))
 
+    freebind = spec.get("freebind", False)
+    if freebind is None:
+        freebind = False
+    if not isinstance(freebind, bool):
+        raise SpecError("freebind", f"must be true or false, got {freebind!r}")
+    node_selector = _node_selector(spec.get("nodeSelector"))
+
     row = Row(
         socket=format_socket(protocol, address, port),
         advertised=advertised_text,
@@ -242,13 +301,60 @@ def validate(spec: Mapping[str, Any] | None) -> DesiredSocket:
         if text is not None and len(text) > _COLUMN_MAX:
             raise SpecError(column, f"is longer than the table's {_COLUMN_MAX} characters")
     try:
-        parsed = parse_row(**row.as_dict(), resolve=_no_resolve)
+        parsed = parse_row(
+            row.socket, row.advertised, row.tag, row.flags, row.tos, freebind=freebind, resolve=_no_resolve
+        )
     except RowError as exc:  # the proxy would refuse the row: say so now, not after the reload
         raise SpecError("address", f"the proxy would refuse this socket: {exc}") from exc
     unreachable = unreachable_reason(parsed)
-    if unreachable is not None:
+    if unreachable is not None and advertised_from is None:
         raise SpecError("advertised" if parsed.advertised_host else "address", unreachable)
-    return DesiredSocket(protocol=protocol, address=address, port=port, row=row, parsed=parsed, tls=tls)
+    return DesiredSocket(
+        protocol=protocol,
+        address=address,
+        port=port,
+        row=row,
+        parsed=parsed,
+        freebind=freebind,
+        node_selector=node_selector,
+        advertised_from=advertised_from,
+        tls=tls,
+    )
+
+
+def _advertised_literal(address: Any, port: int) -> str:
+    if not isinstance(address, str) or not address:
+        raise SpecError(
+            "advertised.address",
+            "is required (or fromService or fromNode): an IP address literal or a host name",
+        )
+    try:
+        host = ipaddress.ip_address(address).compressed
+    except ValueError:
+        if not _HOSTNAME.match(address) or len(address) > 100:
+            raise SpecError(
+                "advertised.address", f"{address!r} is neither an IP address literal nor a host name"
+            ) from None
+        host = address.lower()
+    return host_port(host, port)
+
+
+def host_port(host: str, port: int) -> str:
+    """The `advertised` column's text: `host:port`, `[v6]:port`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _advertised_from(advertised: Mapping[str, Any], port: int) -> AdvertisedFrom:
+    service, node = advertised.get("fromService"), advertised.get("fromNode")
+    if service is not None:
+        if not isinstance(service, str) or not _SERVICE_NAME.match(service):
+            raise SpecError("advertised.fromService", f"{service!r} is not a Service name")
+        return AdvertisedFrom(port, service=service)
+    if node not in NODE_ADDRESS_TYPES:
+        raise SpecError(
+            "advertised.fromNode", f"must be one of {', '.join(NODE_ADDRESS_TYPES)}, got {node!r}"
+        )
+    return AdvertisedFrom(port, node_address=str(node))
 
 
 def _no_resolve(name: str) -> list[str]:

@@ -4,7 +4,8 @@ SipSocket owns which row.
 Ownership lives in side tables that OpenSIPS never reads (`sipsockets_owners`: sockets.id ->
 namespace/name/uid/generation; `sipsockets_tls_owners`: tls_mgm.id -> namespace/name/uid). A SipSocket's
 socket row, its domain row and their ownership are always written in one transaction, and a row without an
-owner entry is never changed or deleted.
+owner entry is never changed or deleted. So is the row's placement (free bind, the nodes that serve it) in the
+proxy's side table `sipsockets_socket_options`, which only SipSockets that need it have an entry in.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from sqlalchemy.pool import NullPool
 
 from sipoperator.domains import DomainRow
 from sipoperator.lease import UNFENCED, Fence, NotLeader
+from sipoperator.placement import SocketOptions
 from sipoperator.spec import Row, same_row
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.schema import init_db, sockets_table
+from sipproxy.shared.schema import init_db, options_table, sockets_table
 from sipproxy.shared.tls_domains import SERVER_DOMAIN
 from sipproxy.shared.tls_table import init_tls_mgm, tls_mgm_table
 
@@ -33,6 +35,7 @@ TLS_OWNERS_TABLE = "sipsockets_tls_owners"
 TLS_TABLE = "tls_mgm"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NO_OPTIONS = SocketOptions()
 
 
 class DatabaseUnavailable(Exception):
@@ -58,6 +61,13 @@ class TableRow:
     owner_uid: str | None = None
     owner_namespace: str | None = None
     owner_name: str | None = None
+    freebind: bool = False  # the placement side table
+    nodes: str | None = None
+    node_advertised: str | None = None
+
+    @property
+    def options(self) -> SocketOptions:
+        return SocketOptions(self.freebind, self.nodes, self.node_advertised)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -138,6 +148,7 @@ class Store:
         metadata = MetaData()
         self.sockets = sockets_table(metadata, table_name)
         self.owners = owners_table(metadata)
+        self.options = options_table(metadata)
         self.tls_table_name = tls_table_name
         self.tls = tls_mgm_table(metadata, tls_table_name)
         self.tls_owners = tls_owners_table(metadata)
@@ -183,15 +194,16 @@ class Store:
     async def snapshot(self) -> list[TableRow]:
         """Every row of the sockets table with its owner, if any."""
         await self.ensure_schema()
-        s, o = self.sockets, self.owners
-        query = select(
-            s.c.id, s.c.socket, s.c.advertised, s.c.tag, s.c.flags, s.c.tos, o.c.uid, o.c.namespace, o.c.name
-        ).select_from(s.outerjoin(o, o.c.socket_id == s.c.id))
+        s, o, p = self.sockets, self.owners, self.options
+        columns = (s.c.id, s.c.socket, s.c.advertised, s.c.tag, s.c.flags, s.c.tos)
+        owner = (o.c.uid, o.c.namespace, o.c.name)
+        joined = s.outerjoin(o, o.c.socket_id == s.c.id).outerjoin(p, p.c.socket_id == s.c.id)
+        query = select(*columns, *owner, p.c.freebind, p.c.nodes, p.c.advertised).select_from(joined)
 
         async def run() -> list[TableRow]:
             async with self.engine.connect() as conn:
                 result = await conn.execute(query)
-                return [TableRow(*(_clean(v) if i else v for i, v in enumerate(r))) for r in result]
+                return [_table_row(r) for r in result]
 
         return await self._guard("reading the sockets table", run)
 
@@ -236,17 +248,26 @@ class Store:
         return await self._guard("reading the owners table", run)
 
     async def write(
-        self, uid: str, namespace: str, name: str, generation: int, row: Row, domain: DomainRow | None = None
+        self,
+        uid: str,
+        namespace: str,
+        name: str,
+        generation: int,
+        row: Row,
+        domain: DomainRow | None = None,
+        options: SocketOptions = NO_OPTIONS,
     ) -> Written:
-        """Make the row owned by `uid` exactly `row` and its tls_mgm row exactly `domain` (None: no domain
-        row), in one transaction: insert, repair (edited or deleted by hand) or keep."""
+        """Make the row owned by `uid` exactly `row`, placed as `options`, and its tls_mgm row exactly
+        `domain` (None: no domain row), in one transaction: insert, repair (edited or deleted by hand) or
+        keep."""
         await self.ensure_schema()
 
         async def run() -> Written:
             async with self.engine.begin() as conn:
                 written = await self._write(conn, uid, namespace, name, generation, row)
+                placed = await self._write_options(conn, written.row_id, options)
                 domain_changed, domain_id = await self._write_domain(conn, uid, namespace, name, domain)
-                return Written(written.row_id, written.changed, domain_changed, domain_id)
+                return Written(written.row_id, written.changed or placed, domain_changed, domain_id)
 
         return await self._guard("writing the socket row", run, write=True)
 
@@ -334,6 +355,28 @@ class Store:
         )
         return Written(socket_id, changed=True)
 
+    async def _write_options(self, conn: AsyncConnection, socket_id: int, options: SocketOptions) -> bool:
+        """The row's placement entry as `options` (none for the default); True when it changed."""
+        p = self.options
+        query = select(p.c.freebind, p.c.nodes, p.c.advertised).where(p.c.socket_id == socket_id)
+        current = (await conn.execute(query)).first()
+        if (
+            current is not None
+            and SocketOptions(bool(current[0]), _clean(current[1]), _clean(current[2])) == options
+        ):
+            return False
+        if current is not None:
+            await conn.execute(delete(p).where(p.c.socket_id == socket_id))
+        if not options.default:
+            values = {
+                "socket_id": socket_id,
+                "freebind": int(options.freebind),
+                "nodes": options.nodes,
+                "advertised": options.advertised,
+            }
+            await conn.execute(insert(p).values(**values))
+        return current is not None or not options.default
+
     async def remove(self, uid: str) -> Removed:
         """Delete the socket row and the tls_mgm row owned by `uid` and their owner entries, in one
         transaction; the answer is true when something was deleted."""
@@ -347,6 +390,7 @@ class Store:
                 if owner is None:
                     return Removed(socket=False, domain=domain)
                 await conn.execute(delete(s).where(s.c.id == int(owner[0])))
+                await conn.execute(delete(self.options).where(self.options.c.socket_id == int(owner[0])))
                 await conn.execute(delete(o).where(o.c.uid == uid))
                 return Removed(socket=True, domain=domain)
 
@@ -364,6 +408,11 @@ def _norm(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip() or None
     return value
+
+
+def _table_row(r: Any) -> TableRow:
+    c = [_clean(v) for v in r]
+    return TableRow(r[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], bool(c[9]), c[10], c[11])
 
 
 def _clean(value: Any) -> Any:

@@ -104,13 +104,17 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         sqlite_table.add(f"udp:{ip}:{extra_port}", flags="turbo")
         sqlite_table.add(f"udp:{ip}:{extra_port}", tos="IPTOS_FAST")
         sqlite_table.add(f"{ip}:{extra_port}")
-        sqlite_table.add("udp:192.0.2.1:5060")  # not a local address: EADDRNOTAVAIL
+        sqlite_table.add("udp:192.0.2.1:5060")  # not a local address: absent (EADDRNOTAVAIL), not failed
         result = proxy.call("sockets_reload")
         errors = {f["socket"]: f["error"] for f in result["failed"]}
         assert errors[f"udp:{ip}:{busy_port}"] == "[Errno 98] Address already in use"
         assert errors[f"sctp:{ip}:{ok_port}"].endswith("protocol sctp is not supported")
         assert "out of range" in errors[f"udp:{ip}:0"]
-        assert "Cannot assign requested address" in errors["udp:192.0.2.1:5060"]
+        assert "udp:192.0.2.1:5060" not in errors
+        [absent] = result["absent"]
+        assert (
+            absent["socket"] == "udp:192.0.2.1:5060" and "Cannot assign requested address" in absent["error"]
+        )
         assert [e["socket"] for e in result["added"]] == [f"udp:{ip}:{ok_port}"]
         bad = [f for f in result["failed"] if f["socket"] == f"udp:{ip}:{extra_port}"]
         assert sorted(f["error"].split(" ")[0] for f in bad) == ["bad", "unknown"]
@@ -121,6 +125,7 @@ def test_failures_are_reported_per_socket_and_the_rest_proceeds(
         assert (f"udp:{ip}:{ok_port}", "listening") in states
         assert (f"udp:{ip}:{busy_port}", "failed") in states
         assert (f"sctp:{ip}:{ok_port}", "failed") in states
+        assert ("udp:192.0.2.1:5060", "absent") in states
         assert len(listed) == 8
         assert udp_options(ip, ok_port) is not None
 

@@ -1,4 +1,5 @@
-"""The OpenSIPS 3.6 `sockets` and `version` tables, with the exact column types of each dialect."""
+"""The OpenSIPS 3.6 `sockets` and `version` tables, with the exact column types of each dialect, and our side
+table of per-socket placement (`sipsockets_socket_options`, see placement.py), which OpenSIPS never reads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from sqlalchemy import (
     Column,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
+    Text,
     UniqueConstraint,
     insert,
     inspect,
@@ -20,6 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SOCKETS_TABLE_VERSION = 1
+OPTIONS_TABLE = "sipsockets_socket_options"
 _MYSQL = ("mysql", "mariadb")
 
 
@@ -46,6 +50,19 @@ def sockets_table(metadata: MetaData, name: str = "sockets") -> Table:
     )
 
 
+def options_table(metadata: MetaData, name: str = OPTIONS_TABLE) -> Table:
+    """Per socket row (`socket_id` = sockets.id): bind with IP_FREEBIND, and the nodes that serve it (NULL:
+    every node). A row with no entry here is served on every node without free bind, as OpenSIPS serves it."""
+    return Table(
+        name,
+        metadata,
+        Column("socket_id", Integer, primary_key=True, autoincrement=False),
+        Column("freebind", SmallInteger, nullable=False, server_default=text("0")),
+        Column("nodes", Text, nullable=True),
+        Column("advertised", Text, nullable=True),  # node=host:port,... (placement.parse_node_advertised)
+    )
+
+
 def version_table(metadata: MetaData) -> Table:
     return Table(
         "version",
@@ -57,17 +74,19 @@ def version_table(metadata: MetaData) -> Table:
 
 
 async def init_db(engine: AsyncEngine, table_name: str = "sockets") -> bool:
-    """Create the sockets table, the version table and its ('<table>', 1) row when missing.
+    """Create the sockets table, the version table and its ('<table>', 1) row, and the options side table,
+    when missing.
 
     Never alters anything that exists. Returns True when it created or inserted something."""
     metadata = MetaData()
     sockets = sockets_table(metadata, table_name)
     version = version_table(metadata)
+    options = options_table(metadata)
 
     def _create(conn: Connection) -> bool:
         existing = set(inspect(conn).get_table_names())
         created = False
-        for table in (sockets, version):
+        for table in (sockets, version, options):
             if table.name not in existing:
                 table.create(conn)
                 created = True

@@ -44,6 +44,9 @@ class SocketSpec:
     tag: str | None = None
     flags: frozenset[str] = frozenset()
     tos: int = 0
+    # Bound with IP_FREEBIND (Kamailio's ip_free_bind): the address need not be on the host. Ours only, from
+    # the placement side table (placement.py); OpenSIPS has no such flag and refuses unknown ones in `flags`.
+    freebind: bool = False
     # Not part of identity: the DB text as written, and the static-socket worker count.
     raw: str = field(default="", compare=False)
     use_workers: int | None = field(default=None, compare=False)
@@ -53,9 +56,9 @@ class SocketSpec:
         return format_socket(self.proto, self.host, self.port)
 
     @cached_property
-    def key(self) -> tuple[str, str, int, str | None, int | None, str | None, int, tuple[str, ...]]:
-        """What OpenSIPS compares on reload: equal keys mean the running socket is kept untouched. (Cached:
-        a reload with a thousand sockets compares every one of them.)"""
+    def key(self) -> tuple[str, str, int, str | None, int | None, str | None, int, tuple[str, ...], bool]:
+        """What OpenSIPS compares on reload (and free bind, ours): equal keys mean the running socket is kept
+        untouched. (Cached: a reload with a thousand sockets compares every one of them.)"""
         return (
             self.proto,
             self.host,
@@ -65,6 +68,7 @@ class SocketSpec:
             self.tag,
             self.tos,
             self.flags_tuple,
+            self.freebind,
         )
 
     @property
@@ -245,9 +249,11 @@ def parse_row(
     flags: str | None = None,
     tos: str | int | None = None,
     *,
+    freebind: bool = False,
     resolve: Resolver = default_resolver,
 ) -> SocketSpec:
-    """One row of the OpenSIPS `sockets` table. Raises RowError with the reason when unusable."""
+    """One row of the OpenSIPS `sockets` table (with `freebind` from our side table). Raises RowError with
+    the reason when unusable."""
     if socket is None or not socket.strip():
         raise RowError("empty socket column")
     proto, host, port = _parse_socket_text(socket, resolve)
@@ -261,6 +267,7 @@ def parse_row(
         tag=(tag.strip() or None) if tag is not None else None,
         flags=parse_flags(flags),
         tos=parse_tos(tos),
+        freebind=freebind,
         raw=socket.strip(),
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,9 @@ class Config:
     # A file that exists exactly while this proxy serves every socket: readiness for an exec probe, which is
     # per pod even where two pods share the metrics port (a handover on a hostNetwork node).
     ready_file: str | None = None
+    # The Kubernetes node this proxy runs on, for sockets placed on some nodes only (shared/placement.py).
+    # Default: the environment variable NODE_NAME (the chart sets it from the downward API).
+    node_name: str | None = None
 
 
 def _int(value: object, key: str, minimum: int = 1) -> int:
@@ -154,6 +159,7 @@ _TOP = {
     "tls_mgm",
     "handover",
     "ready_file",
+    "node_name",
 }
 _DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
 _DOMAIN_FILES = ("certificate", "private_key", "ca_list", "dh_params")
@@ -322,6 +328,9 @@ def parse_config(data: object) -> Config:
     if isinstance(ack, bool) or not isinstance(ack, int | float) or ack <= 0:
         raise ConfigError("worker_ack_timeout", "must be a number of seconds > 0")
     tls_mgm = _tls_mgm(top["tls_mgm"]) if top.get("tls_mgm") is not None else TlsMgm()
+    node_name = top.get("node_name")
+    if node_name is not None:
+        node_name = _str(node_name, "node_name")
     return Config(
         tls_mgm=tls_mgm,
         sockets=tuple(sockets),
@@ -336,10 +345,13 @@ def parse_config(data: object) -> Config:
         worker_ack_timeout=float(ack),
         handover=_handover(top.get("handover")),
         ready_file=None if top.get("ready_file") is None else _str(top["ready_file"], "ready_file"),
+        node_name=node_name,
     )
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """The config file; `node_name` from NODE_NAME in `env` (default: this process's environment) when the
+    file has none."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -348,4 +360,8 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
-    return parse_config(data)
+    config = parse_config(data)
+    node = (os.environ if env is None else env).get("NODE_NAME", "").strip()
+    if config.node_name is None and node:
+        config = replace(config, node_name=node)
+    return config

@@ -1,15 +1,18 @@
-"""Reading the sockets table as OpenSIPS does: five columns, no WHERE, no ORDER BY."""
+"""Reading the sockets table as OpenSIPS does (five columns, no WHERE, no ORDER BY), with the placement of
+each row from our side table when the database has it (`sipsockets_socket_options`, shared/placement.py)."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import MetaData, Select, select
+from sqlalchemy import MetaData, Select, inspect, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sipproxy.shared.db_url import to_sqlalchemy_url
-from sipproxy.shared.schema import sockets_table
+from sipproxy.shared.schema import OPTIONS_TABLE, options_table, sockets_table
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,10 @@ class Row:
     tag: str | None
     flags: str | None
     tos: str | None
+    # From the side table; a row without an entry there: every node, no free bind.
+    freebind: bool = False
+    nodes: str | None = None
+    node_advertised: str | None = None  # per node, replacing `advertised` on that node
 
 
 def make_engine(db_url: str) -> AsyncEngine:
@@ -31,15 +38,49 @@ def make_engine(db_url: str) -> AsyncEngine:
 
 
 @functools.lru_cache(maxsize=8)
-def _query(table_name: str) -> Select[tuple[str | None, str | None, str | None, str | None, str | None]]:
-    """One statement per table name for the life of the process. A new Table per reload was a new entry of
-    SQLAlchemy's compiled-statement cache each time: compiled anew, and about 45 KB more memory per reload
-    until the cache's 500 entries were full (docs/reliability.md, the soak)."""
-    table = sockets_table(MetaData(), table_name)
-    return select(table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
+def _queries(table_name: str) -> tuple[Select[Any], Select[Any]]:
+    """The plain read and the read joined with the side table, built once per table name for the life of the
+    process. A new Table per reload was a new entry of SQLAlchemy's compiled-statement cache each time:
+    compiled anew, and about 45 KB more memory per reload until the cache's 500 entries were full
+    (docs/reliability.md, the soak)."""
+    metadata = MetaData()
+    table = sockets_table(metadata, table_name)
+    columns = (table.c.socket, table.c.advertised, table.c.tag, table.c.flags, table.c.tos)
+    options = options_table(metadata)
+    placed = (options.c.freebind, options.c.nodes, options.c.advertised)
+    joined = select(*columns, *placed).select_from(
+        table.outerjoin(options, options.c.socket_id == table.c.id)
+    )
+    return select(*columns), joined
+
+
+def _has_options(conn: Connection) -> bool:
+    return bool(inspect(conn).has_table(OPTIONS_TABLE))
 
 
 async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:
+    plain, joined = _queries(table_name)
     async with engine.connect() as conn:
-        result = await conn.execute(_query(table_name))
-        return [Row(*(None if v is None else str(v) for v in r)) for r in result]
+        # Asked at every reload: the operator creates the side table after the proxies may have started
+        # (a database made by OpenSIPS' tools has none), and one catalog lookup costs less than the read.
+        if await conn.run_sync(_has_options):
+            result = await conn.execute(joined)
+            return [
+                Row(
+                    _text(r[0]),
+                    _text(r[1]),
+                    _text(r[2]),
+                    _text(r[3]),
+                    _text(r[4]),
+                    freebind=bool(r[5]),
+                    nodes=_text(r[6]),
+                    node_advertised=_text(r[7]),
+                )
+                for r in result
+            ]
+        result = await conn.execute(plain)
+        return [Row(_text(r[0]), _text(r[1]), _text(r[2]), _text(r[3]), _text(r[4])) for r in result]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

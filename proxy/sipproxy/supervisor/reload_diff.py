@@ -1,7 +1,7 @@
-"""The reload diff: rows match on (proto, host, port, advertised, tag, tos, flags), as in OpenSIPS, except
-that a row whose socket (proto, host, port, flags) is running with other advertised address, tag or ToS is an
-*update* of that socket, not a removal and an addition: it keeps its open socket (OpenSIPS closes and rebinds
-it, losing what arrives meanwhile)."""
+"""The reload diff: rows match on (proto, host, port, advertised, tag, tos, flags), as in OpenSIPS (and free
+bind, ours), except that a row whose socket (proto, host, port, flags, free bind) is running with other
+advertised address, tag or ToS is an *update* of that socket, not a removal and an addition: it keeps its open
+socket (OpenSIPS closes and rebinds it, losing what arrives meanwhile)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,6 @@ def diff_sockets(running: dict[K, SocketSpec], wanted: Iterable[SocketSpec]) -> 
     return result
 
 
-def socket_of(spec: SocketSpec) -> tuple[str, str, int, frozenset[str]]:
+def socket_of(spec: SocketSpec) -> tuple[str, str, int, frozenset[str], bool]:
     """What the open socket is: what it is bound to and with which options."""
-    return (spec.proto, spec.host, spec.port, spec.flags)
+    return (spec.proto, spec.host, spec.port, spec.flags, spec.freebind)

@@ -3,11 +3,19 @@
 
 A reload reads the table, binds what is new and tells every worker (removals first, then additions, each batch
 confirmed by a Sync that every worker acknowledges: see `sipproxy.shared.control`). A TLS reload reads the
-domains (tls.py), sends the new generation to every worker and waits for the same Sync."""
+domains (tls.py), sends the new generation to every worker and waits for the same Sync.
+
+A socket whose address is not on this host is *absent*, not failed: it is bound as soon as the address
+appears. The supervisor looks at every dynamic socket's address when the kernel says addresses changed
+(address_events.py) and every `ADDRESS_CHECK_SECONDS` in any case, and at every reload; a bound socket whose
+address left stays bound (it serves again if the address returns) and is reported absent meanwhile. Rows
+placed on other nodes (shared/placement.py) are not bound here at all ("unselected")."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -18,10 +26,12 @@ from typing import Any
 
 from sipproxy.shared.control import Init, tls_domains_document
 from sipproxy.shared.counters import SocketCounters
+from sipproxy.shared.placement import NodesError, advertised_here, parse_nodes, serves_here
 from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
 from sipproxy.shared.udp_pool import create_pool_fds
 from sipproxy.sip.flowtoken import new_key
-from sipproxy.supervisor.binding import bind_socket, set_tos
+from sipproxy.supervisor.address_events import AddressEvents
+from sipproxy.supervisor.binding import address_absent, address_present, bind_socket, set_tos
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry, ReloadResult
@@ -29,9 +39,17 @@ from sipproxy.supervisor.handover import Predecessor
 from sipproxy.supervisor.reload_diff import diff_sockets
 from sipproxy.supervisor.slots import Slots
 from sipproxy.supervisor.tls import TlsGeneration, TlsReloadError, build_generation, read_sources
+from sipproxy.supervisor.traffic import Traffic
 from sipproxy.supervisor.workers import WorkerHandle, WorkerPool
 
 log = logging.getLogger("sipproxy.supervisor")
+# How often the addresses of dynamic sockets are looked at without a notification from the kernel (a local
+# route added, notifications lost or unavailable), and how often the workers' counts are collected for
+# `Traffic`. A look costs one throw-away bind per distinct address; a collection one message per worker.
+ADDRESS_CHECK_SECONDS = 5.0
+TRAFFIC_CHECK_SECONDS = 10.0
+# Addresses often change in bursts (keepalived adds several at once): one look after the burst.
+EVENT_SETTLE_SECONDS = 0.05
 
 
 class ReloadError(Exception):
@@ -39,10 +57,11 @@ class ReloadError(Exception):
 
 
 def parse_rows(
-    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None
+    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None, node_name: str | None = None
 ) -> tuple[list[tuple[Row, SocketSpec | RowError]], dict[Row, SocketSpec | RowError]]:
     """Each row parsed, reusing what `known` (the last reload's results) says of identical rows; also the
-    results to pass next time (only the rows seen now, so it never grows beyond the table)."""
+    results to pass next time (only the rows seen now, so it never grows beyond the table). A row's
+    advertised address is this node's own when the side table has one (`node_name`)."""
     known = known or {}
     seen: dict[Row, SocketSpec | RowError] = {}
     out: list[tuple[Row, SocketSpec | RowError]] = []
@@ -50,7 +69,10 @@ def parse_rows(
         parsed = seen.get(row) or known.get(row)
         if parsed is None:
             try:
-                parsed = parse_row(row.socket, row.advertised, row.tag, row.flags, row.tos)
+                advertised = advertised_here(row.advertised, row.node_advertised, node_name)
+                parsed = parse_row(row.socket, advertised, row.tag, row.flags, row.tos, freebind=row.freebind)
+            except NodesError as exc:
+                parsed = RowError(str(exc))
             except RowError as exc:
                 parsed = exc
         seen[row] = parsed
@@ -68,8 +90,14 @@ class Supervisor:
         self.predecessor = predecessor
         self.log_level = log_level
         self.started_at = time.time()
-        self.entries: dict[int, Entry] = {}  # listening sockets, static and dynamic
-        self.failed: list[Entry] = []  # dynamic rows that failed at the last reload
+        self.entries: dict[int, Entry] = {}  # bound sockets, static and dynamic
+        # Dynamic rows not bound: failed, absent or unselected, as of the last reload (and the retries since).
+        self.unbound: list[Entry] = []
+        self._said: set[tuple[str, object]] = set()  # (state, key) of the unbound rows already logged
+        self.node_name = config.node_name
+        self.traffic = Traffic()
+        self._events = AddressEvents()
+        self._watcher: asyncio.Task[None] | None = None
         self.slots = Slots(config.sockets_mgm.max_sockets if config.sockets_mgm else 1)
         self.lock = asyncio.Lock()
         self.ready = False
@@ -87,6 +115,15 @@ class Supervisor:
             routes=tuple(config.routes), tcp_idle_timeout=config.tcp_idle_timeout, flow_key=new_key().hex()
         )
         self.pool = WorkerPool(init, self.entries.values, self.lock, log_level, self._replaced)
+
+    @property
+    def failed(self) -> list[Entry]:
+        return [e for e in self.unbound if e.state == "failed"]
+
+    @property
+    def absent(self) -> list[Entry]:
+        """Rows whose address is not on this host: not bound, retried when addresses change."""
+        return [e for e in self.unbound if e.state == "absent"]
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -165,10 +202,18 @@ class Supervisor:
             unused = self.predecessor.close_unused_sockets()
             if unused:
                 log.info("handover: %d sockets of the predecessor are not in this proxy's set", len(unused))
+        if self.config.sockets_mgm is not None:
+            self._events.start()
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        self._events.close()
         await self.pool.stop()
         for entry in self.entries.values():
             if entry.sock is not None:
@@ -190,7 +235,7 @@ class Supervisor:
                 self.reload_failures += 1
                 log.error("cannot read table %s: %s", mgm.table_name, exc)
                 raise ReloadError(str(exc)) from exc
-            parsed, self._parsed = parse_rows(rows, self._parsed)
+            parsed, self._parsed = parse_rows(rows, self._parsed, self.node_name)
             result = await self._apply(parsed)
             self.reloads += 1
             self.reload_seconds += time.monotonic() - t0
@@ -224,24 +269,58 @@ class Supervisor:
             self.tls_reloads += 1
             return generation
 
-    def _new_failed(self, spec: SocketSpec | None, row: Row | None, error: str) -> Entry:
-        entry = Entry(next(self._sids), "dynamic", spec, row=row, state="failed", error=error)
-        log.warning("socket %s failed: %s", entry.label if spec else (row.socket if row else "?"), error)
+    def _new_unbound(self, spec: SocketSpec | None, row: Row | None, state: str, error: str) -> Entry:
+        entry = Entry(next(self._sids), "dynamic", spec, row=row, state=state, error=error)
+        label = entry.label if spec else (row.socket if row else "?")
+        if state == "failed":
+            log.warning("socket %s failed: %s", label, error)
+        elif spec is None or (state, spec.key) not in self._said:
+            # Said once: on a node without a carrier's address every reload would say it again.
+            log.info("socket %s %s: %s", label, state, error)
         return entry
 
+    def _new_failed(self, spec: SocketSpec | None, row: Row | None, error: str) -> Entry:
+        return self._new_unbound(spec, row, "failed", error)
+
+    def _placement(self, row: Row, spec: SocketSpec) -> tuple[Entry | None, str | None]:
+        """An unbound entry when the row is not for this node (or its node list does not parse), else None;
+        and a note for the listing."""
+        try:
+            nodes = parse_nodes(row.nodes)
+        except NodesError as exc:
+            return self._new_failed(spec, row, str(exc)), None
+        if not serves_here(nodes, self.node_name):
+            assert nodes is not None
+            placed = ", ".join(sorted(nodes)[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            error = f"placed on other nodes ({placed or 'none'}), not on this proxy's node {self.node_name}"
+            return self._new_unbound(spec, row, "unselected", error), None
+        if nodes is not None and self.node_name is None:
+            return None, (
+                "this socket is placed on some nodes only, but this proxy does not know its node (NODE_NAME, "
+                "or node_name in its config): serving it"
+            )
+        return None, None
+
     async def _apply(self, parsed: list[tuple[Row, SocketSpec | RowError]]) -> ReloadResult:
-        failed: list[Entry] = []
+        unbound: list[Entry] = []
         wanted: list[SocketSpec] = []
         rows_by_key: dict[object, Row] = {}
+        notes: dict[object, str] = {}
         unreachable_seen: set[object] = set()
         for row, spec in parsed:
             if isinstance(spec, RowError):
-                failed.append(self._new_failed(None, row, str(spec)))
+                unbound.append(self._new_failed(None, row, str(spec)))
             elif (unreachable := unreachable_reason(spec)) is not None:
                 if spec.key not in unreachable_seen:
                     unreachable_seen.add(spec.key)
-                    failed.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
+                    unbound.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
             else:
+                elsewhere, note = self._placement(row, spec)
+                if elsewhere is not None:
+                    unbound.append(elsewhere)
+                    continue
+                if note is not None:
+                    notes[spec.key] = note
                 rows_by_key.setdefault(spec.key, row)
                 wanted.append(spec)
         running = {
@@ -269,37 +348,139 @@ class Supervisor:
                 set_tos(entry.sock, spec)  # shared by every worker's descriptor of it
             entry.spec, entry.row = spec, rows_by_key.get(spec.key)
             updated.append(entry)
-        added: list[Entry] = []
+        present = self._look([spec.host for spec in diff.added])
+        to_bind: list[tuple[SocketSpec, Row | None]] = []
         for spec in diff.added:
-            spec_row = rows_by_key.get(spec.key)
+            if not spec.freebind and not present[spec.host]:
+                # Not even tried: the address is not here, and a bind attempt would only churn the slots.
+                unbound.append(self._new_unbound(spec, rows_by_key.get(spec.key), "absent", _absent(spec)))
+            else:
+                to_bind.append((spec, rows_by_key.get(spec.key)))
+        added, not_bound = self._bind(to_bind)
+        unbound += not_bound
+        await self._hand_over(added, updated)
+        self._set_unbound(unbound)
+        for entry in self.entries.values():
+            if entry.kind == "dynamic" and entry.spec is not None:
+                entry.note = notes.get(entry.spec.key)
+        self._update_presence()
+        kept = [self.entries[sid] for sid in diff.kept]
+        return ReloadResult(
+            added,
+            removed,
+            kept,
+            [e for e in unbound if e.state == "failed"],
+            updated,
+            absent=[e for e in unbound if e.state == "absent"],
+            unselected=[e for e in unbound if e.state == "unselected"],
+        )
+
+    def _bind(self, items: list[tuple[SocketSpec, Row | None]]) -> tuple[list[Entry], list[Entry]]:
+        """Bind each socket in a free slot: (the new bound entries, the failed or absent ones)."""
+        added: list[Entry] = []
+        not_bound: list[Entry] = []
+        for spec, row in items:
             slot = self.slots.allocate()
             if slot is None:
-                failed.append(self._new_failed(spec, spec_row, "no free slot"))
+                not_bound.append(self._new_failed(spec, row, "no free slot"))
                 continue
             try:
                 sock = self.bind(spec)
             except OSError as exc:
                 self.slots.release(slot)
-                failed.append(self._new_failed(spec, spec_row, str(exc)))
+                if address_absent(exc) and not spec.freebind:
+                    not_bound.append(self._new_unbound(spec, row, "absent", _absent(spec)))
+                else:
+                    not_bound.append(self._new_failed(spec, row, str(exc)))
                 continue
-            entry = Entry(next(self._sids), "dynamic", spec, row=spec_row, slot=slot, sock=sock)
+            entry = Entry(next(self._sids), "dynamic", spec, row=row, slot=slot, sock=sock)
             self.entries[entry.sid] = entry
             added.append(entry)
-        if added or updated:
-            await self.pool.add(added)
-            await self.pool.update(updated)
-            for w in await self.pool.sync(limit=ack_timeout):
-                reason = (
-                    f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
-                    "it is being replaced"
+        return added, not_bound
+
+    def _set_unbound(self, unbound: list[Entry]) -> None:
+        self.unbound = unbound
+        self._said = {(e.state, e.spec.key) for e in unbound if e.spec is not None}
+
+    async def _hand_over(self, added: list[Entry], updated: list[Entry]) -> None:
+        """New and updated sockets to every worker; returns once each has them (or is being replaced)."""
+        if not added and not updated:
+            return
+        ack_timeout = self.config.worker_ack_timeout
+        await self.pool.add(added)
+        await self.pool.update(updated)
+        for w in await self.pool.sync(limit=ack_timeout):
+            reason = (
+                f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
+                "it is being replaced"
+            )
+            for entry in added + updated:
+                if w.serves(entry):
+                    entry.lagging[w.name] = reason
+            await self.pool.replace_unresponsive(w)
+
+    # --- addresses that come and go -----------------------------------------------------------------
+
+    @staticmethod
+    def _look(hosts: Iterable[str]) -> dict[str, bool]:
+        """Is each address on this host? One throw-away bind per distinct address."""
+        return {host: address_present(host) for host in set(hosts)}
+
+    def _update_presence(self) -> None:
+        bound = [e for e in self.entries.values() if e.kind == "dynamic" and e.spec is not None]
+        present = self._look(e.spec.host for e in bound if e.spec is not None)
+        for entry in bound:
+            assert entry.spec is not None
+            was = entry.reported_state
+            entry.address_local = present[entry.spec.host]
+            if entry.reported_state != was:
+                log.info(
+                    "socket %s: address %s %s this host (%s)",
+                    entry.label,
+                    entry.spec.host,
+                    "is back on" if entry.address_local else "has left",
+                    entry.reported_state,
                 )
-                for entry in added + updated:
-                    if w.serves(entry):
-                        entry.lagging[w.name] = reason
-                await self.pool.replace_unresponsive(w)
-        self.failed = failed
-        kept = [self.entries[sid] for sid in diff.kept]
-        return ReloadResult(added, removed, kept, failed, updated)
+
+    async def recheck_addresses(self) -> list[Entry]:
+        """Look at every dynamic socket's address again; bind the absent ones whose address has arrived and
+        hand them to the workers. Returns the sockets bound."""
+        async with self.lock:
+            self._update_presence()
+            absent = [e for e in self.unbound if e.state == "absent" and e.spec is not None]
+            if not absent:
+                return []
+            present = self._look(e.spec.host for e in absent if e.spec is not None)
+            arrived = [e for e in absent if e.spec is not None and present[e.spec.host]]
+            if not arrived:
+                return []
+            gone = {id(e) for e in arrived}
+            added, not_bound = self._bind([(e.spec, e.row) for e in arrived if e.spec is not None])
+            for entry in added:
+                entry.address_local = True
+                log.info("socket %s: its address arrived, bound", entry.label)
+            self._set_unbound([e for e in self.unbound if id(e) not in gone] + not_bound)
+            await self._hand_over(added, [])
+            return added
+
+    async def _watch(self) -> None:
+        """Looks at the addresses when the kernel says they changed, and periodically; collects the workers'
+        counts for `traffic` now and then."""
+        next_traffic = time.monotonic() + TRAFFIC_CHECK_SECONDS
+        while True:
+            try:
+                await asyncio.wait_for(self._events.changed.wait(), ADDRESS_CHECK_SECONDS)
+                await asyncio.sleep(EVENT_SETTLE_SECONDS)
+            except TimeoutError:
+                pass
+            self._events.changed.clear()
+            try:
+                await self.recheck_addresses()
+                if time.monotonic() >= next_traffic:
+                    next_traffic = time.monotonic() + TRAFFIC_CHECK_SECONDS
+                    await self.collect_stats()
+            except Exception:
+                log.exception("looking at the sockets' addresses failed; trying again later")
 
     def _replaced(self, w: WorkerHandle) -> None:
         """A replacement worker has every current socket: it no longer lags on any."""
@@ -313,7 +494,7 @@ class Supervisor:
             (e for e in self.entries.values() if e.kind == "dynamic"),
             key=lambda e: e.slot if e.slot is not None else -1,
         )
-        return listening + self.failed
+        return listening + self.unbound
 
     def open_sockets(self) -> list[tuple[SocketSpec, socket.socket]]:
         """Every listening socket with its spec (what a successor is handed)."""
@@ -323,7 +504,17 @@ class Supervisor:
         return [e for e in self.entries.values() if e.kind == "static"]
 
     async def collect_stats(self) -> dict[str, SocketCounters]:
-        return await self.pool.collect_stats()
+        stats = await self.pool.collect_stats()
+        self.traffic.observe({label: c.rx_packets for label, c in stats.items()}, time.monotonic())
+        return stats
+
+    def state_counts(self) -> dict[str, int]:
+        """Sockets by the state the listing shows (static ones are listening)."""
+        counts = {"listening": 0, "failed": 0, "absent": 0, "unselected": 0}
+        for entry in [*self.entries.values(), *self.unbound]:
+            state = entry.reported_state
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def processes(self) -> list[dict[str, Any]]:
         procs: list[dict[str, Any]] = [
@@ -344,3 +535,10 @@ class Supervisor:
                 }
             )
         return procs
+
+
+def _absent(spec: SocketSpec) -> str:
+    return (
+        f"address {spec.host} is not on this host ([Errno {errno.EADDRNOTAVAIL}] "
+        f"{os.strerror(errno.EADDRNOTAVAIL)}); the socket is bound when the address appears"
+    )

@@ -19,7 +19,7 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 # kopf lists and watches; the operator's own client patches (finalizer, status) and posts Events; it never
 # GETs one SipSocket. Secrets: the operator's own client GETs those that tls/wss SipSockets name, kopf watches
-# them for renewals.
+# them for renewals. Services: the same for the one spec.advertised.fromService names.
 NAMESPACED = {
     ("", "secrets", "get"),
     ("", "secrets", "list"),
@@ -30,6 +30,10 @@ NAMESPACED = {
     ("sipsockets.io", "sipsockets/status", "patch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
+    # spec.advertised.fromService: the Service is read at a pass and watched for a new load-balancer address.
+    ("", "services", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
     ("", "events", "create"),
 }
 LEASES = {("coordination.k8s.io", "leases", v) for v in ("get", "update", "create")}

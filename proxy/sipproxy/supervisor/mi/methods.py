@@ -12,10 +12,20 @@ from sipproxy.supervisor.metrics import render_prometheus
 from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
 from sipproxy.supervisor.supervisor import ReloadError, Supervisor
 from sipproxy.supervisor.tls import TlsReloadError, reload_result, socket_warning, tls_list
+from sipproxy.supervisor.traffic import Seen, receiving
 
 
-def entry_dict(entry: Entry, with_kind: bool = False, warning: str | None = None) -> dict[str, Any]:
-    """OpenSIPS' sockets_list fields first (empty ones left out), then ours."""
+def entry_dict(
+    entry: Entry,
+    with_kind: bool = False,
+    warning: str | None = None,
+    traffic: Seen | None = None,
+    now: float = 0.0,
+) -> dict[str, Any]:
+    """OpenSIPS' sockets_list fields first (empty ones left out), then ours: `freebind`, the state
+    (listening, partial, absent, unselected, failed) and its error, whether the address is on this host
+    (`address_local`, once looked at), and from `traffic` the messages received on it here (`received`) and
+    whether they arrived lately (`receiving`, traffic.py)."""
     spec, row = entry.spec, entry.row
     out: dict[str, Any] = {}
     if row is not None and row.socket:
@@ -40,32 +50,58 @@ def entry_dict(entry: Entry, with_kind: bool = False, warning: str | None = None
         out["proto"] = spec.proto
         out["address"] = spec.host
         out["port"] = spec.port
+    if spec is not None and spec.freebind:
+        out["freebind"] = True
     if entry.slot is not None:
         out["slot"] = entry.slot
-    out["state"] = entry.state
-    if entry.state == "listening" and entry.lagging:
+    out["state"] = entry.reported_state
+    if out["state"] == "absent" and entry.state == "listening" and spec is not None:
+        out["error"] = (
+            f"address {spec.host} has left this host; the socket stays bound and serves again when it returns"
+        )
+    elif entry.state == "listening" and entry.lagging:
         # Bound and served, but not by every worker that should: say which, until each is replaced.
         out["state"] = "partial"
         out["error"] = "; ".join(entry.lagging[name] for name in sorted(entry.lagging))
     elif entry.error:
         out["error"] = entry.error
-    if warning:
-        out["warning"] = warning
+    if entry.address_local is not None:
+        out["address_local"] = entry.address_local
+    if traffic is not None:
+        out["received"] = traffic.received
+        out["receiving"] = receiving(traffic, now)
+    notes = [w for w in (warning, entry.note) if w]
+    if notes:
+        out["warning"] = "; ".join(notes)
     if with_kind:
         out["kind"] = entry.kind
     return out
 
 
-def reload_dict(result: ReloadResult, warn: Callable[[Entry], str | None] = lambda _: None) -> dict[str, Any]:
+def reload_dict(
+    result: ReloadResult,
+    warn: Callable[[Entry], str | None] = lambda _: None,
+    listed: Callable[[Entry], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`listed`: how sockets_list shows an entry (added, kept and updated ones are shown the same way)."""
+    show = listed or (lambda e: entry_dict(e, warning=warn(e)))
     return {
-        "added": [entry_dict(e, warning=warn(e)) for e in result.added],
+        "added": [show(e) for e in result.added],
         "removed": [entry_dict(e) for e in result.removed],
-        "kept": [entry_dict(e, warning=warn(e)) for e in result.kept],
-        "updated": [entry_dict(e, warning=warn(e)) for e in result.updated],
+        "kept": [show(e) for e in result.kept],
+        "updated": [show(e) for e in result.updated],
         "failed": [
             {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
         ],
+        # Not failures: the address is not on this host (bound when it appears), or the row is placed on
+        # other nodes.
+        "absent": [_unbound(e) for e in result.absent],
+        "unselected": [_unbound(e) for e in result.unselected],
     }
+
+
+def _unbound(entry: Entry) -> dict[str, str]:
+    return {"socket": entry_dict(entry).get("socket", ""), "error": entry.error or ""}
 
 
 def _version() -> str:
@@ -95,21 +131,26 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
             return None
         return socket_warning(entry.spec, sup.tls.domains)
 
+    def listed(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
+        seen = sup.traffic.of(entry.spec.socket_str) if entry.spec is not None else None
+        if seen is None and entry.sock is not None:
+            seen = Seen(0, None)  # bound, and no message counted on it yet
+        return entry_dict(entry, with_kind, warn(entry), seen, time.monotonic())
+
     async def sockets_reload(params: Params) -> Any:
         no_params(params)
         try:
-            return reload_dict(await sup.reload(), warn)
+            return reload_dict(await sup.reload(), warn, listed)
         except ReloadError as exc:
             raise MIError(500, "Could not reload sockets", str(exc)) from None
 
     async def sockets_list(params: Params) -> Any:
         no_params(params)
-        return [entry_dict(e, warning=warn(e)) for e in sup.dynamic_entries()]
+        return [listed(e) for e in sup.dynamic_entries()]
 
     async def list_sockets(params: Params) -> Any:
         no_params(params)
-        entries = sup.static_entries() + sup.dynamic_entries()
-        return [entry_dict(e, with_kind=True, warning=warn(e)) for e in entries]
+        return [listed(e, with_kind=True) for e in sup.static_entries() + sup.dynamic_entries()]
 
     async def tls_reload(params: Params) -> Any:
         no_params(params)
@@ -157,8 +198,13 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
             "core:worker_restarts": sup.worker_restarts,
             "sockets_mgm:reloads": sup.reloads,
             "sockets_mgm:reload_failures": sup.reload_failures,
-            "sockets_mgm:listening": sum(1 for e in sup.entries.values() if e.kind == "dynamic"),
+            "sockets_mgm:listening": sum(
+                1 for e in sup.entries.values() if e.kind == "dynamic" and e.reported_state == "listening"
+            ),
             "sockets_mgm:failed": len(sup.failed),
+            "sockets_mgm:absent": sum(
+                1 for e in [*sup.entries.values(), *sup.unbound] if e.reported_state == "absent"
+            ),
             "tls_mgm:generation": sup.tls.number,
             "tls_mgm:domains": len(sup.tls.domains),
             "tls_mgm:failed": len(sup.tls.entries) - len(sup.tls.domains),
@@ -197,7 +243,7 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
 
 async def metrics_text(sup: Supervisor) -> str:
     per_socket = await sup.collect_stats()
-    states: dict[str, int] = {"listening": len(sup.entries), "failed": len(sup.failed)}
+    states = sup.state_counts()
     return render_prometheus(
         per_socket, sup.reloads, sup.reload_failures, sup.reload_seconds, sup.worker_restarts, states
     )

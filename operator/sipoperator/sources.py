@@ -1,0 +1,42 @@
+"""The leader's look at the nodes behind `spec.advertised.fromNode`: every `SOURCE_CHECK_SECONDS` it reads the
+proxy pods' Nodes and wakes the SipSockets whose node addresses changed since their last pass
+(`Reconciler.check_sources`). Leader work (election.py): a replica that does not hold the Lease reads no
+Nodes for it, and its wake-ups would find no keeper anyway. A changed Service needs no look: its watch
+(handlers.py) wakes the SipSockets that name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sipoperator.reconciler import SOURCE_CHECK_SECONDS, Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class SourceWatch:
+    def __init__(self, rec: Reconciler, period: float = SOURCE_CHECK_SECONDS) -> None:
+        self.rec, self.period = rec, period
+        self._task: asyncio.Task[None] | None = None
+
+    # -- LeaderWork ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="node address look")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await self.rec.check_sources()
+            except Exception:
+                log.exception("reading the nodes of advertised addresses failed; trying again")
