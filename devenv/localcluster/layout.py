@@ -16,6 +16,9 @@ NODE_NAME = "sipsockets-node"
 BRIDGE = "sipsk0"
 POD_SUBNET = ipaddress.IPv4Network("10.244.0.0/24")
 NODE_IP = str(POD_SUBNET.network_address + 1)
+# Pods get addresses from network+10 on (render.cni_conflist); the addresses between the node's and those are
+# the node's load-balancer pool: a LoadBalancer Service gets one as its ingress address, as from a cloud.
+LOAD_BALANCER_POOL = tuple(str(POD_SUBNET.network_address + i) for i in range(2, 10))
 # The in-cluster DNS server listens on the node address itself: no extra address to route.
 CLUSTER_DNS = NODE_IP
 CLUSTER_DOMAIN = "cluster.local"

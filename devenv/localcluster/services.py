@@ -4,6 +4,9 @@ cluster, reduced to what one node needs.
 - ClusterIP Services: an nftables table of our own (`ip sipsockets_node`) translates every Service
   address and port to one of its ready endpoints; the `kubernetes` Service goes to the API server on
   127.0.0.1. Rewritten whenever Services or EndpointSlices change (polled every second).
+- LoadBalancer Services: what a cloud's controller and kube-proxy do together. Each gets an address of the
+  node's pool (layout.LOAD_BALANCER_POOL) in status.loadBalancer.ingress, and that address is translated
+  like the Service's cluster address.
 - DNS: `<service>.<namespace>.svc.cluster.local` (and `<hostname>.<service>...` of StatefulSet pods)
   answered on the node address, port 53 (UDP). Names outside the cluster domain get NXDOMAIN: pods have
   no way off the machine anyway.
@@ -83,6 +86,7 @@ def snapshot(
                 snap.names.setdefault(f"{hostname}.{fqdn}", []).append(ip)
         if not cluster_ip or cluster_ip == "None":
             continue
+        addresses = [cluster_ip, *ingress_ips(svc)]
         for sp in spec.get("ports", []):
             proto = str(sp.get("protocol", "TCP")).lower()
             if proto not in ("tcp", "udp"):
@@ -91,8 +95,34 @@ def snapshot(
                 backends: tuple[Backend, ...] = (Backend("127.0.0.1", api_port),)
             else:
                 backends = _backends(svc_slices, sp, proto)
-            snap.ports.append(ServicePort(cluster_ip, proto, int(sp["port"]), backends))
+            for address in addresses:
+                snap.ports.append(ServicePort(address, proto, int(sp["port"]), backends))
     return snap
+
+
+def ingress_ips(service: Mapping[str, Any]) -> list[str]:
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return [str(i["ip"]) for i in ingress if isinstance(i, Mapping) and i.get("ip")]
+
+
+def load_balancer_assignments(
+    services: Iterable[Mapping[str, Any]], pool: Iterable[str]
+) -> dict[tuple[str, str], str]:
+    """(namespace, name) -> pool address, for each LoadBalancer Service without an ingress address yet. An
+    address in use by another Service is never given twice; when the pool runs out the Service waits, as
+    it would with a cloud out of addresses."""
+    used: set[str] = set()
+    waiting: list[tuple[str, str]] = []
+    for svc in services:
+        meta = svc.get("metadata", {})
+        if (svc.get("spec") or {}).get("type") != "LoadBalancer":
+            continue
+        ips = ingress_ips(svc)
+        used.update(ips)
+        if not ips:
+            waiting.append((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+    free = [ip for ip in pool if ip not in used]
+    return dict(zip(sorted(waiting), free, strict=False))
 
 
 def _ready_endpoints(slices: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -247,6 +277,17 @@ class _Api:
             items: list[dict[str, Any]] = json.loads(resp.read())["items"]
             return items
 
+    def set_ingress(self, namespace: str, name: str, ip: str) -> None:
+        body = json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}).encode()
+        req = urllib.request.Request(
+            f"{self.server}/api/v1/namespaces/{namespace}/services/{name}/status",
+            data=body,
+            method="PATCH",
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10):
+            pass
+
     def api_port(self) -> int:
         return int(self.server.rsplit(":", 1)[1])
 
@@ -277,6 +318,9 @@ async def run(workdir: Path) -> None:
                 asyncio.to_thread(api.items, "/api/v1/services"),
                 asyncio.to_thread(api.items, "/apis/discovery.k8s.io/v1/endpointslices"),
             )
+            for (ns, name), ip in load_balancer_assignments(services, layout.LOAD_BALANCER_POOL).items():
+                await asyncio.to_thread(api.set_ingress, ns, name, ip)
+                log.info("LoadBalancer Service %s/%s: ingress %s", ns, name, ip)
             snap = snapshot(services, slices, api.api_port())
             state.names = snap.names
             ruleset = nft_ruleset(snap.ports)
