@@ -1,5 +1,5 @@
-"""`python -m bench [proxy_cpu] [reload_latency] [operator] [tls] [options]`: the named benchmarks (default:
-all).
+"""`python -m bench [proxy_cpu] [reload_latency] [operator] [udp_pool] [tls] [handover] [reliability]
+[options]`: the named benchmarks (default: all but reliability).
 
 Figures are printed and written as JSON to `<workdir>/results.json`; nothing is asserted. Every process a
 benchmark starts is stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
@@ -17,7 +17,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, operator_apply, proxy_cpu, reload_latency, tls_edge, udp_pool
+from bench import (
+    handover,
+    machine,
+    operator_apply,
+    proxy_cpu,
+    reliability,
+    reload_latency,
+    tls_edge,
+    udp_pool,
+)
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "proxy_cpu": proxy_cpu.run,
@@ -25,13 +34,20 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]
     "operator": operator_apply.run,
     "udp_pool": udp_pool.run,
     "tls": tls_edge.run,
+    "handover": handover.run,
+    "reliability": reliability.run,
 }
+# Without names: all but `reliability`, about 20 minutes (docs/reliability.md), which is run on its own.
+DEFAULT = [name for name in BENCHES if name != "reliability"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHES)} (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(BENCHES)} (default: {', '.join(DEFAULT)})",
     )
     parser.add_argument(
         "--workdir", type=Path, help="logs and results (default: a new /tmp/sipsockets-bench-*)"
@@ -41,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     operator_apply.add_arguments(parser.add_argument_group("operator"))
     udp_pool.add_arguments(parser.add_argument_group("udp_pool"))
     tls_edge.add_arguments(parser.add_argument_group("tls"))
+    handover.add_arguments(parser.add_argument_group("handover"))
+    reliability.add_arguments(parser.add_argument_group("reliability"))
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHES]
     if unknown:
@@ -55,7 +73,7 @@ async def main(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="sipsockets-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
-    names = args.names or list(BENCHES)
+    names = args.names or DEFAULT
     results: dict[str, Any] = {"machine": machine.describe(), "argv": sys.argv[1:], "results": {}}
     print(f"bench: {', '.join(names)}; workdir {workdir}")
     m = results["machine"]

@@ -135,3 +135,18 @@ def udp_drops(path: Path = Path("/proc/net/udp")) -> dict[int, int]:
         except (IndexError, ValueError):
             continue
     return out
+
+
+def memory_and_fds(root: int) -> dict[str, int]:
+    """RSS of the proxy's whole tree (KiB), and the descriptors the supervisor and its workers hold."""
+    rss = fds = 0
+    procs = tree(read_all(), root)
+    for st in procs:
+        try:
+            for line in Path(f"/proc/{st.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+            fds += len(os.listdir(f"/proc/{st.pid}/fd"))
+        except OSError:
+            continue
+    return {"rss_kib": rss, "fds": fds, "processes": len(procs)}

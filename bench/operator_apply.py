@@ -98,7 +98,10 @@ def pick_port(addresses: list[str], tries: int = 20) -> int:
 class OperatorProc:
     """`sipsockets-operator` for one namespace, as the e2e tests run it; peak RSS sampled while it runs."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, db_url: str, log: Path) -> None:
+    def __init__(
+        self, cp: ControlPlane, namespace: str, db_url: str, log: Path, argv: list[str] | None = None
+    ) -> None:
+        self.argv = argv or [str(Path(sys.executable).parent / "sipsockets-operator")]
         self.health = free_tcp_port()
         self.env = dict(os.environ)
         self.env.update(
@@ -114,7 +117,7 @@ class OperatorProc:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "sipsockets-operator")],
+                self.argv,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -70,6 +70,7 @@ class ControlPlane(ClusterClient):
         self.procs = ProcessTable(self.workdir)
         self._state = self.workdir / "controlplane.json"
         self.server = ""
+        self.apiserver_argv: list[str] = []
         if self._state.exists():
             self.server = json.loads(self._state.read_text())["server"]
 
@@ -100,29 +101,26 @@ class ControlPlane(ClusterClient):
             self.workdir / "etcd.log",
         )
         self.server = f"https://127.0.0.1:{api_port}"
-        self.procs.start(
-            "kube-apiserver",
-            [
-                str(bins["kube-apiserver"]),
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                "--authorization-mode=RBAC",
-                f"--client-ca-file={self.pki / 'ca.crt'}",
-                f"--tls-cert-file={self.pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={self.pki / 'apiserver.key'}",
-                f"--service-account-issuer={SA_ISSUER}",
-                f"--service-account-key-file={self.pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={self.pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allow-privileged=true",
-                "--enable-priority-and-fairness=false",
-                "--v=1",
-                *self.apiserver_extra_args,
-            ],
-            self.workdir / "kube-apiserver.log",
-        )
+        self.apiserver_argv = [
+            str(bins["kube-apiserver"]),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            "--authorization-mode=RBAC",
+            f"--client-ca-file={self.pki / 'ca.crt'}",
+            f"--tls-cert-file={self.pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={self.pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--enable-priority-and-fairness=false",
+            "--v=1",
+            *self.apiserver_extra_args,
+        ]
+        self.procs.start("kube-apiserver", self.apiserver_argv, self.workdir / "kube-apiserver.log")
         self._state.write_text(json.dumps({"server": self.server}))
         write_kubeconfig(self.kubeconfig, self.server, _b64(self.pki / "ca.crt"), user={
             "client-certificate-data": _b64(self.pki / "admin.crt"),
@@ -132,6 +130,17 @@ class ControlPlane(ClusterClient):
 
     def stop(self) -> None:
         self.procs.stop_all(order=["kube-apiserver", "etcd"])
+
+    def stop_apiserver(self, grace: float = 5.0) -> None:
+        """Stop kube-apiserver alone, etcd and its data kept: SIGTERM (its graceful shutdown: it stops
+        listening at once, but its process lingers in shutdown for longer than 15 s here), SIGKILL after
+        `grace` seconds (0: at once, a crash)."""
+        self.procs.stop("kube-apiserver", timeout=grace)
+
+    def start_apiserver(self, timeout: float = 120.0) -> None:
+        """Start kube-apiserver again, same port, flags and etcd, after `stop_apiserver`."""
+        self.procs.start("kube-apiserver", self.apiserver_argv, self.workdir / "kube-apiserver.log")
+        self._wait_ready(timeout)
 
     def running(self) -> bool:
         if not self.server:

@@ -104,6 +104,11 @@ class PostgresServer:
             "--auth-host=scram-sha-256",
             "--no-sync",
         )
+        self._start_server()
+        self._psql(f"CREATE ROLE {TEST_USER} LOGIN CREATEDB PASSWORD '{TEST_PASSWORD}'")
+
+    def _start_server(self) -> None:
+        assert self._datadir is not None
         log = self._datadir / "server.log"
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self._datadir} "
@@ -126,7 +131,17 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {result.stderr.decode(errors='replace')}\n{_tail(log)}")
         _wait_port(self.port, None, 30, log)
-        self._psql(f"CREATE ROLE {TEST_USER} LOGIN CREATEDB PASSWORD '{TEST_PASSWORD}'")
+
+    def halt(self) -> None:
+        """Stop the server (an outage: connections refused), keeping its data for `resume`."""
+        assert self._datadir is not None
+        self._as_postgres(
+            str(self._bindir / "pg_ctl"), "-D", str(self._datadir / "data"), "-m", "fast", "-w", "stop"
+        )
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port and data."""
+        self._start_server()
 
     def stop(self) -> None:
         if self._datadir is None:

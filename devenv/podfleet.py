@@ -158,6 +158,18 @@ class _Pod:
             return []  # the task is gone
         return [int(line.split()[0]) for line in out.stdout.splitlines()[1:] if line.split()[:1] != []]
 
+    def main_pid(self) -> int | None:
+        """The host pid of the container's main process (what the kubelet signals to stop it)."""
+        cid = self.container_id()
+        if cid is None:
+            return None
+        out = self.cluster.ctr("tasks", "ls", check=False)
+        for line in out.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == cid and fields[1].isdigit():
+                return int(fields[1])
+        return None
+
     def _signal(self, sig: signal.Signals) -> list[int]:
         pids = self.pids()
         for pid in pids:
@@ -192,18 +204,31 @@ class _Pod:
         if not self._get():
             return
         self.container_id()
-        self._save_log()
         if grace == 0:
+            self._save_log()
             self.kill()
             self.cluster.kubectl(
                 "delete", "pod", self.name, "-n", self.namespace, "--grace-period=0", "--force",
                 "--ignore-not-found", check=False,
             )  # fmt: skip
         else:
+            # The kubelet's graceful stop, done here so that what the process says while it stops is kept: a
+            # deleted Pod's log goes with it. SIGTERM to the container's main process, SIGKILL to what is left
+            # after the grace period; the exited container stays (restartPolicy Never) with its whole log.
+            main = self.main_pid()
+            if main is not None:
+                try:
+                    os.kill(main, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    _wait(lambda: not self.pids(), f"pod {self.name} stopped by SIGTERM", grace)
+                except TimeoutError:
+                    self.kill()
+            self._save_log()
             self.cluster.kubectl(
-                "delete", "pod", self.name, "-n", self.namespace, f"--grace-period={grace}",
-                "--ignore-not-found", "--wait=true", f"--timeout={grace + 60}s", check=False,
-                timeout=grace + 90,
+                "delete", "pod", self.name, "-n", self.namespace, "--grace-period=0", "--force",
+                "--ignore-not-found", check=False,
             )  # fmt: skip
         _wait(lambda: not self._get(), f"pod {self.name} deleted", 60)
         _wait(lambda: not self.pids(), f"the processes of pod {self.name} gone", 60)

@@ -174,7 +174,8 @@ def nft_ruleset(ports: Iterable[ServicePort]) -> str:
         for j, b in enumerate(sp.backends):
             chain = f"svc{i}_ep{j}"
             names.append(f"{j} : jump {chain}")
-            chains.append(f"  chain {chain} {{\n    dnat to {b.ip}:{b.port}\n  }}")
+            # nft maps a port only after a transport match, also in a chain of its own.
+            chains.append(f"  chain {chain} {{\n    meta l4proto {sp.protocol} dnat to {b.ip}:{b.port}\n  }}")
         dispatch.append(f"    {match} numgen random mod {len(sp.backends)} vmap {{ {', '.join(names)} }}")
     bridge = layout.BRIDGE
     body = "\n".join(dispatch) or "    return"

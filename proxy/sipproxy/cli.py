@@ -7,15 +7,18 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sipproxy.supervisor.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from sipproxy.supervisor.mi.listeners import MiAccess
+    from sipproxy.supervisor.handover import HandoverServer, Predecessor
+    from sipproxy.supervisor.mi.listeners import MiAccess, MiListeners
+    from sipproxy.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("sipproxy")
 
@@ -30,36 +33,63 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def serve(config: Config, access: MiAccess) -> int:
-    from sipproxy.supervisor.mi.listeners import start_listeners
+    from sipproxy.supervisor import handover
+    from sipproxy.supervisor.mi.listeners import MiListeners
     from sipproxy.supervisor.mi.methods import make_methods, metrics_text
     from sipproxy.supervisor.supervisor import Supervisor
 
-    sup = Supervisor(config, config.log_level)
+    # With handover, the older proxy of the fleet on this host (if any) hands its sockets over: they are
+    # taken instead of bound, and its MI and metrics listeners once this proxy serves every socket.
+    predecessor = None
+    if config.handover is not None:
+        predecessor = await handover.find_predecessor(config.handover.name)
+    sup = Supervisor(config, config.log_level, predecessor)
+    server: handover.HandoverServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        runners = await start_listeners(
-            config,
-            access,
-            make_methods(sup),
-            ready=lambda: sup.ready and all(w.alive for w in sup.workers),
-            metrics=lambda: metrics_text(sup),
-        )
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
+
+    def serving() -> bool:
+        return sup.ready and all(w.alive for w in sup.workers)
+
+    def ready() -> bool:
+        # /readyz: a proxy that handed its sockets to a successor answers not ready (unless the successor
+        # dies), so that HTTP probes of the successor, which reach this proxy's metrics port until it lets go
+        # of it, never report the successor ready too early. The ready file is per process (`serving`).
+        handing_over = server is not None and server.attached
+        return serving() and not handing_over
+
+    listeners = MiListeners(config, access, make_methods(sup), ready, lambda: metrics_text(sup))
+    if predecessor is None:
+        try:
+            await listeners.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
     code = 0
+    tasks: list[asyncio.Task[None]] = []
+    if config.ready_file is not None:
+        # A file left by a previous run (killed before it could remove it) must not say ready meanwhile.
+        _set_ready_file(config.ready_file, False)
+        tasks.append(loop.create_task(_keep_ready_file(config.ready_file, serving)))
     try:
         starting = loop.create_task(sup.start())
         stopped = loop.create_task(stop.wait())
         await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and starting.exception() is None:
-            log.info(
-                "sipproxy ready: %d static sockets, %d workers", len(sup.static_entries()), len(sup.workers)
-            )
-            await stopped
+            if config.handover is not None:
+                server = await _take_over(config.handover.name, sup, listeners, predecessor, stop, tasks)
+            if server is not None or config.handover is None:
+                log.info(
+                    "sipproxy ready: %d static sockets, %d workers",
+                    len(sup.static_entries()),
+                    len(sup.workers),
+                )
+                await stopped
+            else:
+                code = 1
+                stopped.cancel()
         elif starting.done():
             log.error("start-up failed: %s", starting.exception())
             code = 1
@@ -68,10 +98,98 @@ async def serve(config: Config, access: MiAccess) -> int:
             starting.cancel()
         log.info("stopping")
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        for task in tasks:
+            task.cancel()
+        if config.ready_file is not None:
+            _set_ready_file(config.ready_file, False)
+        if server is not None:
+            await server.close()
+        await listeners.stop()
         await sup.stop()
+        if predecessor is not None:
+            # Last: the predecessor (if still there) takes its MI and metrics ports back when this closes.
+            predecessor.close()
     return code
+
+
+def _set_ready_file(path: str, ready: bool) -> None:
+    try:
+        if ready:
+            with open(path, "w") as f:
+                f.write("ready\n")
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("ready_file %s: %s", path, exc)
+
+
+async def _keep_ready_file(path: str, serving: Callable[[], bool]) -> None:
+    """The file exists while the proxy serves every socket (checked twice a second)."""
+    state: bool | None = None
+    while True:
+        now = serving()
+        if now != state:
+            _set_ready_file(path, now)
+            state = now
+        await asyncio.sleep(0.5)
+
+
+async def _take_over(
+    name: str,
+    sup: Supervisor,
+    listeners: MiListeners,
+    predecessor: Predecessor | None,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+) -> HandoverServer | None:
+    """Every socket is served: take the predecessor's MI and metrics listeners (if there is one), then serve
+    successors. None when the MI cannot listen (start-up failed)."""
+    from sipproxy.supervisor import handover
+
+    if predecessor is not None:
+        await predecessor.release()
+        try:
+            await listeners.start(predecessor.take_listeners)
+        except OSError as exc:
+            log.error("%s", exc)
+            return None
+        predecessor.close_unused_listeners()
+
+        async def predecessor_gone(pred: Predecessor) -> None:
+            await pred.until_gone()
+            log.info(
+                "handover %s: predecessor pid %d is stopping; the sockets are ours alone", name, pred.pid
+            )
+
+        tasks.append(asyncio.get_running_loop().create_task(predecessor_gone(predecessor)))
+    listener = None
+    if predecessor is not None:
+        listener, predecessor.handover = predecessor.handover, None
+    if listener is None:
+        try:
+            listener = handover.bind_handover(name)
+        except OSError as exc:
+            # Someone else holds the name (and was refused above): this proxy serves, but cannot hand over.
+            log.error("handover %s: cannot listen for a successor: %s", name, exc)
+
+    async def reclaim() -> None:
+        while not stop.is_set():
+            try:
+                await listeners.start()
+                log.info("handover %s: MI and metrics listeners taken back", name)
+                return
+            except OSError as exc:  # the successor's process still holds them for a moment
+                log.warning("handover %s: cannot take the MI and metrics listeners back yet: %s", name, exc)
+                await asyncio.sleep(0.5)
+
+    def offer() -> list[tuple[handover.Offered, socket.socket]]:
+        return handover.sip_offer(sup.open_sockets()) + handover.listener_offer(listeners.sockets, listener)
+
+    server = handover.HandoverServer(name, listener, handover.Holder(offer, listeners.stop, reclaim))
+    server.start()
+    return server
 
 
 async def db_init(db_url: str, table_name: str, tls_table_name: str = "tls_mgm") -> int:

@@ -28,27 +28,9 @@ from tests.e2e.operator_support import (
 __all__ = ["crd", "env"]  # fixtures
 
 
-class RestartablePostgres(PostgresServer):
-    """PostgresServer whose server process can be stopped and started again on the same data."""
-
-    def halt(self) -> None:
-        assert self._datadir is not None
-        self._as_postgres(
-            str(self._bindir / "pg_ctl"), "-D", str(self._datadir / "data"), "-m", "fast", "-w", "stop"
-        )
-
-    def resume(self) -> None:
-        assert self._datadir is not None
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self._datadir} -c fsync=off"
-        self._as_postgres(
-            str(self._bindir / "pg_ctl"), "-D", str(self._datadir / "data"), "-o", opts,
-            "-l", str(self._datadir / "server.log"), "-w", "-t", "60", "start",
-        )  # fmt: skip
-
-
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
-    pg = RestartablePostgres(tmp_path / "pg")
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    pg = PostgresServer(tmp_path / "pg")
     pg.start()
     try:
         yield pg
@@ -56,7 +38,7 @@ def postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
         pg.stop()
 
 
-def test_database_stopped_and_restarted(env: Env, postgres: RestartablePostgres) -> None:
+def test_database_stopped_and_restarted(env: Env, postgres: PostgresServer) -> None:
     cp, ns = env.cp, env.namespace
     db_url = postgres.create_database("sockets_e2e")
     init_db(db_url)
@@ -94,9 +76,7 @@ def table(db_url: str) -> list[str]:
     return asyncio.run(read())
 
 
-def test_deletion_while_the_database_is_down_waits_and_says_why(
-    env: Env, postgres: RestartablePostgres
-) -> None:
+def test_deletion_while_the_database_is_down_waits_and_says_why(env: Env, postgres: PostgresServer) -> None:
     """The finalizer stays while the row cannot be removed; Programmed (and Ready) say DatabaseUnavailable
     with a message saying the deletion waits; once the server is back the row goes, then the object."""
     cp, ns = env.cp, env.namespace

@@ -69,8 +69,8 @@ def test_hung_proxy_is_reported_unreachable_then_recovers(env: Env) -> None:
 
 def test_two_pods_one_cannot_bind_is_partially_listening(env: Env) -> None:
     """Both proxies share this host's addresses (as processes, or as hostNetwork pods of one node): the
-    second pod to bind the socket gets EADDRINUSE, as a pod on a node without that address would get
-    EADDRNOTAVAIL."""
+    second pod to bind the socket gets EADDRINUSE, a failure. (A pod on a node without that address gets
+    EADDRNOTAVAIL, which is Absent, not a failure: test_operator_nodes.py.)"""
     cp, ns = env.cp, env.namespace
     env.pod("proxy-a")
     env.operator()

@@ -37,7 +37,15 @@ def test_apply_ready_answers_options_then_port_change_then_delete(env: Env) -> N
     apply(cp, ns, sipsocket("carrier-a", "udp", addr, 5070, tag="carrier-a"))
     obj = wait_condition(cp, ns, "carrier-a", "Ready", "True", "Listening")
     assert obj["status"]["socket"] == f"udp:{addr}:5070"
-    assert obj["status"]["listeners"] == [{"pod": pod.name, "state": "Listening", "message": "listening"}]
+    # Each listener names its pod's node when the pod has one (real pods; the process fleet's have none).
+    node = cp.kubectl("get", "pod", pod.name, "-n", ns, "-o", "jsonpath={.spec.nodeName}").stdout.strip()
+    listener = {
+        "pod": pod.name,
+        "state": "Listening",
+        "message": "listening",
+        **({"node": node} if node else {}),
+    }
+    assert obj["status"]["listeners"] == [listener]
     assert condition(obj, "Accepted")["status"] == "True"
     assert condition(obj, "Programmed")["status"] == "True"
     assert wait_for(lambda: answers_ok(addr, 5070), f"OPTIONS answered on udp {addr}:5070")

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.integration.conftest import (
     pid_alive,
     sip_options_bytes,
     sipp_options,
+    tcp_connect_refused,
     udp_options,
     wait_for,
 )
@@ -101,6 +103,131 @@ def test_fifty_reloads_during_call_load_lose_no_call_on_the_unchanged_socket(
             uac.wait()
     assert uac.returncode == 0, out[-3000:]
     assert "sipproxy_reloads_total 51" in proxy.get("/metrics")[1]
+
+
+def _uac(ip: str, port: int, calls: int, rate: int) -> subprocess.Popen[str]:
+    """SIPp's uac in the background, tolerating a 180 after its 200 as a real UA does; exit 0 = no failed
+    call. No call may wait for an answer longer than SIPp's retransmissions allow."""
+    local = loopback_ip()
+    return subprocess.Popen(
+        [
+            "sipp", "-sn", "uac", f"{ip}:{port}", "-s", "uas", "-i", local, "-p", str(free_port(local)),
+            "-m", str(calls), "-r", str(rate), "-timeout", f"{calls // rate + 120}s", "-timeout_error",
+            "-nostdin", *SIPP_TOLERATE_REORDER,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def _finish(uac: subprocess.Popen[str], limit: float) -> str:
+    try:
+        out, _ = uac.communicate(timeout=limit)
+    finally:
+        if uac.poll() is None:
+            uac.kill()
+            uac.wait()
+    return out
+
+
+def test_a_pool_worker_killed_during_calls_loses_no_call_and_its_replacement_serves_every_socket(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable, uas_factory: Callable[..., SippUas]
+) -> None:
+    """kill -9 of the pool's member 0, the worker serving while the load is light: a standby worker takes
+    over, SIPp's retransmissions cover what the dead worker had read, and the replacement gets every
+    socket."""
+    uas = uas_factory("udp")
+    ip = loopback_ip()
+    ports = [free_port(ip) for _ in range(4)]
+    for port in ports:
+        sqlite_table.add(f"udp:{ip}:{port}")
+    proxy = proxies(
+        {
+            "sockets_mgm": {"db_url": sqlite_table.db_url},  # 8 pool workers, 8 TCP: the defaults
+            "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
+        }
+    )
+    uac = _uac(ip, ports[0], calls=600, rate=40)
+    try:
+        wait_for(lambda: "sipproxy_forwarded_packets_total{" in proxy.get("/metrics")[1], "calls flowing")
+        victim = next(p for p in proxy.processes() if p["Name"] == "udp-pool#0")
+        os.kill(victim["PID"], signal.SIGKILL)
+        new = wait_for(
+            lambda: next(
+                (
+                    p["PID"]
+                    for p in proxy.processes()
+                    if p["Name"] == "udp-pool#0" and p["PID"] != victim["PID"]
+                ),
+                None,
+            ),
+            "the replacement of udp-pool#0",
+        )
+    finally:
+        out = _finish(uac, 180)
+    assert uac.returncode == 0, out[-3000:]
+    # The replacement holds the supervisor's lock until it has every socket: a reload answered by every
+    # worker comes after that.
+    result = proxy.call("sockets_reload")
+    assert result["failed"] == [] and len(result["kept"]) == 4
+    assert {e["state"] for e in proxy.call("sockets_list")} == {"listening"}
+    # Only the replacement is left waiting on the pool's sockets: it answers on every one of them.
+    others = [p["PID"] for p in proxy.processes() if p["Type"] == "udp_pool" and p["PID"] != new]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for port in ports:
+            reply = udp_options(ip, port)
+            assert reply is not None and reply.startswith(b"SIP/2.0 200"), port
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+    assert "sipproxy_worker_restarts_total 1" in proxy.get("/metrics")[1]
+    proxy.remember_pids()
+
+
+def test_a_reload_every_second_during_calls_loses_no_call(
+    proxies: Callable[..., Proxy], sqlite_table: SocketsTable, uas_factory: Callable[..., SippUas]
+) -> None:
+    """The short version of the soak (docs/reliability.md): a UDP and a TCP socket added and removed again by
+    a reload every second while calls go through an unchanged socket; each added socket answers."""
+    uas = uas_factory("udp")
+    ip = loopback_ip()
+    steady, other = free_port(ip), free_port(ip)
+    sqlite_table.add(f"udp:{ip}:{steady}")
+    proxy = proxies(
+        {
+            "sockets_mgm": {"db_url": sqlite_table.db_url},
+            "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
+        }
+    )
+    changing = [f"udp:{ip}:{other}", f"tcp:{ip}:{other}"]
+    uac = _uac(ip, steady, calls=900, rate=30)
+    try:
+        for i in range(24):
+            started = time.monotonic()
+            for row in changing:
+                if i % 2 == 0:
+                    sqlite_table.add(row)
+                else:
+                    sqlite_table.remove(row)
+            result = proxy.call("sockets_reload")
+            changed = result["added"] if i % 2 == 0 else result["removed"]
+            assert sorted(e["socket"] for e in changed) == sorted(changing), result
+            assert result["failed"] == [] and [e["socket"] for e in result["kept"]] == [f"udp:{ip}:{steady}"]
+            if i % 2 == 0:
+                reply = udp_options(ip, other)
+                assert reply is not None and reply.startswith(b"SIP/2.0 200")
+                with socket.create_connection((ip, other), timeout=10):
+                    pass
+            else:
+                assert tcp_connect_refused(ip, other)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+    finally:
+        out = _finish(uac, 180)
+    assert uac.returncode == 0, out[-3000:]
+    assert "sipproxy_reloads_total 25" in proxy.get("/metrics")[1]
 
 
 def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(

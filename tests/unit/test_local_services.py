@@ -3,6 +3,9 @@ is translated like the cluster address (what a cloud controller and kube-proxy d
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from typing import Any
 
 from devenv.localcluster import layout
@@ -57,3 +60,18 @@ def test_the_ingress_address_is_translated_like_the_cluster_address() -> None:
     rules = nft_ruleset(snap.ports)
     assert "ip daddr 10.244.0.2 udp dport 5060 dnat to 10.244.0.11:5060" in rules
     assert "ip daddr 10.96.0.20 udp dport 5060 dnat to 10.244.0.11:5060" in rules
+
+
+def test_several_endpoints_are_chosen_among_in_chains_nft_accepts() -> None:
+    slice_ = endpoint_slice("proxy", "10.244.0.11")
+    slice_["endpoints"].append({"addresses": ["10.244.0.12"], "conditions": {"ready": True}})
+    rules = nft_ruleset(snapshot([service("proxy", kind="ClusterIP")], [slice_], 6443).ports)
+    assert "numgen random mod 2" in rules
+    # A port mapping without a transport match is a syntax error that makes nft refuse the whole table.
+    assert "meta l4proto udp dnat to 10.244.0.11:5060" in rules
+    assert "meta l4proto udp dnat to 10.244.0.12:5060" in rules
+    if shutil.which("nft") and os.geteuid() == 0:
+        check = subprocess.run(
+            ["nft", "-c", "-f", "-"], check=False, input=rules, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stderr

@@ -229,5 +229,11 @@ CA), and the token when enabled. */}}
   "log_level" $p.logLevel
   "tcp_idle_timeout" $p.tcpIdleTimeout
 -}}
+{{- if and (eq $p.mode "hostNetwork") $p.hostNetwork.handover }}
+{{- /* The fleet's name: only pods of this release's DaemonSet hand sockets to each other. */}}
+{{- $_ := set $config "handover" (dict "name" (printf "%s/%s" .Release.Namespace (include "sipsockets.componentName" (list . "proxy")))) }}
+{{- /* Readiness per pod (an exec probe of this file): the pods of a node share the metrics port meanwhile. */}}
+{{- $_ := set $config "ready_file" "/tmp/sipproxy-ready" }}
+{{- end }}
 {{- toYaml $config -}}
 {{- end -}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import NamedTuple
 
 from sipproxy.shared.socketspec import UNSPECIFIED, SocketSpec
 
@@ -48,6 +49,20 @@ def set_freebind(sock: socket.socket, family: int) -> None:
         except OSError:
             pass
     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
+class BindKey(NamedTuple):
+    """What the kernel binds: two specs with the same key are served by one socket. Advertised address, tag
+    and ToS are not in it (they change on an open socket); `reuse_port` is, as it must be set before bind."""
+
+    layer: str  # udp | tcp
+    host: str
+    port: int
+    reuse_port: bool
+
+
+def bind_key(spec: SocketSpec) -> BindKey:
+    return BindKey(spec.layer, spec.host, spec.port, "reuse_port" in spec.flags)
 
 
 def bind_socket(spec: SocketSpec) -> socket.socket:

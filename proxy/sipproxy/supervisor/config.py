@@ -85,6 +85,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    """Take the sockets over from the older proxy of the same fleet on this host at start-up, and hand them to
+    the next one (supervisor/handover.py). `name` names the fleet: only proxies with the same name exchange
+    sockets (the chart uses the release's namespace and name)."""
+
+    name: str = "default"
+
+
+@dataclass(frozen=True)
 class Config:
     sockets: tuple[SocketSpec, ...] = ()
     udp_workers: int = 8
@@ -98,6 +107,10 @@ class Config:
     # A worker that has not applied a socket change this long after it was sent is replaced.
     worker_ack_timeout: float = 10.0
     tls_mgm: TlsMgm = field(default_factory=TlsMgm)
+    handover: HandoverConfig | None = None
+    # A file that exists exactly while this proxy serves every socket: readiness for an exec probe, which is
+    # per pod even where two pods share the metrics port (a handover on a hostNetwork node).
+    ready_file: str | None = None
     # The Kubernetes node this proxy runs on, for sockets placed on some nodes only (shared/placement.py).
     # Default: the environment variable NODE_NAME (the chart sets it from the downward API).
     node_name: str | None = None
@@ -144,6 +157,8 @@ _TOP = {
     "tcp_idle_timeout",
     "worker_ack_timeout",
     "tls_mgm",
+    "handover",
+    "ready_file",
     "node_name",
 }
 _DOMAIN_KEYS = {f.name for f in fields(StaticTlsDomain)}
@@ -202,6 +217,24 @@ def _tls_mgm(value: object) -> TlsMgm:
             raise ConfigError(key, "a server domain needs certificate and private_key")
         domains.append(StaticTlsDomain(**values))
     return TlsMgm(table_name=table_name, domains=tuple(domains))
+
+
+def _handover(value: object) -> HandoverConfig | None:
+    from sipproxy.supervisor.handover import address
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return HandoverConfig()
+    if not isinstance(value, dict):
+        raise ConfigError("handover", "must be true, false or a mapping {name: NAME}")
+    m = _mapping(value, "handover", {"name"})
+    name = _str(m.get("name", "default"), "handover.name")
+    try:
+        address(name)
+    except ValueError as exc:
+        raise ConfigError("handover.name", str(exc)) from None
+    return HandoverConfig(name=name)
 
 
 def parse_config(data: object) -> Config:
@@ -310,6 +343,8 @@ def parse_config(data: object) -> Config:
         log_level=log_level,
         tcp_idle_timeout=float(idle),
         worker_ack_timeout=float(ack),
+        handover=_handover(top.get("handover")),
+        ready_file=None if top.get("ready_file") is None else _str(top["ready_file"], "ready_file"),
         node_name=node_name,
     )
 

@@ -19,6 +19,7 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -27,13 +28,14 @@ from sipproxy.shared.control import Init, tls_domains_document
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.placement import NodesError, advertised_here, parse_nodes, serves_here
 from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row, unreachable_reason
-from sipproxy.shared.udp_pool import create_pool_fds
+from sipproxy.shared.udp_pool import PoolFds, create_pool_fds
 from sipproxy.sip.flowtoken import new_key
 from sipproxy.supervisor.address_events import AddressEvents
 from sipproxy.supervisor.binding import address_absent, address_present, bind_socket, set_tos
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry, ReloadResult
+from sipproxy.supervisor.handover import Predecessor
 from sipproxy.supervisor.reload_diff import diff_sockets
 from sipproxy.supervisor.slots import Slots
 from sipproxy.supervisor.tls import TlsGeneration, TlsReloadError, build_generation, read_sources
@@ -79,8 +81,13 @@ def parse_rows(
 
 
 class Supervisor:
-    def __init__(self, config: Config, log_level: str = "info") -> None:
+    def __init__(
+        self, config: Config, log_level: str = "info", predecessor: Predecessor | None = None
+    ) -> None:
         self.config = config
+        # The older proxy of the fleet on this node whose sockets this one takes over (handover.py): a
+        # socket it has is used instead of binding one beside it.
+        self.predecessor = predecessor
         self.log_level = log_level
         self.started_at = time.time()
         self.entries: dict[int, Entry] = {}  # bound sockets, static and dynamic
@@ -128,10 +135,19 @@ class Supervisor:
 
     # --- start-up and shutdown ----------------------------------------------------------------------
 
+    def bind(self, spec: SocketSpec) -> socket.socket:
+        """The socket for `spec`: the predecessor's when it has one bound the same way, else a new one (which
+        raises OSError as the kernel reports it: an address held by anyone else is a conflict, as always)."""
+        if self.predecessor is not None:
+            sock = self.predecessor.take(spec)
+            if sock is not None:
+                return sock
+        return bind_socket(spec)
+
     def bind_static(self) -> None:
         """Static sockets are bound before any worker starts; a failure stops start-up."""
         for spec in self.config.sockets:
-            sock = bind_socket(spec)
+            sock = self.bind(spec)
             sid = next(self._sids)
             self.entries[sid] = Entry(sid, "static", spec, sock=sock)
 
@@ -141,7 +157,7 @@ class Supervisor:
             assert entry.spec is not None
             if entry.spec.layer == "udp":
                 n = entry.spec.use_workers or cfg.udp_workers
-                fds = create_pool_fds(f"udp{entry.sid}")
+                fds = _pool_fds(f"udp{entry.sid}", n)
                 for i in range(n):
                     self.workers.append(
                         WorkerHandle(
@@ -153,7 +169,7 @@ class Supervisor:
                         )
                     )
         if cfg.sockets_mgm is not None:
-            fds = create_pool_fds("pool")
+            fds = _pool_fds("pool", cfg.sockets_mgm.processes)
             for i in range(cfg.sockets_mgm.processes):
                 self.workers.append(WorkerHandle(f"udp-pool#{i}", "udp_pool", udp_pool=fds, pool_member=i))
         has_static_tcp = any(e.spec is not None and e.spec.layer == "tcp" for e in self.entries.values())
@@ -182,6 +198,10 @@ class Supervisor:
         # serves every socket: only then is the pod ready (a slow start must not look ready too early).
         while await self.pool.sync():
             log.warning("start-up: waiting for every worker to take its sockets before reporting ready")
+        if self.predecessor is not None:
+            unused = self.predecessor.close_unused_sockets()
+            if unused:
+                log.info("handover: %d sockets of the predecessor are not in this proxy's set", len(unused))
         if self.config.sockets_mgm is not None:
             self._events.start()
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -365,7 +385,7 @@ class Supervisor:
                 not_bound.append(self._new_failed(spec, row, "no free slot"))
                 continue
             try:
-                sock = bind_socket(spec)
+                sock = self.bind(spec)
             except OSError as exc:
                 self.slots.release(slot)
                 if address_absent(exc) and not spec.freebind:
@@ -476,6 +496,10 @@ class Supervisor:
         )
         return listening + self.unbound
 
+    def open_sockets(self) -> list[tuple[SocketSpec, socket.socket]]:
+        """Every listening socket with its spec (what a successor is handed)."""
+        return [(e.spec, e.sock) for e in self.entries.values() if e.spec is not None and e.sock is not None]
+
     def static_entries(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.kind == "static"]
 
@@ -518,3 +542,9 @@ def _absent(spec: SocketSpec) -> str:
         f"address {spec.host} is not on this host ([Errno {errno.EADDRNOTAVAIL}] "
         f"{os.strerror(errno.EADDRNOTAVAIL)}); the socket is bound when the address appears"
     )
+
+
+def _pool_fds(name: str, size: int) -> PoolFds | None:
+    """A pool of one has nobody to wake in its place: its worker runs uvloop's own datagram path, which costs
+    less per datagram than the pool's selector (bench proxy_cpu, one worker)."""
+    return create_pool_fds(name) if size > 1 else None

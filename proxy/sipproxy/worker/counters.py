@@ -25,10 +25,12 @@ class WorkerCounters:
         self.labels[sid] = label
 
     def retire(self, sid: int) -> None:
-        """The socket is gone: its counts are kept under its label."""
+        """The socket is gone: its counts are kept under its label, and nothing more of it (every reload that
+        adds a socket gives it a new sid)."""
         counters = self.by_sid.pop(sid, None)
+        label = self.labels.pop(sid, f"socket#{sid}")
         if counters is not None:
-            self.retired.setdefault(self.labels[sid], SocketCounters()).add(counters)
+            self.retired.setdefault(label, SocketCounters()).add(counters)
 
     def snapshot(self) -> dict[str, SocketCounters]:
         by_label: dict[str, SocketCounters] = {}

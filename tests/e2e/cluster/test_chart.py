@@ -5,7 +5,8 @@ bundled PostgreSQL run as pods from the images built in this run, and the user-v
 - the proxy pod deleted (with the operator scaled to zero) comes back and serves every socket from the
   database alone;
 - the operator pod deleted right after a SipSocket is applied: its replacement finishes the work;
-- `helm upgrade` changing the proxy config rolls the proxy pod and the sockets come back;
+- `helm upgrade` changing the proxy config rolls the proxy pod (a surge pod takes the sockets over) while
+  SIPp's OPTIONS to a SipSocket are all answered, and the sockets come back;
 - `helm test` sends an OPTIONS to every Ready SipSocket and names each one that answered;
 - `helm uninstall` leaves no pod behind, and the CRD stays.
 
@@ -15,6 +16,7 @@ The tests of this module share one release and run in file order; each uses sock
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.request
@@ -191,9 +193,33 @@ def test_operator_pod_deleted_midway_its_replacement_finishes(release: Release) 
 
 
 def test_helm_upgrade_of_the_proxy_config_rolls_pods_and_sockets_return(release: Release) -> None:
+    """The DaemonSet rolls with a surge pod that takes the sockets over (proxy.hostNetwork.handover): SIPp's
+    OPTIONS to a SipSocket, sent all along, are every one answered."""
     before = release.ready_pod("proxy")
-    release.helm("upgrade", release.values(udpWorkers=2))
-    after = release.ready_pod("proxy", not_uid=before["metadata"]["uid"])
+    port = int(release.sipsocket_ready("first")["spec"]["port"])
+    stats = release.workdir / "options-during-upgrade.csv"
+    sipp = subprocess.Popen(
+        ["sipp", "-sf", str(OPTIONS_SCENARIO), "-r", "50", "-m", "100000", "-i", "127.0.0.1",
+         "-p", str(free_port()), "-trace_stat", "-stf", str(stats), "-fd", "1", "-nostdin",
+         f"{release.c.node_ip}:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/tmp",
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        release.helm("upgrade", release.values(udpWorkers=2))
+        after = release.ready_pod("proxy", not_uid=before["metadata"]["uid"])
+        wait_for(lambda: len(release.pods("proxy")) == 1, "the old proxy pod gone", timeout=180)
+        time.sleep(3)
+    finally:
+        sipp.send_signal(signal.SIGUSR1)  # no new OPTIONS; those sent are waited for
+        _out, err = sipp.communicate(timeout=60)
+    last = stats.read_text().splitlines()[-1].split(";")
+    header = stats.read_text().splitlines()[0].split(";")
+    counts = dict(zip(header, last, strict=False))
+    assert int(counts["SuccessfulCall(C)"]) > 0 and counts["FailedCall(C)"] == "0", (counts, err[-2000:])
+    # It was a handover: the new pod took the sockets from the old one.
+    logs = release.c.kubectl("logs", after["metadata"]["name"], "-n", NS, "-c", "proxy").stdout
+    assert "handover" in logs and "sockets over from pid" in logs, logs[-3000:]
     assert (
         after["metadata"]["annotations"]["checksum/config"]
         != before["metadata"]["annotations"]["checksum/config"]

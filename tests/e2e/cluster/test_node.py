@@ -40,6 +40,7 @@ def pod(
     image: str,
     command: list[str],
     mounts: list[dict[str, Any]] | None = None,
+    memory: str = "128Mi",
     **spec: Any,
 ) -> dict[str, Any]:
     return {
@@ -53,7 +54,7 @@ def pod(
                     "image": image,
                     "imagePullPolicy": "Never",
                     "command": command,
-                    "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
+                    "resources": {"limits": {"cpu": "500m", "memory": memory}},
                     "volumeMounts": mounts or [],
                 }
             ],
@@ -98,6 +99,9 @@ def test_host_network_proxy_pod_answers_sip_on_the_node_address(
             built_images.proxy,
             ["sipproxy", "--config", "/etc/sipsockets/proxy.yaml"],
             mounts=[{"name": "config", "mountPath": "/etc/sipsockets"}],
+            # The chart's limit: the proxy at its default 8 UDP workers needs about 200 MiB (the supervisor
+            # about 55, each worker about 18), which 128Mi would OOM-kill at start.
+            memory="1Gi",
             hostNetwork=True,
             volumes=[{"name": "config", "configMap": {"name": "proxy"}}],
         ),

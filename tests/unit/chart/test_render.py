@@ -14,6 +14,7 @@ import yaml
 
 from tests.unit.chart.rendering import (
     CHART,
+    NAMESPACE,
     OPTION_SETS,
     RELEASE,
     Rendered,
@@ -106,10 +107,46 @@ def test_host_network_mode_is_a_daemonset_on_the_chosen_nodes() -> None:
     assert spec["tolerations"] == [{"key": "sbc", "operator": "Exists", "effect": "NoSchedule"}]
     # The kubelet refuses a network-namespaced sysctl on a hostNetwork pod (it would set the node's).
     assert "sysctls" not in spec["securityContext"]
-    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
     # No LoadBalancer Service, and no PodDisruptionBudget (a DaemonSet has no scale subresource).
     assert not [s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-proxy")]
     assert [p["metadata"]["name"] for p in r.of_kind("PodDisruptionBudget")] == [f"{RELEASE}-operator"]
+
+
+def test_host_network_rolling_updates_hand_the_sockets_over_unless_turned_off() -> None:
+    r = rendered(OPTION_SETS["hostNetwork"])
+    ds = r.one("DaemonSet", "-proxy")
+    # The new pod starts beside the old one and takes its sockets; the old one goes once the new one is Ready.
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert proxy_config(r)["handover"] == {"name": f"{NAMESPACE}/{RELEASE}-proxy"}
+    # Declared container ports would be hostPorts the scheduler places once per node: the surge pod would stay
+    # Pending. The liveness probe and the MI Service use the numbers instead.
+    proxy = next(c for c in pod_spec(ds)["containers"] if c["name"] == "proxy")
+    assert "ports" not in proxy
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8889}
+    # Readiness is per pod, though both pods of a node share the metrics port during a handover: the file the
+    # proxy keeps while it serves every socket, in the pod's own /tmp.
+    assert proxy_config(r)["ready_file"] == "/tmp/sipproxy-ready"
+    assert {"name": "tmp", "mountPath": "/tmp"} in proxy["volumeMounts"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert proxy[probe]["exec"] == {"command": ["test", "-e", "/tmp/sipproxy-ready"]}, probe
+    svc = r.one("Service", "-proxy-mi")
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8888, 8888), (8889, 8889)]
+    # A pod stopped with SIGTERM has time to stop its workers (10 s each at most).
+    assert pod_spec(ds)["terminationGracePeriodSeconds"] >= 15
+
+    off = rendered(
+        {
+            **OPTION_SETS["hostNetwork"],
+            "proxy": {**OPTION_SETS["hostNetwork"]["proxy"], "hostNetwork": {"handover": False}},
+        }
+    )
+    ds = off.one("DaemonSet", "-proxy")
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert "handover" not in proxy_config(off) and "ready_file" not in proxy_config(off)
+    proxy = next(c for c in pod_spec(ds)["containers"] if c["name"] == "proxy")
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]} == {"mi": 8888, "metrics": 8889}
+    # The other modes never hand over: two pods never share an address there.
+    assert "handover" not in proxy_config(rendered())
 
 
 def test_multus_mode_attaches_the_secondary_networks() -> None:

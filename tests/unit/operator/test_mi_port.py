@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from sipoperator.metrics import Metrics
@@ -119,8 +120,13 @@ async def test_calls_reach_each_pod_on_its_own_port(unused_tcp_port_factory: Any
 def test_the_chart_names_its_mi_port_on_every_proxy_pod(values: dict[str, Any], port: int) -> None:
     """The contract between the chart and the operator: the annotation the operator reads is the port the
     chart's proxy config listens on."""
-    proxy = next(w for w in rendered(values).workloads() if w["metadata"]["name"].endswith("-proxy"))
+    r = rendered(values)
+    proxy = next(w for w in r.workloads() if w["metadata"]["name"].endswith("-proxy"))
     annotations = proxy["spec"]["template"]["metadata"]["annotations"]
     assert mi_port_of(annotations) == (port, "")
+    config = yaml.safe_load(r.one("ConfigMap", "-proxy")["data"]["proxy.yaml"])
+    assert config["mi"]["listen"].rpartition(":")[2] == str(port)
     [container] = [c for c in proxy["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy"]
-    assert {"name": "mi", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    # hostNetwork pods with handover declare no ports (a hostPort would keep the surge pod Pending).
+    if values.get("proxy", {}).get("mode") != "hostNetwork":
+        assert {"name": "mi", "containerPort": port, "protocol": "TCP"} in container["ports"]

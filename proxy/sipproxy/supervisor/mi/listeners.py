@@ -17,6 +17,7 @@ a client certificate)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from sipproxy.supervisor.mi.rpc import Method
 from sipproxy.supervisor.mi.server import make_app, serve
 from sipproxy.supervisor.mi.tls import ServerTLS
 from sipproxy.supervisor.mi.token import load_token
+
+MI, METRICS = "mi", "metrics"  # the roles handover.py names them by
+LISTEN_BACKLOG = 128
 
 
 @dataclass
@@ -77,39 +81,82 @@ def load_access(config: Config) -> MiAccess:
     return MiAccess(token, tls)
 
 
-async def start_listeners(
-    config: Config,
-    access: MiAccess,
-    methods: Mapping[str, Method],
-    ready: Callable[[], bool],
-    metrics: Callable[[], Awaitable[str]],
-) -> list[web.AppRunner]:
-    """The MI listener, and the metrics listener when configured. OSError (a bind) names the key in its
-    message; whatever was started is stopped first."""
-    separate = config.metrics is not None
-    mi_app = make_app(config.mi.root, methods, access.token, ready, metrics, probes=not separate)
-    runners: list[web.AppRunner] = []
+def bind_listening(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address `host` resolves to, as asyncio's create_server binds them; the
+    proxy holds them itself so that it can hand them to its successor (handover.py)."""
+    socks: list[socket.socket] = []
     try:
-        try:
-            runners.append(
-                await serve(
-                    mi_app,
-                    config.mi.listen_host,
-                    config.mi.listen_port,
-                    access.tls.context if access.tls else None,
-                )
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        for family, kind, proto, _name, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class MiListeners:
+    """The MI listener, and the metrics listener when configured: started, stopped when a successor takes
+    their ports over (handover.py), and started again if it dies."""
+
+    def __init__(
+        self,
+        config: Config,
+        access: MiAccess,
+        methods: Mapping[str, Method],
+        ready: Callable[[], bool],
+        metrics: Callable[[], Awaitable[str]],
+    ) -> None:
+        self.config = config
+        self.access = access
+        separate = config.metrics is not None
+        self.apps: dict[str, tuple[web.Application, tuple[str, int], ssl.SSLContext | None]] = {
+            MI: (
+                make_app(config.mi.root, methods, access.token, ready, metrics, probes=not separate),
+                (config.mi.listen_host, config.mi.listen_port),
+                access.tls.context if access.tls else None,
             )
-        except OSError as exc:
-            raise OSError(f"mi.listen {config.mi.listen_host}:{config.mi.listen_port}: {exc}") from exc
+        }
         if config.metrics is not None:
-            m = config.metrics
-            probes_app = make_app(config.mi.root, methods, access.token, ready, metrics, rpc=False)
-            try:
-                runners.append(await serve(probes_app, m.listen_host, m.listen_port, None))
-            except OSError as exc:
-                raise OSError(f"metrics.listen {m.listen_host}:{m.listen_port}: {exc}") from exc
-    except OSError:
+            self.apps[METRICS] = (
+                make_app(config.mi.root, methods, access.token, ready, metrics, rpc=False),
+                (config.metrics.listen_host, config.metrics.listen_port),
+                None,
+            )
+        self.runners: list[web.AppRunner] = []
+        # While running: each listener's configured address and its listening sockets.
+        self.sockets: dict[str, tuple[tuple[str, int], list[socket.socket]]] = {}
+
+    async def start(
+        self, inherited: Callable[[str, tuple[str, int]], list[socket.socket]] = lambda role, listen: []
+    ) -> None:
+        """Listen (on the sockets `inherited` gives for a role and address, else bound here). OSError (a bind)
+        names the key in its message; whatever was started is stopped first."""
+        try:
+            for role, (app, listen, ssl_context) in self.apps.items():
+                key = "mi.listen" if role == MI else "metrics.listen"
+                try:
+                    socks = inherited(role, listen) or bind_listening(*listen)
+                except OSError as exc:
+                    raise OSError(f"{key} {listen[0]}:{listen[1]}: {exc}") from exc
+                self.sockets[role] = (listen, socks)
+                self.runners.append(await serve(app, listen[0], listen[1], ssl_context, socks))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        runners, self.runners = self.runners, []
         for runner in runners:
             await runner.cleanup()
-        raise
-    return runners
+        for _listen, socks in self.sockets.values():
+            for sock in socks:
+                sock.close()
+        self.sockets.clear()

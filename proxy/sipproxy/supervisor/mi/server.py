@@ -4,8 +4,9 @@ either part or both (see `listeners.py`)."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -67,10 +68,24 @@ def make_app(
 
 
 async def serve(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    socks: Sequence[socket.socket] = (),
 ) -> web.AppRunner:
+    """Serve `app` on host:port, or on `socks` (listening sockets bound already) when given."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, shutdown_timeout=5.0, ssl_context=ssl_context)
-    await site.start()
+    try:
+        sites: list[web.BaseSite] = [
+            web.SockSite(runner, sock, shutdown_timeout=5.0, ssl_context=ssl_context) for sock in socks
+        ] or [
+            web.TCPSite(runner, host, port, reuse_address=True, shutdown_timeout=5.0, ssl_context=ssl_context)
+        ]
+        for site in sites:
+            await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
