@@ -127,3 +127,48 @@ def test_an_object_moving_between_overlapping_endpoints_does_not_block_itself() 
     row = claim("m", "2026-01-01T00:00:00Z", programmed=True, key=at("10.0.0.1"))
     moving = claim("m", "2026-01-01T00:00:00Z", key=at("0.0.0.0"))
     assert decide(moving, [row, moving], []).accepted
+
+
+def _decide_by_scan(me: Claim, claims: list[Claim], foreign: list[Foreign]) -> tuple[bool, str | None]:
+    """The rule as its docstring states it, written as the plain scan: the index must agree with it."""
+    from sipoperator.conflicts import _contenders, _lost, _rank
+
+    blockers = [f for f in foreign if f.key[0] == me.key[0] and f.key[2] == me.key[2]]
+    for item in blockers:
+        if overlaps(item.key, me.key):
+            return False, item.what
+    held: list[Claim] = []
+    for c in sorted(_contenders(me, claims), key=_rank):
+        if any(overlaps(item.key, c.key) for item in blockers):
+            continue
+        holder = next((h for h in held if h.uid != c.uid and overlaps(h.key, c.key)), None)
+        if c.uid == me.uid:
+            return (True, None) if holder is None else (False, _lost(c, holder).holder)
+        if holder is None:
+            held.append(c)
+    raise AssertionError("me is always a contender")
+
+
+def test_the_indexed_holders_agree_with_a_scan_of_them_all() -> None:
+    import random
+
+    rng = random.Random(20261205)
+    addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "0.0.0.0", "::", "::1", "fd00::2"]
+    for _ in range(400):
+        claims = [
+            Claim(
+                f"uid-{rng.randrange(12)}",
+                "voip",
+                f"s{i}",
+                f"2026-01-{rng.randrange(1, 28):02d}T00:00:00Z",
+                (rng.choice(["udp", "tcp"]), rng.choice(addresses), rng.choice([5060, 5061])),
+                rng.random() < 0.3,
+            )
+            for i in range(rng.randrange(1, 25))
+        ]
+        foreign = []
+        if rng.random() < 0.3:
+            foreign.append(Foreign(("udp", rng.choice(addresses), 5061), "a static socket"))
+        for me in claims:
+            verdict = decide(me, claims, foreign)
+            assert (verdict.accepted, verdict.holder) == _decide_by_scan(me, claims, foreign)
