@@ -41,6 +41,7 @@ def test_runtime_sockets_on_a_database_server(
     port, later = free_port(ip), free_port(ip)
     server_table.add(f"udp:{ip}:{port}", tag="carrier-a", tos="IPTOS_LOWDELAY")
     proxy = proxies(
+        # The database servers are tested; no static socket uses udp_workers, one TCP worker suffices.
         {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": server_table.db_url, "processes": 2}}
     )
     listed = proxy.call("sockets_list")

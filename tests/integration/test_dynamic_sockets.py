@@ -21,6 +21,7 @@ from tests.integration.conftest import (
 
 def mgm_config(table: SocketsTable, **extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        # No static socket by default: udp_workers serves nothing unless a test adds one.
         "udp_workers": 1,
         "tcp_workers": 2,
         "sockets_mgm": {"db_url": table.db_url, "processes": 2, "max_sockets": 10},
@@ -90,6 +91,7 @@ def test_start_up_loads_the_table_itself(proxies: Callable[..., Proxy], sqlite_t
 def test_failures_are_reported_per_socket_and_the_rest_proceeds(
     proxies: Callable[..., Proxy], sqlite_table: SocketsTable
 ) -> None:
+    # Slot exhaustion and bind failures are what this tests; the pool's size plays no part.
     mgm = {"db_url": sqlite_table.db_url, "processes": 1, "max_sockets": 2}
     proxy = proxies(mgm_config(sqlite_table, sockets_mgm=mgm))
     ip = loopback_ip()
@@ -175,6 +177,7 @@ def test_list_sockets_shows_static_and_dynamic(
 ) -> None:
     ip = loopback_ip()
     static_port, dyn_port = free_port(ip), free_port(ip)
+    # use_workers 1: the listing must show a static socket's own worker count as written.
     proxy = proxies(mgm_config(sqlite_table, sockets=[f"udp:{ip}:{static_port} tag core use_workers 1"]))
     sqlite_table.add(f"tcp:{ip}:{dyn_port}")
     proxy.call("sockets_reload")

@@ -38,6 +38,7 @@ def fleet_config(ip: str, db_url: str, **extra: Any) -> dict[str, Any]:
     """One config for both generations: the same sockets, MI and metrics addresses, and handover name."""
     return {
         "udp_workers": 2,
+        # One TCP worker: the TCP socket handed over is checked to be served, not the pool's spreading.
         "tcp_workers": 1,
         "sockets_mgm": {"db_url": db_url, "processes": 2},
         "mi": {"listen": f"{ip}:{free_port(ip)}"},
@@ -223,6 +224,7 @@ def test_a_stranger_holding_a_static_address_still_stops_start_up(
     try:
         config = tmp_path / "p.yaml"
         config.write_text(
+            # A proxy that must fail at start-up (its port is held): one worker is all it would start.
             f"sockets: ['udp:{ip}:{port}']\nudp_workers: 1\nmi: {{listen: '{ip}:{free_port(ip)}'}}\n"
             f"handover: {{name: 'test-{ip}'}}\n"
         )

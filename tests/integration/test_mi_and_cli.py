@@ -15,6 +15,7 @@ from tests.integration.conftest import Proxy, SocketsTable, free_port, loopback_
 
 
 def test_token_is_enforced(proxies: Callable[..., Proxy]) -> None:
+    # The MI is what this tests; worker counts do not change its answers and one keeps start-up short.
     proxy = proxies({"udp_workers": 1}, token="t0ken-123")
     body = json.dumps({"jsonrpc": "2.0", "method": "version", "id": 1}).encode()
     assert proxy.http(body, {"Authorization": ""})[0] == 401
@@ -27,6 +28,7 @@ def test_token_is_enforced(proxies: Callable[..., Proxy]) -> None:
 
 def test_opensips_cli_style_requests(proxies: Callable[..., Proxy], sqlite_table: SocketsTable) -> None:
     proxy = proxies(
+        # The MI and CLI are what this tests; one worker per pool keeps start-up short and changes no answer.
         {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
     )
     for method in ("sockets_list", "sockets_reload", "ps", "uptime", "version", "get_statistics"):
@@ -46,6 +48,7 @@ def test_unreadable_database_leaves_sockets_as_they_were(
     proxies: Callable[..., Proxy], sqlite_table: SocketsTable, tmp_path: Path
 ) -> None:
     proxy = proxies(
+        # The MI and CLI are what this tests; one worker per pool keeps start-up short and changes no answer.
         {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
     )
     ip = loopback_ip()
@@ -100,6 +103,7 @@ def test_static_socket_bind_failure_stops_start_up(tmp_path: Path) -> None:
     try:
         config = tmp_path / "p.yaml"
         mi_port = free_port(ip)
+        # The command line is what this tests; one worker keeps the proxy's start short.
         config.write_text(f"sockets: ['udp:{ip}:{port}']\nudp_workers: 1\nmi: {{listen: '{ip}:{mi_port}'}}\n")
         result = run_cli("--config", str(config))
         assert result.returncode == 1
@@ -206,6 +210,7 @@ def test_the_sockets_mgm_commands_answer_by_their_newer_names_too(
 ) -> None:
     """OpenSIPS after 3.6 calls them sockets_mgm:reload and sockets_mgm:list; either name does the same."""
     proxy = proxies(
+        # The MI and CLI are what this tests; one worker per pool keeps start-up short and changes no answer.
         {"udp_workers": 1, "tcp_workers": 1, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 1}}
     )
     ip = loopback_ip()

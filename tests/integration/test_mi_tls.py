@@ -91,6 +91,7 @@ def start_tls_proxy(
     proxies: Callable[..., Proxy], pki: MiPki, tmp_path: Path, token: str | None = None
 ) -> tuple[Proxy, Issued]:
     operator = pki.renew_operator()
+    # The MI's TLS is what this tests; worker counts do not touch it and one keeps start-up short.
     proxy = proxies({"udp_workers": 1}, token=token, start=False)
     proxy.config["mi"]["tls"] = pki.proxy_config()
     proxy.config["metrics"] = {"listen": f"{proxy.ip}:{free_port(proxy.ip)}"}
@@ -153,6 +154,7 @@ def test_https_with_the_token_for_clients_without_a_certificate(
     proxies: Callable[..., Proxy], pki: MiPki, tmp_path: Path
 ) -> None:
     """No client CA: the proxy proves who it is, the token says who the client is (curl --cacert -H ...)."""
+    # The MI's TLS is what this tests; worker counts do not touch it and one keeps start-up short.
     proxy = proxies({"udp_workers": 1}, token="t0ken-789", start=False)
     tls = pki.proxy_config()
     del tls["client_ca"]
@@ -206,6 +208,7 @@ def test_unusable_tls_files_stop_start_up_naming_the_key(pki: MiPki, tmp_path: P
 
     def start_with(tls: dict[str, str]) -> str:
         config = tmp_path / "p.yaml"
+        # A config refused before any worker starts: the worker count plays no part.
         config.write_text(json.dumps({"udp_workers": 1, "mi": {"listen": "127.0.0.1:1", "tls": tls}}))
         result = run_cli("--config", str(config))
         assert result.returncode == 2, result.stderr

@@ -105,6 +105,7 @@ def node_proxies(tmp_path: Path) -> Iterator[Callable[..., NodeProxy]]:
 def node_config(table: SocketsTable, node: str, uas: str) -> dict[str, Any]:
     return {
         "node_name": node,
+        # No static socket: udp_workers serves nothing; one TCP worker keeps each namespace's proxy small.
         "udp_workers": 1,
         "tcp_workers": 1,
         "sockets_mgm": {"db_url": table.db_url, "processes": 2, "max_sockets": 10},

@@ -89,6 +89,7 @@ def test_the_probe_names_the_ready_sipsockets_that_answered_and_fails_for_one_th
 ) -> None:
     ip = loopback_ip()
     udp, tcp, silent = free_port(ip), free_port(ip), free_port(ip)
+    # The helm-test probe is what this tests (one OPTIONS per socket); one worker each answers it.
     proxies({"sockets": [f"udp:{ip}:{udp}", f"tcp:{ip}:{tcp}"], "udp_workers": 1, "tcp_workers": 1})
     api.items = [
         sipsocket("carrier-a", "udp", ip, udp),

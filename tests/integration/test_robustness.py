@@ -32,6 +32,7 @@ def test_killed_pool_workers_are_replaced_and_sockets_keep_answering(
     proxies: Callable[..., Proxy], sqlite_table: SocketsTable
 ) -> None:
     proxy = proxies(
+        # No static socket: udp_workers serves nothing here; the dynamic pool's workers are the ones killed.
         {"udp_workers": 1, "tcp_workers": 2, "sockets_mgm": {"db_url": sqlite_table.db_url, "processes": 2}}
     )
     ip = loopback_ip()
@@ -242,6 +243,7 @@ def test_malformed_input_is_answered_or_dropped_and_workers_keep_serving(
         {
             "sockets": [f"udp:{ip}:{port}", f"tcp:{ip}:{port}"],
             "udp_workers": 2,
+            # One TCP worker: every torture message over TCP reaches the worker whose survival is checked.
             "tcp_workers": 1,
             "tcp_idle_timeout": 3,
             "routes": [{"match": {}, "forward": f"sip:{sink_ip}:{sink_port}"}],

@@ -108,6 +108,7 @@ def test_calls_from_udp_through_the_proxy_to_kamailio_over_tls(
     proxy = proxies(
         {
             "sockets": [f"udp:{ip}:{udp}", f"tls:{ip}:{tls}"],
+            # One UDP worker: the callers' side only; the TLS transport of the TCP pool is what this tests.
             "udp_workers": 1,
             "tcp_workers": 2,
             "routes": [
@@ -130,7 +131,9 @@ def test_a_tls_next_hop_that_the_client_domain_does_not_trust_gets_nothing(
     proxy = proxies(
         {
             "sockets": [f"udp:{ip}:{udp}", f"tls:{ip}:{tls}"],
+            # One UDP worker: the callers' side only; the TLS transport of the TCP pool is what this tests.
             "udp_workers": 1,
+            # One TCP worker: a refused handshake must be seen by the only worker that could send.
             "tcp_workers": 1,
             "routes": [{"match": {}, "forward": f"sip:{peer.host}:{peer.tls_port};transport=tls"}],
             "tls_mgm": {"domains": [client_domain(tmp_path, OTHER_CA)]},
@@ -158,6 +161,7 @@ def test_kamailio_as_a_tls_client_of_the_proxy(
     proxy = proxies(
         {
             "sockets": [f"tls:{ip}:{tls}", f"udp:{ip}:{free_port(ip)}"],
+            # One UDP worker: the callers' side only; the TLS transport of the TCP pool is what this tests.
             "udp_workers": 1,
             "tcp_workers": 2,
             "routes": [{"match": {"ruri": "^sip:uas@"}, "forward": uas.uri}],
@@ -310,6 +314,7 @@ def mgm_proxy(proxies: Callable[..., Proxy], table: SocketsTable, **config: Any)
     return proxies(
         {
             "sockets": [],
+            # One UDP worker: the callers' side only; the TLS transport of the TCP pool is what this tests.
             "udp_workers": 1,
             "tcp_workers": 2,
             "sockets_mgm": {"db_url": table.db_url, "processes": 1},

@@ -31,6 +31,7 @@ def edge_config(
     (cert_dir / "edge.key").write_bytes(leaf.key_pem)
     return {
         "sockets": [f"udp:{ip}:{ports['udp']}", f"ws:{ip}:{ports['ws']}", f"wss:{ip}:{ports['wss']}"],
+        # One UDP worker: the core side only; the WS/WSS transports of the TCP pool are what this tests.
         "udp_workers": 1,
         # Two TCP workers: a browser's connection belongs to one, the UDP side's requests reach it by relay.
         "tcp_workers": 2,

@@ -57,6 +57,7 @@ def test_a_proxy_serves_a_row_placed_on_its_node_and_one_that_does_not_know_its_
 
 def test_the_node_name_comes_from_the_config_else_from_node_name_in_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "proxy.yaml"
+    # Any valid config: only node_name is read here.
     path.write_text("udp_workers: 1\n")
     assert load_config(path, env={}).node_name is None
     assert load_config(path, env={"NODE_NAME": "sbc-1"}).node_name == "sbc-1"
