@@ -36,6 +36,26 @@ class LeaderWork(Protocol):
         """End it: every task cancelled and finished when this returns."""
 
 
+class LoopWork:
+    """Leader work that is one loop, `_run`, in one task: started with the Lease, cancelled when it goes."""
+
+    task_name = "leader work"
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.task_name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
 class AllOf:
     """Several pieces of leader work started and stopped together."""
 

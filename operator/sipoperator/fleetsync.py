@@ -14,6 +14,7 @@ import logging
 from enum import Enum
 
 from sipoperator import drift
+from sipoperator.election import LoopWork
 from sipoperator.lease import NotLeader
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
@@ -30,28 +31,17 @@ class PodCheck(Enum):
     UNREACHABLE = "unreachable"
 
 
-class FleetSync:
+class FleetSync(LoopWork):
+    task_name = "fleet check"
+
     def __init__(self, settings: Settings, store: Store, fleet: Fleet, metrics: Metrics) -> None:
         self.settings, self.store, self.fleet, self.metrics = settings, store, fleet, metrics
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         fleet.subscribe(self.wake)
 
     def wake(self) -> None:
         """Check now (the fleet changed, or a reload after a deletion missed a pod)."""
         self._wake.set()
-
-    # -- LeaderWork ----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet check")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     # -- the loop ------------------------------------------------------------------------------------
 

@@ -8,30 +8,19 @@ Nodes for it, and its wake-ups would find no keeper anyway. A changed Service ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from sipoperator.election import LoopWork
 from sipoperator.reconciler import SOURCE_CHECK_SECONDS, Reconciler
 
 log = logging.getLogger(__name__)
 
 
-class SourceWatch:
+class SourceWatch(LoopWork):
+    task_name = "node address look"
+
     def __init__(self, rec: Reconciler, period: float = SOURCE_CHECK_SECONDS) -> None:
         self.rec, self.period = rec, period
-        self._task: asyncio.Task[None] | None = None
-
-    # -- LeaderWork ----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="node address look")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         while True:
