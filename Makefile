@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORE_STAMP := $(VENV)/.sip-core-compiled
-SIP_CORE := $(filter-out %/__init__.py,$(wildcard proxy/sipproxy/sip/*.py)) proxy/sipproxy/sip/_scan.c
+SIP_CORE := $(filter-out %/__init__.py,$(wildcard proxy/sipproxy/sip/*.py)) proxy/sipproxy/sip/_scan.c \
+	proxy/sipproxy/worker/pool_active.py
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: venv lint binaries prerequisites test test-unit test-fuzz fuzz test-integration test-e2e test-e2e-kind demo demo-down bench clean

@@ -1,5 +1,6 @@
-"""Build hook: the SIP core (proxy/sipproxy/sip) is compiled to C extension modules with mypyc, beside
-the one-pass scanner of usual messages written in C (`_scan.c`).
+"""Build hook: the SIP core (proxy/sipproxy/sip) and the loop an active UDP pool worker runs per datagram
+(proxy/sipproxy/worker/pool_active.py) are compiled to C extension modules with mypyc, beside the one-pass
+scanner of usual messages written in C (`_scan.c`).
 
 Everything else about the distribution is in pyproject.toml. The compiled modules are the same source as
 the pure-Python ones, and the scanner only lets the engine skip its general path on messages that path
@@ -16,6 +17,7 @@ from typing import Any
 from setuptools import Extension, setup
 
 SIP_CORE = sorted(p.as_posix() for p in Path("proxy/sipproxy/sip").glob("*.py") if p.name != "__init__.py")
+POOL_LOOP = ["proxy/sipproxy/worker/pool_active.py"]
 
 
 def ext_modules() -> list[Any]:
@@ -24,7 +26,7 @@ def ext_modules() -> list[Any]:
     from mypyc.build import mypycify
 
     scanner = Extension("sipproxy.sip._scan", ["proxy/sipproxy/sip/_scan.c"], extra_compile_args=["-O2"])
-    return [*mypycify(SIP_CORE, opt_level="3", group_name="sipproxy_sip_core"), scanner]
+    return [*mypycify(SIP_CORE + POOL_LOOP, opt_level="3", group_name="sipproxy_sip_core"), scanner]
 
 
 setup(ext_modules=ext_modules())

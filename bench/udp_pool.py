@@ -246,9 +246,11 @@ async def cpu_by_workers(
         uas_port = free_udp_port(HOST)
         await procs.start("uas", uas_argv(HOST, uas_port), stdout_to_log=False)
         await asyncio.sleep(0.5)
-        for mode in modes:
-            for n in workers:
-                for rnd in range(rounds):
+        # Rounds outermost: each round runs every mode and worker count, so the 1- and 8-worker figures that
+        # are compared come from runs minutes apart, not a quarter of an hour (a shared machine's load moves).
+        for rnd in range(rounds):
+            for mode in modes:
+                for n in workers:
                     peers = ("sipproxy", "kamailio") if rnd % 2 == 0 else ("kamailio", "sipproxy")
                     for peer in peers:
                         run = await one_run(

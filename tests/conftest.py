@@ -8,10 +8,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SIP_CORE = ROOT / "proxy" / "sipproxy" / "sip"
+# Compiled in the same build as the SIP core (setup.py), from outside its package.
+ALSO_COMPILED = (ROOT / "proxy" / "sipproxy" / "worker" / "pool_active.py",)
 
 
-def stale_extensions(core: Path = SIP_CORE, root: Path = ROOT) -> list[str]:
-    """Sources of the SIP core edited after the mypyc build (setup.py) that would shadow them.
+def stale_extensions(
+    core: Path = SIP_CORE, root: Path = ROOT, also: tuple[Path, ...] = ALSO_COMPILED
+) -> list[str]:
+    """Sources of the SIP core (and `also`) edited after the mypyc build (setup.py) that would shadow them.
 
     The compiled code lives in one shared library at the top of the checkout (`*__mypyc*.so`); the
     per-module `.so` beside each source is a small stub that a rebuild leaves untouched when unchanged, so
@@ -24,8 +28,8 @@ def stale_extensions(core: Path = SIP_CORE, root: Path = ROOT) -> list[str]:
     built = min((lib.stat().st_mtime for lib in libraries), default=0.0)
     stale = [
         source.name
-        for source in core.glob("*.py")
-        if any(core.glob(f"{source.stem}.*.so")) and source.stat().st_mtime > built
+        for source in [*core.glob("*.py"), *also]
+        if any(source.parent.glob(f"{source.stem}.*.so")) and source.stat().st_mtime > built
     ]
     # Extensions written in C (the scanner) are built each into their own library.
     for source in core.glob("*.c"):

@@ -39,12 +39,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sipproxy.shared.udp_pool import HEARTBEAT, PoolFds
+from sipproxy.worker.pool_active import ActiveWait
 
-# Falling behind: the sockets were readable again right after each of this many messages in a row...
-RECRUIT_STREAK = 16
-# ...over at least this long (a burst that one worker clears at once recruits nobody).
-RECRUIT_AFTER = 0.002
-RETIRE_AFTER = 1.0
 STANDBY_CHECK = 0.25
 STALL_AFTER = 0.1
 
@@ -57,9 +53,6 @@ class PoolState:
     def __init__(self, fds: PoolFds) -> None:
         self.recruit_fd = fds.recruit
         self.heartbeat = mmap.mmap(fds.heartbeat, HEARTBEAT.size)
-
-    def beat(self, now: float) -> None:
-        HEARTBEAT.pack_into(self.heartbeat, 0, now)
 
     def last_beat(self) -> float:
         return float(HEARTBEAT.unpack_from(self.heartbeat, 0)[0])
@@ -74,32 +67,31 @@ class PoolSelector(selectors.BaseSelector):
         of an idle process, and two watchers are enough that one stuck worker cannot hide another)."""
         self.pool = pool
         self.watches = watches
-        self.always_active = always_active
-        self.active = always_active
-        self.recruits = 0  # how often this worker called for help
         self.activations = 0  # how often it left standby
         self._map: dict[int, selectors.SelectorKey] = {}
-        self._readers: dict[int, Callable[[], None]] = {}
-        self._active_ep = select.epoll()
+        # The active side: the pool's sockets (and asyncio's descriptors) and the loop every datagram goes
+        # through, compiled (pool_active.py).
+        self.waiting = ActiveWait(pool.recruit_fd, pool.heartbeat, always_active)
+        self._active_ep = self.waiting.ep
         self._standby_ep = select.epoll()
         self._standby_ep.register(pool.recruit_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-        # Set when a datagram's handling scheduled work on the loop (a task, a timer): `select` then returns
-        # to the loop instead of waiting on.
-        self.loop_has_work = False
-        self._busy_since = 0.0
-        self._streak = 0
-        self._behind_at = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        return self.waiting.active
+
+    @property
+    def recruits(self) -> int:
+        return self.waiting.recruits
 
     # --- the pool's sockets ----------------------------------------------------------------------------
 
     def add_datagram_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
         """Serve `fd`: `on_readable` reads one datagram (or nothing) each time it is called."""
-        self._readers[fd] = on_readable
-        self._active_ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.waiting.add_reader(fd, on_readable)
 
     def remove_datagram_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._active_ep.unregister(fd)
+        self.waiting.remove_reader(fd)
 
     # --- selectors.BaseSelector, for everything asyncio watches -----------------------------------------
 
@@ -139,58 +131,34 @@ class PoolSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """Wait for asyncio's descriptors; datagrams of the pool's sockets are read meanwhile."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        self.loop_has_work = False
+        deadline = -1.0 if timeout is None or timeout < 0 else time.monotonic() + timeout
+        waiting = self.waiting
         while True:
-            now = time.monotonic()
-            remaining = -1.0 if deadline is None else max(0.0, deadline - now)
-            if self.active:
-                events = self._select_active(remaining, now)
+            if waiting.active:
+                ready = waiting.serve(deadline)
+                if ready:
+                    return self._keys(ready)
+                if waiting.active or waiting.loop_has_work:
+                    return []
+                # retired to standby: wait on there
             else:
-                events = self._select_standby(remaining, now)
-            if events is not None:
-                return events
-            if self.loop_has_work:
-                return []
-            if deadline is not None and time.monotonic() >= deadline:
+                waiting.loop_has_work = False
+                now = time.monotonic()
+                events = self._select_standby(-1.0 if deadline < 0 else max(0.0, deadline - now), now)
+                if events is not None:
+                    return events
+                if waiting.loop_has_work:
+                    return []
+            if deadline >= 0 and time.monotonic() >= deadline:
                 return []
 
-    def _select_active(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
-        ready = self._active_ep.poll(0)
-        if ready:
-            # Readable again right away: a message arrived while the last one was handled.
-            self._streak += 1
-            if self._streak == 1:
-                self._busy_since = now
-            elif self._streak >= RECRUIT_STREAK and now - self._busy_since >= RECRUIT_AFTER:
-                self._streak = 0
-                self._behind_at = now
-                self.recruits += 1
-                self.pool.recruit()
-        else:
-            self._streak = 0
-            wait = remaining
-            if not self.always_active:
-                wait = RETIRE_AFTER if remaining < 0 else min(remaining, RETIRE_AFTER)
-            ready = self._active_ep.poll(wait)
-            now = time.monotonic()
+    def _keys(self, ready: list[tuple[int, int]]) -> list[tuple[selectors.SelectorKey, int]]:
         events: list[tuple[selectors.SelectorKey, int]] = []
-        readers = self._readers
-        served = False
         for fd, ev in ready:
-            reader = readers.get(fd)
-            if reader is not None:
-                reader()
-                served = True
-            else:
-                key = self._map.get(fd)
-                if key is not None:
-                    events.append((key, _selector_events(ev)))
-        if served:
-            self.pool.beat(now)
-        if not self.always_active and now - self._behind_at > RETIRE_AFTER:
-            self.active = False  # not needed: back to standby
-        return events if events else None
+            key = self._map.get(fd)
+            if key is not None:
+                events.append((key, _selector_events(ev)))
+        return events
 
     def _select_standby(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
         check = STANDBY_CHECK if self.watches else -1.0
@@ -212,9 +180,9 @@ class PoolSelector(selectors.BaseSelector):
         if not called and not ready and self.watches and self._active_ep.poll(0):
             called = time.monotonic() - self.pool.last_beat() > STALL_AFTER
         if called:
-            self.active = True
+            self.waiting.active = True
             self.activations += 1
-            self._behind_at = time.monotonic()
+            self.waiting.behind_at = time.monotonic()
         return events if events else None
 
 
@@ -236,7 +204,7 @@ class PoolEventLoop(asyncio.SelectorEventLoop):
     def call_soon(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
-        self._pool_selector.loop_has_work = True
+        self._pool_selector.waiting.loop_has_work = True
         return super().call_soon(callback, *args, context=context)
 
     def call_at(  # type: ignore[override]
@@ -246,5 +214,5 @@ class PoolEventLoop(asyncio.SelectorEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        self._pool_selector.loop_has_work = True
+        self._pool_selector.waiting.loop_has_work = True
         return super().call_at(when, callback, *args, context=context)
