@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -162,24 +162,29 @@ class WorkerPool:
 
     # --- socket changes -------------------------------------------------------------------------------
 
-    async def add(self, entries: list[Entry]) -> None:
-        """Sent to every worker; applied once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
+    async def apply(
+        self,
+        add: Sequence[Entry] = (),
+        update: Sequence[Entry] = (),
+        remove: Sequence[Entry] = (),
+        limit: float = SYNC_TIMEOUT,
+    ) -> list[WorkerHandle]:
+        """Send a change of the socket set to every worker, each worker's commands followed at once by a
+        Sync, so that a worker reads the whole change in one wake-up; returns once each has acknowledged (or
+        died), with those that did not answer within `limit` seconds. Every worker is sent its share before
+        any answer is awaited: they apply it in parallel."""
+        seq = next(self._seqs)
+        futures = self._waiters(self.handles, seq)
+        for w in futures.values():
+            for entry in remove:
+                await self._send(w, Remove(entry.sid))
+            for entry in add:
                 await self._send_add(w, entry)
-
-    async def update(self, entries: list[Entry]) -> None:
-        """Sent to every worker that has the socket; applied once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
+            for entry in update:
                 assert entry.spec is not None
                 await self._send(w, Update(entry.sid, listener_of(entry.spec)))
-
-    async def remove(self, entries: list[Entry]) -> None:
-        """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
-                await self._send(w, Remove(entry.sid))
+            await self._send(w, Sync(seq))
+        return await self._late(futures, Sync, limit)
 
     async def sync(
         self, workers: Iterable[WorkerHandle] | None = None, limit: float = SYNC_TIMEOUT
@@ -352,6 +357,16 @@ class WorkerPool:
     ) -> list[WorkerHandle]:
         """Send the request to each live worker and wait for their answers; returns those that did not."""
         seq = next(self._seqs)
+        futures = self._waiters(workers, seq)
+        for w in futures.values():
+            await self._send(w, request(seq))
+        return await self._late(futures, request, limit)
+
+    def _waiters(
+        self, workers: Iterable[WorkerHandle], seq: int
+    ) -> dict[asyncio.Future[Reply | None], WorkerHandle]:
+        """A future for each live worker's answer to `seq`, in place before anything is sent: a worker that
+        dies while being sent to answers None."""
         loop = asyncio.get_running_loop()
         futures: dict[asyncio.Future[Reply | None], WorkerHandle] = {}
         for w in workers:
@@ -360,7 +375,14 @@ class WorkerPool:
             fut: asyncio.Future[Reply | None] = loop.create_future()
             w.waiters[seq] = fut
             futures[fut] = w
-            await self._send(w, request(seq))
+        return futures
+
+    @staticmethod
+    async def _late(
+        futures: dict[asyncio.Future[Reply | None], WorkerHandle],
+        request: type[Sync] | type[Stats],
+        limit: float,
+    ) -> list[WorkerHandle]:
         if not futures:
             return []
         _done, pending = await asyncio.wait(futures, timeout=limit)
