@@ -90,9 +90,9 @@ class TableReader:
         seen: dict[tuple[Any, ...], Row] = {}
         rows: list[Row] = []
         for values in raw:
-            row = seen.get(values) or known.get(values)
+            row = known.get(values)
             if row is None:
-                row = _row(values)
+                row = seen.get(values) or _row(values)
             seen[values] = row
             rows.append(row)
         self._rows = seen
