@@ -2,14 +2,18 @@
 (`workers.WorkerPool`); the MI server (`mi/`) reads and drives it.
 
 A reload reads the table, binds what is new and tells every worker (removals first, then additions, each batch
-confirmed by a Sync that every worker acknowledges: see `sipproxy.shared.control`). A TLS reload reads the
-domains (tls.py), sends the new generation to every worker and waits for the same Sync.
+sent to every worker with a Sync right behind it and confirmed when every worker has acknowledged that Sync:
+see `sipproxy.shared.control`). What a reload costs per row present is kept to lookups: each distinct row is
+judged once (`judge_rows`), the table reader converts only rows it has not seen (db_reader.py), and the
+answer's kept list is made of texts remembered per socket (mi/listing.py). A TLS reload reads the domains
+(tls.py), sends the new generation to every worker and waits for the same Sync.
 
 A socket whose address is not on this host is *absent*, not failed: it is bound as soon as the address
 appears. The supervisor looks at every dynamic socket's address when the kernel says addresses changed
-(address_events.py) and every `ADDRESS_CHECK_SECONDS` in any case, and at every reload; a bound socket whose
-address left stays bound (it serves again if the address returns) and is reported absent meanwhile. Rows
-placed on other nodes (shared/placement.py) are not bound here at all ("unselected")."""
+(address_events.py) and every `ADDRESS_CHECK_SECONDS` in any case; a reload looks at the addresses of the
+sockets it is about to bind (those it keeps show the last look). A bound socket whose address left stays
+bound (it serves again if the address returns) and is reported absent meanwhile. Rows placed on other nodes
+(shared/placement.py) are not bound here at all ("unselected")."""
 
 from __future__ import annotations
 
