@@ -73,8 +73,9 @@ class Channel(Generic[In]):
         self._send_lock = asyncio.Lock()
         self.closed = False
 
-    async def send(self, message: Message, fd: int | None = None) -> None:
-        data = encode(message)
+    async def send(self, message: Message | bytes, fd: int | None = None) -> None:
+        """`message` may be encoded already (`control.encode`): one change goes to every worker alike."""
+        data = message if isinstance(message, bytes) else encode(message)
         async with self._send_lock:
             while True:
                 if self.closed:

@@ -37,6 +37,7 @@ from sipproxy.shared.control import (
     TlsDomains,
     Update,
     decode_reply,
+    encode,
 )
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import SocketSpec
@@ -175,15 +176,23 @@ class WorkerPool:
         any answer is awaited: they apply it in parallel."""
         seq = next(self._seqs)
         futures = self._waiters(self.handles, seq)
+        # Each message encoded once for every worker (an Add in its two forms: served by the worker or not).
+        removes = [encode(Remove(entry.sid)) for entry in remove]
+        adds: list[tuple[Entry, dict[bool, bytes]]] = []
+        for entry in add:
+            assert entry.spec is not None
+            listener = listener_of(entry.spec)
+            adds.append((entry, {serve: encode(Add(entry.sid, listener, serve)) for serve in (False, True)}))
+        updates = [encode(Update(e.sid, listener_of(e.spec))) for e in update if e.spec is not None]
+        sync = encode(Sync(seq))
         for w in futures.values():
-            for entry in remove:
-                await self._send(w, Remove(entry.sid))
-            for entry in add:
-                await self._send_add(w, entry)
-            for entry in update:
-                assert entry.spec is not None
-                await self._send(w, Update(entry.sid, listener_of(entry.spec)))
-            await self._send(w, Sync(seq))
+            for data in removes:
+                await self._send(w, data)
+            for entry, forms in adds:
+                await self._send(w, forms[w.serves(entry)], self._fd_for(w, entry))
+            for data in updates:
+                await self._send(w, data)
+            await self._send(w, sync)
         return await self._late(futures, Sync, limit)
 
     async def sync(
@@ -260,7 +269,7 @@ class WorkerPool:
             await self._send_add(w, entry)
         log.info("worker %s started, pid %s", w.name, w.pid)
 
-    async def _send(self, w: WorkerHandle, msg: Command, fd: int | None = None) -> None:
+    async def _send(self, w: WorkerHandle, msg: Command | bytes, fd: int | None = None) -> None:
         if not w.alive or w.channel is None:
             return
         try:
@@ -270,9 +279,11 @@ class WorkerPool:
 
     async def _send_add(self, w: WorkerHandle, entry: Entry) -> None:
         assert entry.spec is not None
-        msg = Add(entry.sid, listener_of(entry.spec), w.serves(entry))
-        fd = entry.sock.fileno() if w.needs_fd(entry) and entry.sock is not None else None
-        await self._send(w, msg, fd)
+        await self._send(w, Add(entry.sid, listener_of(entry.spec), w.serves(entry)), self._fd_for(w, entry))
+
+    @staticmethod
+    def _fd_for(w: WorkerHandle, entry: Entry) -> int | None:
+        return entry.sock.fileno() if w.needs_fd(entry) and entry.sock is not None else None
 
     def _mark_dead(self, w: WorkerHandle) -> None:
         if not w.alive:
