@@ -1,13 +1,19 @@
-"""`sockets_reload` latency when one socket is added to (then removed from) 10, 100 and 1,000 present ones.
+"""`sockets_reload` latency when one socket is added to (then removed from) 10, 100 and 1,000 present ones,
+and the proxy's memory with them.
 
 SQLite table, UDP sockets on 127.0.x.y loopback addresses, all on one port found free on every one of them.
 The figure is the wall time of the MI call as a client sees it: read the table, diff, bind, hand the new
-socket to every worker and wait for each to acknowledge, answer with the full added/removed/kept list."""
+socket to every worker and wait for each to acknowledge, answer with the full added/removed/kept list. The
+proxy runs at log level debug, where the supervisor logs how long each step of each reload took; the medians
+of those steps for the timed additions are reported beside the wall time. Memory: after the runs, the RSS of
+the supervisor and of the workers, and the PSS of them all (a page shared among them counted once)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
 import sqlite3
 import statistics
 import sys
@@ -37,6 +43,12 @@ class ReloadFigures:
     unchanged_ms: list[float]  # reload with nothing changed
     add_ms: list[float]
     remove_ms: list[float]
+    # Medians of the supervisor's own timing of each step of the timed additions (ms), from its debug log:
+    # read, judge, diff, bind, workers, result.
+    add_steps_ms: dict[str, float]
+    supervisor_rss_mib: float
+    workers_rss_mib: float  # all workers together
+    pss_mib: float  # supervisor and workers, shared pages counted once
 
     @property
     def add_median(self) -> float:
@@ -62,6 +74,31 @@ def pick_port(count: int, tries: int = 20) -> int:
         if all(udp_port_free(address(i), port) for i in range(count)):
             return port
     raise RuntimeError(f"no UDP port free on all of {count} loopback addresses")
+
+
+_SPANS = re.compile(r"sockets_reload of \d+ rows: (.*); [\d.]+ ms in all")
+
+
+def reload_steps(log_text: str) -> list[dict[str, float]]:
+    """Each reload's steps (ms) as the supervisor logged them, in order."""
+    out = []
+    for match in _SPANS.finditer(log_text):
+        steps = (part.rsplit(" ", 1) for part in match.group(1).split(", "))
+        out.append({name: float(ms) for name, ms in steps})
+    return out
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; zeros when it is gone."""
+    rss = pss = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
 
 
 def _db_exec(db_path: Path, sql: str, rows: list[tuple[str]]) -> None:
@@ -99,7 +136,8 @@ async def measure(
         "tcp_workers": tcp_workers,
         "sockets_mgm": {"db_url": db_url, "processes": pool_workers, "max_sockets": max_sockets},
         "mi": {"listen": f"{HOST}:{free_tcp_port(HOST)}"},
-        "log_level": "warning",
+        # The supervisor logs each reload's steps at debug; nothing else logs there on this path.
+        "log_level": "debug",
     }
     t0 = time.monotonic()
     # Start-up loads the whole table and hands every socket to every worker: allow for a slow, shared machine.
@@ -132,8 +170,15 @@ async def measure(
                 if len(result["removed"]) != 1:
                     raise RuntimeError(f"removing {row[0]}: removed {result['removed']}")
                 removed.append(ms)
+            pids = await proxy.worker_pids(session)
+            memory = {name: memory_kib(pid) for name, pid in pids.items()}
     finally:
         await procs.stop(proxy.proc)
+    # The start-up load, then unchanged, add, remove for each run (run 0 the settling one).
+    steps = reload_steps(log.read_text(errors="replace"))
+    if len(steps) != 1 + 3 * (runs + 1):
+        raise RuntimeError(f"{len(steps)} reloads logged, {1 + 3 * (runs + 1)} expected")
+    add_steps = steps[5::3]  # the timed additions: runs 1.. (run 0's are steps 1 to 3)
     return ReloadFigures(
         present=present,
         max_sockets=max_sockets,
@@ -146,6 +191,12 @@ async def measure(
         unchanged_ms=unchanged[1:],
         add_ms=added[1:],
         remove_ms=removed[1:],
+        add_steps_ms={
+            name: statistics.median(step.get(name, 0.0) for step in add_steps) for name in add_steps[0]
+        },
+        supervisor_rss_mib=memory["supervisor"][0] / 1024,
+        workers_rss_mib=sum(rss for name, (rss, _) in memory.items() if name != "supervisor") / 1024,
+        pss_mib=sum(pss for _, pss in memory.values()) / 1024,
     )
 
 
@@ -175,6 +226,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f" unchanged {fig.unchanged_median:.1f} ms (medians of {runs});"
                 f" start-up with the table loaded {fig.startup_s:.1f}s"
                 f" ({fig.startup_sync_timeouts} sync timeouts), first add after it {fig.first_add_ms:.0f} ms",
+                flush=True,
+            )
+            steps = ", ".join(f"{name} {ms:.2f}" for name, ms in fig.add_steps_ms.items())
+            print(
+                f"        add one, the supervisor's steps (medians, ms): {steps};"
+                f" RSS supervisor {fig.supervisor_rss_mib:.1f} MiB, workers {fig.workers_rss_mib:.1f} MiB,"
+                f" PSS of all {fig.pss_mib:.1f} MiB",
                 flush=True,
             )
             out.append(

@@ -10,7 +10,8 @@ harness fails unless
   `method`, valid `params` and no `id` member), and otherwise a JSON-RPC 2.0 response object: `jsonrpc`
   "2.0", an `id` (the request's own when it had a usable one, else null), exactly one of `result` and
   `error`, an error with an integer `code` and a string `message`;
-- the response serializes as strict JSON (RFC 8259: no NaN or Infinity), as the MI server writes it.
+- the response, as the MI server writes it (`encode_response`), is strict JSON (RFC 8259: no NaN or
+  Infinity).
 
 The MI is pure Python: atheris instruments `sipproxy.supervisor.mi` and counts its branches and
 comparisons; no native code is involved, so no sanitizer runtime is loaded.
@@ -28,7 +29,7 @@ import atheris
 
 with atheris.instrument_imports(include=["sipproxy.supervisor.mi"]):
     from sipproxy.supervisor.mi.methods import make_methods
-    from sipproxy.supervisor.mi.rpc import handle_body
+    from sipproxy.supervisor.mi.rpc import encode_response, handle_body
 
 from sipproxy.supervisor.config import Config
 from sipproxy.supervisor.supervisor import Supervisor
@@ -97,7 +98,7 @@ def check_response(data: bytes, response: Any) -> None:
     if isinstance(request, dict) and _usable_id(request) and response["id"] != request.get("id"):
         raise Violation(f"response id {response['id']!r} is not the request's {request.get('id')!r}")
     try:
-        json.dumps(response, separators=(",", ":"), allow_nan=False)
+        json.loads(encode_response(response), parse_constant=_strict)
     except (TypeError, ValueError) as exc:
         raise Violation(f"the response is not strict JSON ({exc}): {response!r}") from None
 

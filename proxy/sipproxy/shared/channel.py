@@ -4,7 +4,9 @@ own pair, so no worker can take a descriptor meant for another."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import mmap
 import os
 import socket
 from collections.abc import Callable
@@ -16,6 +18,8 @@ In = TypeVar("In")
 
 # Above the kernel's default socket buffer limit (wmem_max), so any message that could be sent fits.
 MAX_MESSAGE = 256 << 10
+MAX_FDS = 4  # descriptors taken from one packet (one is sent at most; more are closed)
+_ANCILLARY = socket.CMSG_LEN(MAX_FDS * array.array("i").itemsize)
 
 
 def memory_file(data: bytes) -> int:
@@ -72,9 +76,12 @@ class Channel(Generic[In]):
         self._loop = asyncio.get_running_loop()
         self._send_lock = asyncio.Lock()
         self.closed = False
+        # An anonymous mapping: memory only for the pages a packet has reached, not MAX_MESSAGE.
+        self._buffer = memoryview(mmap.mmap(-1, MAX_MESSAGE))
 
-    async def send(self, message: Message, fd: int | None = None) -> None:
-        data = encode(message)
+    async def send(self, message: Message | bytes, fd: int | None = None) -> None:
+        """`message` may be encoded already (`control.encode`): one change goes to every worker alike."""
+        data = message if isinstance(message, bytes) else encode(message)
         async with self._send_lock:
             while True:
                 if self.closed:
@@ -98,7 +105,7 @@ class Channel(Generic[In]):
             if self.closed:
                 raise ChannelClosed("control channel closed")
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
+                data, fds = self._receive()
             except BlockingIOError:
                 await self._wait(writable=False)
                 continue
@@ -119,6 +126,17 @@ class Channel(Generic[In]):
                 if fd is not None:
                     os.close(fd)
                 raise
+
+    def _receive(self) -> tuple[bytes, list[int]]:
+        """One packet and the descriptors attached (as `socket.recv_fds`), received into the channel's own
+        buffer: a buffer of MAX_MESSAGE allocated for each packet (what recv_fds does) cost eight times the
+        receive itself, and every change of the socket set is a few packets per worker."""
+        size, ancillary, _flags, _addr = self.sock.recvmsg_into([self._buffer], _ANCILLARY)
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+        return bytes(self._buffer[:size]), list(fds)
 
     async def _wait(self, writable: bool) -> None:
         fut: asyncio.Future[None] = self._loop.create_future()

@@ -28,28 +28,32 @@ def diff_sockets(running: dict[K, SocketSpec], wanted: Iterable[SocketSpec]) -> 
     old socket removed and the new one added."""
     by_key: dict[object, K] = {spec.key: ident for ident, spec in running.items()}
     result: Diff[K] = Diff()
+    kept, added = result.kept, result.added
     seen: set[object] = set()
     for spec in wanted:
-        if spec.key in seen:
-            continue
-        seen.add(spec.key)
-        ident = by_key.get(spec.key)
-        if ident is None:
-            result.added.append(spec)
-        else:
-            result.kept.append(ident)
-    kept = set(result.kept)
-    gone = {socket_of(running[ident]): ident for ident in running if ident not in kept}
-    added = []
-    for spec in result.added:
-        ident = gone.pop(socket_of(spec), None)
+        key = spec.key
+        size = len(seen)
+        seen.add(key)
+        if len(seen) == size:
+            continue  # a duplicate
+        ident = by_key.get(key)
         if ident is None:
             added.append(spec)
         else:
+            kept.append(ident)
+    if len(kept) == len(running):
+        return result  # every running socket kept: nothing to remove, no addition is an update
+    kept_ids = set(kept)
+    gone = {socket_of(running[ident]): ident for ident in running if ident not in kept_ids}
+    result.added = []
+    for spec in added:
+        ident = gone.pop(socket_of(spec), None)
+        if ident is None:
+            result.added.append(spec)
+        else:
             result.updated.append((ident, spec))
-    result.added = added
     updated = {ident for ident, _ in result.updated}
-    result.removed = [ident for ident in running if ident not in kept and ident not in updated]
+    result.removed = [ident for ident in running if ident not in kept_ids and ident not in updated]
     return result
 
 

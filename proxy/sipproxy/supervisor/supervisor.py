@@ -2,14 +2,18 @@
 (`workers.WorkerPool`); the MI server (`mi/`) reads and drives it.
 
 A reload reads the table, binds what is new and tells every worker (removals first, then additions, each batch
-confirmed by a Sync that every worker acknowledges: see `sipproxy.shared.control`). A TLS reload reads the
-domains (tls.py), sends the new generation to every worker and waits for the same Sync.
+sent to every worker with a Sync right behind it and confirmed when every worker has acknowledged that Sync:
+see `sipproxy.shared.control`). What a reload costs per row present is kept to lookups: each distinct row is
+judged once (`judge_rows`), the table reader converts only rows it has not seen (db_reader.py), and the
+answer's kept list is made of texts remembered per socket (mi/listing.py). A TLS reload reads the domains
+(tls.py), sends the new generation to every worker and waits for the same Sync.
 
 A socket whose address is not on this host is *absent*, not failed: it is bound as soon as the address
 appears. The supervisor looks at every dynamic socket's address when the kernel says addresses changed
-(address_events.py) and every `ADDRESS_CHECK_SECONDS` in any case, and at every reload; a bound socket whose
-address left stays bound (it serves again if the address returns) and is reported absent meanwhile. Rows
-placed on other nodes (shared/placement.py) are not bound here at all ("unselected")."""
+(address_events.py) and every `ADDRESS_CHECK_SECONDS` in any case; a reload looks at the addresses of the
+sockets it is about to bind (those it keeps show the last look). A bound socket whose address left stays
+bound (it serves again if the address returns) and is reported absent meanwhile. Rows placed on other nodes
+(shared/placement.py) are not bound here at all ("unselected")."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sipproxy.shared.control import Init, tls_domains_document
@@ -33,7 +38,7 @@ from sipproxy.sip.flowtoken import new_key
 from sipproxy.supervisor.address_events import AddressEvents
 from sipproxy.supervisor.binding import address_absent, address_present, bind_socket, set_tos
 from sipproxy.supervisor.config import Config
-from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
+from sipproxy.supervisor.db_reader import Row, TableReader, make_engine
 from sipproxy.supervisor.entries import Entry, ReloadResult
 from sipproxy.supervisor.handover import Predecessor
 from sipproxy.supervisor.reload_diff import diff_sockets
@@ -56,27 +61,63 @@ class ReloadError(Exception):
     """The table could not be read: nothing was changed."""
 
 
-def parse_rows(
-    rows: Iterable[Row], known: dict[Row, SocketSpec | RowError] | None = None, node_name: str | None = None
-) -> tuple[list[tuple[Row, SocketSpec | RowError]], dict[Row, SocketSpec | RowError]]:
-    """Each row parsed, reusing what `known` (the last reload's results) says of identical rows; also the
-    results to pass next time (only the rows seen now, so it never grows beyond the table). A row's
-    advertised address is this node's own when the side table has one (`node_name`)."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one row means for this proxy: a socket to serve (`state` "listening", with a `note` for the
+    listing when there is one), or a row not bound here, "failed" or "unselected" with the reason (and the
+    spec when the row parsed). A row and the node name decide it, so it is decided once per distinct row."""
+
+    spec: SocketSpec | None
+    state: str = "listening"
+    error: str | None = None
+    note: str | None = None
+    # Refused for its advertised address: said once per socket even when several rows name it.
+    unreachable: bool = False
+
+
+def judge_row(row: Row, node_name: str | None) -> Verdict:
+    """The row parsed (its advertised address this node's own when the side table has one) and placed."""
+    try:
+        advertised = advertised_here(row.advertised, row.node_advertised, node_name)
+        spec = parse_row(row.socket, advertised, row.tag, row.flags, row.tos, freebind=row.freebind)
+    except (NodesError, RowError) as exc:
+        return Verdict(None, "failed", str(exc))
+    if (unreachable := unreachable_reason(spec)) is not None:
+        return Verdict(spec, "failed", f"{unreachable} (the advertised column)", unreachable=True)
+    try:
+        nodes = parse_nodes(row.nodes)
+    except NodesError as exc:
+        return Verdict(spec, "failed", str(exc))
+    if not serves_here(nodes, node_name):
+        assert nodes is not None
+        placed = ", ".join(sorted(nodes)[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+        error = f"placed on other nodes ({placed or 'none'}), not on this proxy's node {node_name}"
+        return Verdict(spec, "unselected", error)
+    if nodes is not None and node_name is None:
+        return Verdict(
+            spec,
+            note=(
+                "this socket is placed on some nodes only, but this proxy does not know its node (NODE_NAME, "
+                "or node_name in its config): serving it"
+            ),
+        )
+    return Verdict(spec)
+
+
+def judge_rows(
+    rows: Iterable[Row], known: dict[Row, Verdict] | None = None, node_name: str | None = None
+) -> tuple[list[tuple[Row, Verdict]], dict[Row, Verdict]]:
+    """Each row judged, reusing what `known` (the last reload's verdicts) says of identical rows; also the
+    verdicts to pass next time (only the rows seen now, so it never grows beyond the table)."""
     known = known or {}
-    seen: dict[Row, SocketSpec | RowError] = {}
-    out: list[tuple[Row, SocketSpec | RowError]] = []
+    seen: dict[Row, Verdict] = {}
+    out: list[tuple[Row, Verdict]] = []
     for row in rows:
-        parsed = seen.get(row) or known.get(row)
-        if parsed is None:
-            try:
-                advertised = advertised_here(row.advertised, row.node_advertised, node_name)
-                parsed = parse_row(row.socket, advertised, row.tag, row.flags, row.tos, freebind=row.freebind)
-            except NodesError as exc:
-                parsed = RowError(str(exc))
-            except RowError as exc:
-                parsed = exc
-        seen[row] = parsed
-        out.append((row, parsed))
+        verdict = seen.get(row) or known.get(row)
+        if verdict is None:
+            verdict = judge_row(row, node_name)
+        seen[row] = verdict
+        out.append((row, verdict))
     return out, seen
 
 
@@ -105,8 +146,11 @@ class Supervisor:
         self.reload_failures = 0
         self.reload_seconds = 0.0
         self._sids = itertools.count(1)
-        self._parsed: dict[Row, SocketSpec | RowError] = {}  # the last reload's rows, parsed
-        self._db = make_engine(config.sockets_mgm.db_url) if config.sockets_mgm else None
+        self._verdicts: dict[Row, Verdict] = {}  # the last reload's rows, judged
+        mgm = config.sockets_mgm
+        self._db = make_engine(mgm.db_url) if mgm else None
+        self._reader = TableReader(self._db, mgm.table_name) if self._db and mgm else None
+        self.last_reload = Spans()  # how long each step of the last reload took
         self.tls = TlsGeneration(0)
         self.tls_reloads = 0
         self.tls_reload_failures = 0
@@ -218,6 +262,8 @@ class Supervisor:
         for entry in self.entries.values():
             if entry.sock is not None:
                 entry.sock.close()
+        if self._reader is not None:
+            self._reader.close()
         if self._db is not None:
             await self._db.dispose()
 
@@ -225,20 +271,24 @@ class Supervisor:
 
     async def reload(self) -> ReloadResult:
         mgm = self.config.sockets_mgm
-        if mgm is None or self._db is None:
+        if mgm is None or self._reader is None:
             raise ReloadError("no sockets_mgm database configured")
         async with self.lock:
-            t0 = time.monotonic()
+            spans = Spans()
             try:
-                rows = await read_rows(self._db, mgm.table_name)
+                rows = await self._reader.read()
             except Exception as exc:
                 self.reload_failures += 1
                 log.error("cannot read table %s: %s", mgm.table_name, exc)
                 raise ReloadError(str(exc)) from exc
-            parsed, self._parsed = parse_rows(rows, self._parsed, self.node_name)
-            result = await self._apply(parsed)
+            spans.mark("read")
+            judged, self._verdicts = judge_rows(rows, self._verdicts, self.node_name)
+            spans.mark("judge")
+            result = await self._apply(judged, spans)
             self.reloads += 1
-            self.reload_seconds += time.monotonic() - t0
+            self.reload_seconds += spans.total
+            self.last_reload = spans
+            log.debug("sockets_reload of %d rows: %s", len(rows), spans)
             return result
 
     async def _load_tls(self, table: bool = True) -> TlsGeneration:
@@ -282,57 +332,37 @@ class Supervisor:
     def _new_failed(self, spec: SocketSpec | None, row: Row | None, error: str) -> Entry:
         return self._new_unbound(spec, row, "failed", error)
 
-    def _placement(self, row: Row, spec: SocketSpec) -> tuple[Entry | None, str | None]:
-        """An unbound entry when the row is not for this node (or its node list does not parse), else None;
-        and a note for the listing."""
-        try:
-            nodes = parse_nodes(row.nodes)
-        except NodesError as exc:
-            return self._new_failed(spec, row, str(exc)), None
-        if not serves_here(nodes, self.node_name):
-            assert nodes is not None
-            placed = ", ".join(sorted(nodes)[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
-            error = f"placed on other nodes ({placed or 'none'}), not on this proxy's node {self.node_name}"
-            return self._new_unbound(spec, row, "unselected", error), None
-        if nodes is not None and self.node_name is None:
-            return None, (
-                "this socket is placed on some nodes only, but this proxy does not know its node (NODE_NAME, "
-                "or node_name in its config): serving it"
-            )
-        return None, None
-
-    async def _apply(self, parsed: list[tuple[Row, SocketSpec | RowError]]) -> ReloadResult:
+    async def _apply(self, judged: list[tuple[Row, Verdict]], spans: Spans) -> ReloadResult:
         unbound: list[Entry] = []
         wanted: list[SocketSpec] = []
         rows_by_key: dict[object, Row] = {}
         notes: dict[object, str] = {}
         unreachable_seen: set[object] = set()
-        for row, spec in parsed:
-            if isinstance(spec, RowError):
-                unbound.append(self._new_failed(None, row, str(spec)))
-            elif (unreachable := unreachable_reason(spec)) is not None:
-                if spec.key not in unreachable_seen:
-                    unreachable_seen.add(spec.key)
-                    unbound.append(self._new_failed(spec, row, f"{unreachable} (the advertised column)"))
-            else:
-                elsewhere, note = self._placement(row, spec)
-                if elsewhere is not None:
-                    unbound.append(elsewhere)
-                    continue
-                if note is not None:
-                    notes[spec.key] = note
-                rows_by_key.setdefault(spec.key, row)
+        for row, verdict in judged:
+            spec = verdict.spec
+            if verdict.state == "listening":
+                assert spec is not None
+                key = spec.key
+                if key not in rows_by_key:
+                    rows_by_key[key] = row
+                if verdict.note is not None:
+                    notes[key] = verdict.note
                 wanted.append(spec)
+            elif not verdict.unreachable:
+                unbound.append(self._new_unbound(spec, row, verdict.state, verdict.error or ""))
+            elif spec is not None and spec.key not in unreachable_seen:
+                unreachable_seen.add(spec.key)
+                unbound.append(self._new_failed(spec, row, verdict.error or ""))
         running = {
             sid: e.spec for sid, e in self.entries.items() if e.kind == "dynamic" and e.spec is not None
         }
         diff = diff_sockets(running, wanted)
+        spans.mark("diff")
         removed = [self.entries.pop(sid) for sid in diff.removed]
         ack_timeout = self.config.worker_ack_timeout
         if removed:
-            await self.pool.remove(removed)
             # A worker that did not close them in time still holds them: it goes, and its descriptors with it.
-            for w in await self.pool.sync(limit=ack_timeout):
+            for w in await self.pool.apply(remove=removed, limit=ack_timeout):
                 await self.pool.replace_unresponsive(w)
             for entry in removed:
                 entry.sock.close()
@@ -340,6 +370,7 @@ class Supervisor:
                 if entry.slot is not None:
                     self.slots.release(entry.slot)
                 entry.state = "removed"
+            spans.mark("remove")
         updated: list[Entry] = []
         for sid, spec in diff.updated:
             # The same open socket with other advertised address, tag or ToS: nothing is rebound.
@@ -348,6 +379,9 @@ class Supervisor:
                 set_tos(entry.sock, spec)  # shared by every worker's descriptor of it
             entry.spec, entry.row = spec, rows_by_key.get(spec.key)
             updated.append(entry)
+        # Only the addresses of the sockets to bind are looked at: a kept socket's address is looked at
+        # whenever the kernel says addresses changed and every ADDRESS_CHECK_SECONDS (`_watch`), so a reload
+        # costs no look per socket present.
         present = self._look([spec.host for spec in diff.added])
         to_bind: list[tuple[SocketSpec, Row | None]] = []
         for spec in diff.added:
@@ -357,15 +391,20 @@ class Supervisor:
             else:
                 to_bind.append((spec, rows_by_key.get(spec.key)))
         added, not_bound = self._bind(to_bind)
+        for entry in added:
+            assert entry.spec is not None
+            entry.address_local = present[entry.spec.host]
         unbound += not_bound
+        spans.mark("bind")
         await self._hand_over(added, updated)
+        if added or updated:
+            spans.mark("workers")
         self._set_unbound(unbound)
         for entry in self.entries.values():
             if entry.kind == "dynamic" and entry.spec is not None:
                 entry.note = notes.get(entry.spec.key)
-        self._update_presence()
         kept = [self.entries[sid] for sid in diff.kept]
-        return ReloadResult(
+        result = ReloadResult(
             added,
             removed,
             kept,
@@ -374,6 +413,8 @@ class Supervisor:
             absent=[e for e in unbound if e.state == "absent"],
             unselected=[e for e in unbound if e.state == "unselected"],
         )
+        spans.mark("result")
+        return result
 
     def _bind(self, items: list[tuple[SocketSpec, Row | None]]) -> tuple[list[Entry], list[Entry]]:
         """Bind each socket in a free slot: (the new bound entries, the failed or absent ones)."""
@@ -407,9 +448,7 @@ class Supervisor:
         if not added and not updated:
             return
         ack_timeout = self.config.worker_ack_timeout
-        await self.pool.add(added)
-        await self.pool.update(updated)
-        for w in await self.pool.sync(limit=ack_timeout):
+        for w in await self.pool.apply(add=added, update=updated, limit=ack_timeout):
             reason = (
                 f"worker {w.name} (pid {w.pid}) did not apply the change within {ack_timeout:g} s; "
                 "it is being replaced"
@@ -535,6 +574,27 @@ class Supervisor:
                 }
             )
         return procs
+
+
+class Spans:
+    """How long each step of a reload took (the debug log says it for every reload)."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self.steps[step] = self.steps.get(step, 0.0) + now - self._last
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return self._last - self.started
+
+    def __str__(self) -> str:
+        parts = [f"{step} {seconds * 1000:.2f}" for step, seconds in self.steps.items()]
+        return f"{', '.join(parts)}; {self.total * 1000:.2f} ms in all"
 
 
 def _absent(spec: SocketSpec) -> str:

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -37,6 +37,7 @@ from sipproxy.shared.control import (
     TlsDomains,
     Update,
     decode_reply,
+    encode,
 )
 from sipproxy.shared.counters import SocketCounters
 from sipproxy.shared.socketspec import SocketSpec
@@ -162,24 +163,37 @@ class WorkerPool:
 
     # --- socket changes -------------------------------------------------------------------------------
 
-    async def add(self, entries: list[Entry]) -> None:
-        """Sent to every worker; applied once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
-                await self._send_add(w, entry)
-
-    async def update(self, entries: list[Entry]) -> None:
-        """Sent to every worker that has the socket; applied once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
-                assert entry.spec is not None
-                await self._send(w, Update(entry.sid, listener_of(entry.spec)))
-
-    async def remove(self, entries: list[Entry]) -> None:
-        """Sent to every worker; applied (every copy closed) once a following `sync` is answered."""
-        for w in self.handles:
-            for entry in entries:
-                await self._send(w, Remove(entry.sid))
+    async def apply(
+        self,
+        add: Sequence[Entry] = (),
+        update: Sequence[Entry] = (),
+        remove: Sequence[Entry] = (),
+        limit: float = SYNC_TIMEOUT,
+    ) -> list[WorkerHandle]:
+        """Send a change of the socket set to every worker, each worker's commands followed at once by a
+        Sync, so that a worker reads the whole change in one wake-up; returns once each has acknowledged (or
+        died), with those that did not answer within `limit` seconds. Every worker is sent its share before
+        any answer is awaited: they apply it in parallel."""
+        seq = next(self._seqs)
+        futures = self._waiters(self.handles, seq)
+        # Each message encoded once for every worker (an Add in its two forms: served by the worker or not).
+        removes = [encode(Remove(entry.sid)) for entry in remove]
+        adds: list[tuple[Entry, dict[bool, bytes]]] = []
+        for entry in add:
+            assert entry.spec is not None
+            listener = listener_of(entry.spec)
+            adds.append((entry, {serve: encode(Add(entry.sid, listener, serve)) for serve in (False, True)}))
+        updates = [encode(Update(e.sid, listener_of(e.spec))) for e in update if e.spec is not None]
+        sync = encode(Sync(seq))
+        for w in futures.values():
+            for data in removes:
+                await self._send(w, data)
+            for entry, forms in adds:
+                await self._send(w, forms[w.serves(entry)], self._fd_for(w, entry))
+            for data in updates:
+                await self._send(w, data)
+            await self._send(w, sync)
+        return await self._late(futures, Sync, limit)
 
     async def sync(
         self, workers: Iterable[WorkerHandle] | None = None, limit: float = SYNC_TIMEOUT
@@ -255,7 +269,7 @@ class WorkerPool:
             await self._send_add(w, entry)
         log.info("worker %s started, pid %s", w.name, w.pid)
 
-    async def _send(self, w: WorkerHandle, msg: Command, fd: int | None = None) -> None:
+    async def _send(self, w: WorkerHandle, msg: Command | bytes, fd: int | None = None) -> None:
         if not w.alive or w.channel is None:
             return
         try:
@@ -265,9 +279,11 @@ class WorkerPool:
 
     async def _send_add(self, w: WorkerHandle, entry: Entry) -> None:
         assert entry.spec is not None
-        msg = Add(entry.sid, listener_of(entry.spec), w.serves(entry))
-        fd = entry.sock.fileno() if w.needs_fd(entry) and entry.sock is not None else None
-        await self._send(w, msg, fd)
+        await self._send(w, Add(entry.sid, listener_of(entry.spec), w.serves(entry)), self._fd_for(w, entry))
+
+    @staticmethod
+    def _fd_for(w: WorkerHandle, entry: Entry) -> int | None:
+        return entry.sock.fileno() if w.needs_fd(entry) and entry.sock is not None else None
 
     def _mark_dead(self, w: WorkerHandle) -> None:
         if not w.alive:
@@ -352,6 +368,16 @@ class WorkerPool:
     ) -> list[WorkerHandle]:
         """Send the request to each live worker and wait for their answers; returns those that did not."""
         seq = next(self._seqs)
+        futures = self._waiters(workers, seq)
+        for w in futures.values():
+            await self._send(w, request(seq))
+        return await self._late(futures, request, limit)
+
+    def _waiters(
+        self, workers: Iterable[WorkerHandle], seq: int
+    ) -> dict[asyncio.Future[Reply | None], WorkerHandle]:
+        """A future for each live worker's answer to `seq`, in place before anything is sent: a worker that
+        dies while being sent to answers None."""
         loop = asyncio.get_running_loop()
         futures: dict[asyncio.Future[Reply | None], WorkerHandle] = {}
         for w in workers:
@@ -360,7 +386,14 @@ class WorkerPool:
             fut: asyncio.Future[Reply | None] = loop.create_future()
             w.waiters[seq] = fut
             futures[fut] = w
-            await self._send(w, request(seq))
+        return futures
+
+    @staticmethod
+    async def _late(
+        futures: dict[asyncio.Future[Reply | None], WorkerHandle],
+        request: type[Sync] | type[Stats],
+        limit: float,
+    ) -> list[WorkerHandle]:
         if not futures:
             return []
         _done, pending = await asyncio.wait(futures, timeout=limit)

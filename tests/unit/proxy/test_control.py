@@ -13,6 +13,7 @@ from sipproxy.shared.channel import Channel, make_pair, memory_file, read_memory
 from sipproxy.shared.control import (
     COMMANDS,
     REPLIES,
+    STATS_PART,
     Ack,
     Add,
     Command,
@@ -196,6 +197,28 @@ def test_a_malformed_reply_is_refused_naming_the_problem(data: bytes, problem: s
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+async def test_packets_of_any_size_up_to_the_limit_arrive_whole_and_one_at_a_time() -> None:
+    parent_sock, child_sock = make_pair()
+    supervisor = Channel(parent_sock, decode_reply)
+    worker = Channel(child_sock, decode_command)
+    try:
+        labels = (f"udp:10.0.{i // 250}.{i % 250}:5060" for i in range(STATS_PART))
+        big = StatsReply(7, {label: SocketCounters(i, i, i, i) for i, label in enumerate(labels)})
+        assert len(encode(big)) > 16 << 10  # several pages of the buffer
+        await worker.send(big)
+        await worker.send(Ack(8))
+        await worker.send(StatsPart({"udp:127.0.0.1:5060": SocketCounters(1)}))
+        assert await asyncio.wait_for(supervisor.recv(), 5) == (big, None)
+        assert await asyncio.wait_for(supervisor.recv(), 5) == (Ack(8), None)
+        assert await asyncio.wait_for(supervisor.recv(), 5) == (
+            StatsPart({"udp:127.0.0.1:5060": SocketCounters(1)}),
+            None,
+        )
+    finally:
+        supervisor.close()
+        worker.close()
 
 
 async def test_the_channel_carries_a_descriptor_and_closes_one_sent_with_a_refused_message() -> None:

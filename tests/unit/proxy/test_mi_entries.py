@@ -3,7 +3,7 @@
 from sipproxy.shared.socketspec import parse_row
 from sipproxy.supervisor.db_reader import Row
 from sipproxy.supervisor.entries import Entry
-from sipproxy.supervisor.mi.methods import entry_dict
+from sipproxy.supervisor.mi.listing import entry_dict
 
 
 def test_listening_entry_field_order_and_values() -> None:

@@ -21,14 +21,14 @@ from sipproxy.shared.placement import (
     serves_here,
 )
 from sipproxy.shared.schema import init_db
-from sipproxy.shared.socketspec import RowError, SocketSpec, parse_row
+from sipproxy.shared.socketspec import SocketSpec, parse_row
 from sipproxy.supervisor.binding import address_absent, address_present, bind_socket
 from sipproxy.supervisor.config import load_config, parse_config
-from sipproxy.supervisor.db_reader import Row, make_engine, read_rows
+from sipproxy.supervisor.db_reader import Row, TableReader, make_engine, read_rows
 from sipproxy.supervisor.entries import Entry
-from sipproxy.supervisor.mi.methods import entry_dict
+from sipproxy.supervisor.mi.listing import entry_dict
 from sipproxy.supervisor.reload_diff import diff_sockets
-from sipproxy.supervisor.supervisor import parse_rows
+from sipproxy.supervisor.supervisor import judge_rows
 from sipproxy.supervisor.traffic import RECEIVING_SECONDS, Seen, Traffic, receiving
 
 # TEST-NET-1 (RFC 5737): on no host.
@@ -108,18 +108,18 @@ async def test_rows_come_with_their_placement_when_the_side_table_exists(tmp_pat
             conn.execute("INSERT INTO sockets (id, socket) VALUES (1, 'udp:10.0.0.1:5060')")
             conn.execute("INSERT INTO sockets (id, socket, tag) VALUES (2, 'udp:10.0.0.2:5060', 'b')")
             conn.execute("INSERT INTO sipsockets_socket_options VALUES (2, 1, 'node-a', NULL)")
-        rows = sorted(await read_rows(engine), key=lambda r: str(r.socket))
+        reader = TableReader(engine)  # as a reload reads: it remembers that the side table exists
+        rows = sorted(await reader.read(), key=lambda r: str(r.socket))
         assert rows == [
             Row("udp:10.0.0.1:5060", None, None, None, None),
             Row("udp:10.0.0.2:5060", None, "b", None, None, freebind=True, nodes="node-a"),
         ]
-        # A database made by OpenSIPS' tools has no side table: the rows as OpenSIPS reads them.
+        # A database made by OpenSIPS' tools has no side table: the rows as OpenSIPS reads them, by a new
+        # reader and by one that saw the side table before it went.
         with sqlite3.connect(db) as conn:
             conn.execute("DROP TABLE sipsockets_socket_options")
-        assert sorted(r.socket or "" for r in await read_rows(engine)) == [
-            "udp:10.0.0.1:5060",
-            "udp:10.0.0.2:5060",
-        ]
+        for read in (read_rows(engine), reader.read()):
+            assert sorted(r.socket or "" for r in await read) == ["udp:10.0.0.1:5060", "udp:10.0.0.2:5060"]
     finally:
         await engine.dispose()
 
@@ -203,10 +203,12 @@ def test_each_node_advertises_its_own_address_when_the_side_table_says() -> None
 
 def test_rows_parse_with_the_advertised_address_of_this_node() -> None:
     row = Row("udp:0.0.0.0:5060", None, None, None, None, node_advertised="sbc-1=203.0.113.1:5060")
-    [(_, here)], _ = parse_rows([row], node_name="sbc-1")
-    assert isinstance(here, SocketSpec) and here.advertised_str == "203.0.113.1:5060"
-    [(_, elsewhere)], _ = parse_rows([row], node_name="sbc-2")
-    assert isinstance(elsewhere, SocketSpec) and elsewhere.advertised_host is None  # refused as unreachable
+    [(_, here)], _ = judge_rows([row], node_name="sbc-1")
+    assert here.state == "listening" and isinstance(here.spec, SocketSpec)
+    assert here.spec.advertised_str == "203.0.113.1:5060"
+    [(_, elsewhere)], _ = judge_rows([row], node_name="sbc-2")
+    assert isinstance(elsewhere.spec, SocketSpec) and elsewhere.spec.advertised_host is None
+    assert elsewhere.state == "failed" and elsewhere.unreachable  # refused as unreachable
     bad = Row("udp:10.0.0.1:5060", None, None, None, None, node_advertised="garbage")
-    [(_, refused)], _ = parse_rows([bad], node_name="sbc-1")
-    assert isinstance(refused, RowError) and "is not node=host:port" in str(refused)
+    [(_, refused)], _ = judge_rows([bad], node_name="sbc-1")
+    assert (refused.state, refused.spec) == ("failed", None) and "is not node=host:port" in str(refused.error)

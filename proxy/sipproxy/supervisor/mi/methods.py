@@ -4,104 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Callable
 from typing import Any
 
-from sipproxy.supervisor.entries import Entry, ReloadResult
+from sipproxy.supervisor.entries import Entry
 from sipproxy.supervisor.metrics import render_prometheus
-from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, no_params
+from sipproxy.supervisor.mi.listing import Listing
+from sipproxy.supervisor.mi.rpc import INVALID_PARAMS, Method, MIError, Params, RawJson, no_params
 from sipproxy.supervisor.supervisor import ReloadError, Supervisor
 from sipproxy.supervisor.tls import TlsReloadError, reload_result, socket_warning, tls_list
-from sipproxy.supervisor.traffic import Seen, receiving
-
-
-def entry_dict(
-    entry: Entry,
-    with_kind: bool = False,
-    warning: str | None = None,
-    traffic: Seen | None = None,
-    now: float = 0.0,
-) -> dict[str, Any]:
-    """OpenSIPS' sockets_list fields first (empty ones left out), then ours: `freebind`, the state
-    (listening, partial, absent, unselected, failed) and its error, whether the address is on this host
-    (`address_local`, once looked at), and from `traffic` the messages received on it here (`received`) and
-    whether they arrived lately (`receiving`, traffic.py)."""
-    spec, row = entry.spec, entry.row
-    out: dict[str, Any] = {}
-    if row is not None and row.socket:
-        out["socket"] = row.socket.strip()
-    elif spec is not None:
-        out["socket"] = spec.raw or spec.socket_str
-    if spec is not None:
-        if spec.advertised_str:
-            out["advertised"] = spec.advertised_str
-        if spec.tag:
-            out["tag"] = spec.tag
-        if spec.flags:
-            out["flags"] = ",".join(spec.flags_tuple)
-        if spec.tos:
-            out["tos"] = spec.tos
-    elif row is not None:  # a row that did not parse: show what it says
-        for name in ("advertised", "tag", "flags", "tos"):
-            value = getattr(row, name)
-            if value is not None and value.strip():
-                out[name] = value.strip()
-    if spec is not None:
-        out["proto"] = spec.proto
-        out["address"] = spec.host
-        out["port"] = spec.port
-    if spec is not None and spec.freebind:
-        out["freebind"] = True
-    if entry.slot is not None:
-        out["slot"] = entry.slot
-    out["state"] = entry.reported_state
-    if out["state"] == "absent" and entry.state == "listening" and spec is not None:
-        out["error"] = (
-            f"address {spec.host} has left this host; the socket stays bound and serves again when it returns"
-        )
-    elif entry.state == "listening" and entry.lagging:
-        # Bound and served, but not by every worker that should: say which, until each is replaced.
-        out["state"] = "partial"
-        out["error"] = "; ".join(entry.lagging[name] for name in sorted(entry.lagging))
-    elif entry.error:
-        out["error"] = entry.error
-    if entry.address_local is not None:
-        out["address_local"] = entry.address_local
-    if traffic is not None:
-        out["received"] = traffic.received
-        out["receiving"] = receiving(traffic, now)
-    notes = [w for w in (warning, entry.note) if w]
-    if notes:
-        out["warning"] = "; ".join(notes)
-    if with_kind:
-        out["kind"] = entry.kind
-    return out
-
-
-def reload_dict(
-    result: ReloadResult,
-    warn: Callable[[Entry], str | None] = lambda _: None,
-    listed: Callable[[Entry], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """`listed`: how sockets_list shows an entry (added, kept and updated ones are shown the same way)."""
-    show = listed or (lambda e: entry_dict(e, warning=warn(e)))
-    return {
-        "added": [show(e) for e in result.added],
-        "removed": [entry_dict(e) for e in result.removed],
-        "kept": [show(e) for e in result.kept],
-        "updated": [show(e) for e in result.updated],
-        "failed": [
-            {"socket": entry_dict(e).get("socket", ""), "error": e.error or ""} for e in result.failed
-        ],
-        # Not failures: the address is not on this host (bound when it appears), or the row is placed on
-        # other nodes.
-        "absent": [_unbound(e) for e in result.absent],
-        "unselected": [_unbound(e) for e in result.unselected],
-    }
-
-
-def _unbound(entry: Entry) -> dict[str, str]:
-    return {"socket": entry_dict(entry).get("socket", ""), "error": entry.error or ""}
 
 
 def _version() -> str:
@@ -131,26 +41,27 @@ def make_methods(sup: Supervisor) -> dict[str, Method]:
             return None
         return socket_warning(entry.spec, sup.tls.domains)
 
-    def listed(entry: Entry, with_kind: bool = False) -> dict[str, Any]:
-        seen = sup.traffic.of(entry.spec.socket_str) if entry.spec is not None else None
-        if seen is None and entry.sock is not None:
-            seen = Seen(0, None)  # bound, and no message counted on it yet
-        return entry_dict(entry, with_kind, warn(entry), seen, time.monotonic())
+    def live() -> list[int]:
+        return [*sup.entries, *(e.sid for e in sup.unbound)]
+
+    listing = Listing(sup.traffic, warn, lambda: sup.tls, live)
 
     async def sockets_reload(params: Params) -> Any:
         no_params(params)
         try:
-            return reload_dict(await sup.reload(), warn, listed)
+            result = await sup.reload()
         except ReloadError as exc:
             raise MIError(500, "Could not reload sockets", str(exc)) from None
+        return RawJson(listing.reload_answer(result, time.monotonic()))
 
     async def sockets_list(params: Params) -> Any:
         no_params(params)
-        return [listed(e) for e in sup.dynamic_entries()]
+        return RawJson(listing.array(sup.dynamic_entries(), time.monotonic()))
 
     async def list_sockets(params: Params) -> Any:
         no_params(params)
-        return [listed(e, with_kind=True) for e in sup.static_entries() + sup.dynamic_entries()]
+        entries = sup.static_entries() + sup.dynamic_entries()
+        return RawJson(listing.array(entries, time.monotonic(), with_kind=True))
 
     async def tls_reload(params: Params) -> Any:
         no_params(params)

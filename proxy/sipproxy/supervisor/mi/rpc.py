@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("sipproxy.mi")
@@ -26,6 +27,14 @@ class MIError(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+@dataclass(frozen=True, slots=True)
+class RawJson:
+    """A result already written as JSON text (`sockets_reload` assembles its answer from the listing's cached
+    parts, listing.py): put into the response as it is."""
+
+    text: str
 
 
 def no_params(params: Params) -> None:
@@ -86,3 +95,12 @@ async def handle_body(body: bytes, methods: Mapping[str, Method]) -> dict[str, A
             log.exception("MI command %s failed", method)
             response = _error(SERVER_ERROR, "Server error", ident)
     return None if notification else response
+
+
+def encode_response(response: dict[str, Any]) -> str:
+    """The response object as JSON text, a `RawJson` result spliced in as written."""
+    result = response.get("result")
+    if isinstance(result, RawJson):
+        ident = json.dumps(response["id"], separators=(",", ":"))
+        return f'{{"jsonrpc":"2.0","result":{result.text},"id":{ident}}}'
+    return json.dumps(response, separators=(",", ":"))

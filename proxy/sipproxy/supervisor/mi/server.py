@@ -3,14 +3,13 @@ either part or both (see `listeners.py`)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
-from sipproxy.supervisor.mi.rpc import Method, handle_body
+from sipproxy.supervisor.mi.rpc import Method, encode_response, handle_body
 from sipproxy.supervisor.mi.token import authorized
 
 MAX_BODY = 1 << 20
@@ -39,9 +38,7 @@ def make_app(
         response = await handle_body(body, methods)
         if response is None:
             return web.Response(status=202)
-        return web.Response(
-            status=200, content_type="application/json", text=json.dumps(response, separators=(",", ":"))
-        )
+        return web.Response(status=200, content_type="application/json", text=encode_response(response))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
