@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipoperator.conflicts import Standings
 from sipoperator.refs import SecretState
 from sipoperator.spec import DesiredSocket, SpecError, validate
 from sipoperator.store import TableRow
@@ -70,6 +71,9 @@ class Snapshot:
     table_name: str = "sockets"
     secrets: Mapping[str, SecretState] = field(default_factory=dict)  # spec.tls's Secrets by name, as read
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    # Every SipSocket's standing against these same rows, others and static sockets (checks.standings), when
+    # the caller keeps them between decisions: the conflict check is then a lookup.
+    standings: Standings | None = None
 
 
 # The webhook's newcomer ranks after everything that exists: whoever is there keeps the endpoint.
