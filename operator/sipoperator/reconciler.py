@@ -62,6 +62,9 @@ from sipoperator.store import (
 
 log = logging.getLogger(__name__)
 TABLE_CACHE_SECONDS = 2.0
+# A pass that reloads nothing may use a pod's listing asked for this long ago (and since the object's last
+# pass and the table's last change): idle resyncs, a thousand a minute, share a few listings.
+LISTING_SHARE_SECONDS = 1.0
 # How often the nodes of SipSockets with spec.advertised.fromNode are read for a changed address (a changed
 # Service is told by its watch): within this much, plus one pass, new messages carry the new address.
 SOURCE_CHECK_SECONDS = 5.0
@@ -159,6 +162,7 @@ class Reconciler:
         # at start-up share a few reads; hand edits are seen within TABLE_CACHE_SECONDS.
         self._table: list[TableRow] | None = None
         self._table_version = 0  # moves with every change of `_table`
+        self._table_changed_at = 0.0  # when it last moved (monotonic)
         self._known_version = 0  # moves with every change of `known` that the conflict check sees
         self._standing: tuple[tuple[int, int, tuple[tuple[str, str], ...]], Standings] | None = None
         self._requests: list[_Request] = []  # table steps waiting for the table lock (`_decide_and_write`)
@@ -288,7 +292,11 @@ class Reconciler:
         known = self.observe(body)
         async with self._object_locks.setdefault(known.uid, asyncio.Lock()):
             memo = self.memo(known.uid)
-            schedule.started(memo, time.monotonic(), self.fleet.epoch, self.table_epoch)
+            now = time.monotonic()
+            # A listing of the pods asked for since this object's last pass, and since the table last changed,
+            # and recently, is as good as a new one for a pass that reloads nothing (`_observe_pods`).
+            since = max(memo.last_run, self._table_changed_at, now - LISTING_SHARE_SECONDS)
+            schedule.started(memo, now, self.fleet.epoch, self.table_epoch)
             generation = int(body.get("metadata", {}).get("generation") or 0)
             await self.fleet.discover_all()  # (a) the fleet's part: MI calls, before the table lock
             secrets = await self.read_secrets(known)  # (a) the Secrets: API calls, before the table lock
@@ -301,7 +309,7 @@ class Reconciler:
             )
             # (a) the table's part, (b), (c)
             step = await self._decide_and_write(known, generation, secrets, options, resolved.column)
-            outcome = await self._observe(known, step, body, memo, placement)  # (d)
+            outcome = await self._observe(known, step, body, memo, placement, since)  # (d)
             if resolved.pending and outcome.accepted and outcome.programmed:
                 outcome = replace(outcome, advertised_pending=resolved.pending)
             return await self._report(known, body, memo, outcome, step, resolved.shown)  # (e)
@@ -375,6 +383,10 @@ class Reconciler:
             request.done.cancel()  # a batch already holding it skips it (its answer would go unread)
             raise
         return request.done.result()
+
+    def steps_waiting(self) -> int:
+        """Table steps queued for the table lock (the next batch, and what waits for the one after)."""
+        return sum(1 for r in self._requests if not r.done.done())
 
     async def _batch(self, batch: list[_Request]) -> None:
         """Run the steps of `batch` under the table lock and answer each; an exception answers every step
@@ -452,6 +464,7 @@ class Reconciler:
             for i, row in enumerate(self._table):
                 if row.id in real:
                     self._table[i] = replace(row, id=real[row.id])
+        self._table_changed_at = time.monotonic()  # committed now: listings from before may lack the rows
         if changed:
             self._table_changed()
         return list(zip(batch, steps, strict=True))
@@ -519,6 +532,7 @@ class Reconciler:
         body: Mapping[str, Any],
         memo: Memo,
         placement: Placement = EVERYWHERE,
+        since: float | None = None,
     ) -> cond.Outcome:
         """(d): the fleet after the table lock is released."""
         wanted, refusal = known.wanted, step.refusal
@@ -552,6 +566,7 @@ class Reconciler:
             tls_force=step.removed.domain or step.written.domain_changed,
             memo=memo,
             placement=placement,
+            since=max(since, self._table_changed_at) if since is not None else None,
         )
         return cond.Outcome(
             True,
@@ -630,6 +645,7 @@ class Reconciler:
     def _set_table(self, rows: list[TableRow] | None) -> None:
         self._table = rows
         self._table_version += 1
+        self._table_changed_at = time.monotonic()
 
     def _standings(self, rows: Sequence[TableRow]) -> Standings:
         """Every SipSocket's standing for the conflict check (conflicts.Standings), kept while the table (as
@@ -769,10 +785,12 @@ class Reconciler:
         tls_force: bool,
         memo: Memo,
         placement: Placement = EVERYWHERE,
+        since: float | None = None,
     ) -> list[cond.PodResult]:
         """`table`: the socket texts the table has (None when unknown: the database is down). `domain`: our
         tls_mgm row (None: none); a pod that has not applied it gets `tls_reload` first, and every pod does
-        with `tls_force` (tls_mgm changed in this pass). A pod whose reload left our domain out is Failed."""
+        with `tls_force` (tls_mgm changed in this pass). A pod whose reload left our domain out is Failed.
+        `since`: a pod's listing asked for since then will do for a pod this pass reloads nothing on."""
         ready = self.fleet.ready()
         memo.tls_applied = {k: v for k, v in memo.tls_applied.items() if k in {p.key for p in ready}}
         digest = domain.digest() if domain is not None else None
@@ -781,15 +799,17 @@ class Reconciler:
             node = pod.node or ""
             selected = placement.selects(pod.node)
             failure = None
+            fresh = force_reload  # a listing from before this pass's reloads will not do
             try:
                 if tls_force or needs_tls_reload(memo.tls_applied.get(pod.key), digest):
+                    fresh = True
                     answer = await pod.tls_reload()
                     failure = tls_failure(answer, domain.domain) if domain is not None else None
                     if digest is not None and failure is None:
                         memo.tls_applied[pod.key] = digest
                 if force_reload:
                     await pod.reload()
-                listed = await pod.listing()
+                listed = await pod.listing(None if fresh else since)
                 if needs_reload(listed, wanted, table, reloaded=force_reload, selected=selected):
                     await pod.reload()
                     listed = await pod.listing()
