@@ -47,7 +47,7 @@ def endpoint_free(snap: Snapshot) -> Refusal | None:
     wanted = me.wanted
     if wanted is None or snap.rows is None:
         return None
-    programmed = any(r.owner_uid == me.uid and row_key(r.socket) == wanted.key for r in snap.rows)
+    programmed = any(row_key(r.socket) == wanted.key for r in snap.own_rows())
     claim = Claim(me.uid, me.namespace, me.name, me.created, wanted.key, programmed)
     verdict = snap.standings.verdict(claim) if snap.standings is not None else None
     if verdict is None:
@@ -102,15 +102,14 @@ def standings(
 def capacity_left(snap: Snapshot) -> Refusal | None:
     """A new row needs a free slot on every proxy (the smallest max_sockets of the fleet); an object that
     has its row already keeps it."""
-    rows = snap.rows
-    if snap.capacity is None or rows is None or any(r.owner_uid == snap.subject.uid for r in rows):
+    if snap.capacity is None or snap.rows is None or snap.own_rows():
         return None
-    distinct = {(r.socket, r.advertised, r.tag, r.flags, r.tos) for r in rows}
-    if len(distinct) + 1 <= snap.capacity:
+    distinct = snap.distinct_rows()
+    if distinct + 1 <= snap.capacity:
         return None
     return Refusal(
         CAPACITY_EXCEEDED,
-        f"the proxies have max_sockets={snap.capacity} and {len(distinct)} sockets are in the table; "
+        f"the proxies have max_sockets={snap.capacity} and {distinct} sockets are in the table; "
         "delete a SipSocket or raise sockets_mgm.max_sockets",
     )
 

@@ -13,6 +13,7 @@ thousand SipSockets reconciling at once cost a handful of reloads, never a thous
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -178,6 +179,12 @@ class Listed:
     opensips: bool  # no per-socket state: a listed socket counts as listening
     seen: dict[str, Seen] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def sockets(self) -> frozenset[str]:
+        """The listed socket texts that parse (as `drift.table_sockets` takes the table's): computed once
+        for every pass that shares this listing."""
+        return frozenset(s for s in self.entries if row_key(s) is not None)
 
     def _text_of(self, socket: str, key: EndpointKey) -> str | None:
         if socket in self.entries:

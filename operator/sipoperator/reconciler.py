@@ -45,7 +45,7 @@ from sipoperator.placement import EVERYWHERE, Placement, SocketOptions, place
 from sipoperator.proxies import Fleet, MIError, ProxyPod, Unreachable
 from sipoperator.refs import Resolution, SecretRead, SecretState, SecretUnreadable
 from sipoperator.settings import Settings
-from sipoperator.snapshot import Known, Snapshot
+from sipoperator.snapshot import Known, Snapshot, TableIndex
 from sipoperator.spec import DesiredSocket, EndpointKey, row_key, same_row
 from sipoperator.status import StatusSink
 from sipoperator.store import (
@@ -99,6 +99,7 @@ class TableStep:
     resolution: Resolution | None = None  # spec.tls's Secrets; None without spec.tls
     domain: DomainRow | None = None  # our tls_mgm row after the step (None: none, or unknown on error)
     unserved: bool = False  # accepted, but no certificate to serve: nothing written
+    table: frozenset[str] | None = None  # the table's socket texts after the step (when written)
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Reconciler:
         self._table: list[TableRow] | None = None
         self._table_version = 0  # moves with every change of `_table`
         self._table_changed_at = 0.0  # when it last moved (monotonic)
+        self._table_index: TableIndex | None = None  # `_table` by owner, kept with it
+        self._table_sockets: frozenset[str] | None = None
         self._known_version = 0  # moves with every change of `known` that the conflict check sees
         self._standing: tuple[tuple[int, int, tuple[tuple[str, str], ...]], Standings] | None = None
         self._requests: list[_Request] = []  # table steps waiting for the table lock (`_decide_and_write`)
@@ -464,6 +467,7 @@ class Reconciler:
             for i, row in enumerate(self._table):
                 if row.id in real:
                     self._table[i] = replace(row, id=real[row.id])
+            self._table_index = None  # built again with the real ids when next asked for
         self._table_changed_at = time.monotonic()  # committed now: listings from before may lack the rows
         if changed:
             self._table_changed()
@@ -495,6 +499,7 @@ class Reconciler:
             table_name=self.settings.table_name,
             secrets=MappingProxyType(dict(request.secrets)),
             standings=self._standings(rows) if rows is not None else None,
+            index=self._indexed() if rows is not None else None,
         )
         refusal = first_refusal(snap)
         resolution = resolve_refs(snap)
@@ -502,7 +507,7 @@ class Reconciler:
         try:
             wanted = known.wanted
             if refusal is not None or wanted is None:
-                if rows is None or current is not None or any(r.owner_uid == known.uid for r in rows):
+                if rows is None or current is not None or self._own(known.uid):
                     step = replace(step, removed=_merge(removed, await self._remove(known.uid, deferred)))
                 return step
             if rows is None:
@@ -513,7 +518,7 @@ class Reconciler:
             if wanted.tls is not None and resolution is not None:
                 domain = domains.planned(known.namespace, known.name, wanted, resolution, current)
                 if domain is None:  # no certificate to serve: the socket is not programmed
-                    if any(r.owner_uid == known.uid for r in rows):
+                    if self._own(known.uid):
                         step = replace(step, removed=_merge(removed, await self._remove(known.uid, deferred)))
                     kept = [r for r in rows if r.owner_uid != known.uid]
                     return replace(step, rows=kept, unserved=True)
@@ -523,7 +528,8 @@ class Reconciler:
         except DatabaseUnavailable as exc:
             return replace(step, error=str(exc), error_reason=exc.reason)
         kept = [r for r in rows if r.owner_uid != known.uid]
-        return replace(step, rows=kept, written=written, domain=domain)
+        # The table the proxies load after this step: what the steps before it left, and this one's row.
+        return replace(step, rows=kept, written=written, domain=domain, table=self._sockets())
 
     async def _observe(
         self,
@@ -557,7 +563,9 @@ class Reconciler:
                 return replace(standing, refs=refs_now)
             pods = await self._observe_pods(wanted, None, False, None, False, memo, placement)
             return cond.database_down(step.error or "unknown error", pods, step.error_reason, refs_now)
-        table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
+        table = step.table
+        if table is None:
+            table = table_sockets([*(r.socket for r in step.rows), wanted.socket])
         pods = await self._observe_pods(
             wanted,
             table,
@@ -642,10 +650,30 @@ class Reconciler:
         assert self._table is not None
         return self._table, self._domain_owners
 
-    def _set_table(self, rows: list[TableRow] | None) -> None:
+    def _set_table(self, rows: list[TableRow] | None, index: TableIndex | None = None) -> None:
+        """`index`: `rows` indexed already (else it is built when first asked for)."""
         self._table = rows
+        self._table_index = index
+        self._table_sockets = None
         self._table_version += 1
         self._table_changed_at = time.monotonic()
+
+    def _indexed(self) -> TableIndex | None:
+        if self._table is None:
+            return None
+        if self._table_index is None:
+            self._table_index = TableIndex(self._table)
+        return self._table_index
+
+    def _own(self, uid: str) -> list[TableRow]:
+        index = self._indexed()
+        return list(index.owned_by(uid)) if index is not None else []
+
+    def _sockets(self) -> frozenset[str]:
+        """The socket texts of the cached table (what a proxy loads), kept until the table changes."""
+        if self._table_sockets is None:
+            self._table_sockets = table_sockets(r.socket for r in self._table or ())
+        return self._table_sockets
 
     def _standings(self, rows: Sequence[TableRow]) -> Standings:
         """Every SipSocket's standing for the conflict check (conflicts.Standings), kept while the table (as
@@ -669,7 +697,7 @@ class Reconciler:
         options: SocketOptions = NO_OPTIONS,
         deferred: _Deferred | None = None,
     ) -> Written:
-        mine = [r for r in rows if r.owner_uid == known.uid]
+        mine = self._own(known.uid)
         if (
             len(mine) == 1
             and same_row(mine[0].columns(), wanted.row)
@@ -721,7 +749,10 @@ class Reconciler:
 
     def _cache_remove(self, uid: str) -> None:
         if self._table is not None:
-            self._set_table([r for r in self._table if r.owner_uid != uid])
+            index = self._table_index
+            if index is not None:
+                index.drop_owner(uid)
+            self._set_table([r for r in self._table if r.owner_uid != uid], index)
         self._domain_owners = [o for o in self._domain_owners if o.owner_uid != uid]
 
     def _cache_write(
@@ -731,26 +762,32 @@ class Reconciler:
             return
         kept: list[TableRow] = []
         moved = False  # the object had a row at another endpoint: its standing changes, not only its rank
+        replaced = False  # a row of another owner had this id (deleted and its id reused meanwhile)
         for r in self._table:
             if r.owner_uid == known.uid:
                 moved = moved or row_key(r.socket) != wanted.key
             elif r.id != row_id:
                 kept.append(r)
+            else:
+                replaced = True
         c = wanted.row.as_dict()
         owner = (known.uid, known.namespace, known.name)
         columns = (c["socket"] or "", c["advertised"], c["tag"], c["flags"], c["tos"])
-        kept.append(
-            TableRow(
-                row_id,
-                *columns,
-                *owner,
-                freebind=options.freebind,
-                nodes=options.nodes,
-                node_advertised=options.advertised,
-            )
+        row = TableRow(
+            row_id,
+            *columns,
+            *owner,
+            freebind=options.freebind,
+            nodes=options.nodes,
+            node_advertised=options.advertised,
         )
+        kept.append(row)
+        index = self._table_index if not replaced else None
+        if index is not None:
+            index.drop_owner(known.uid)
+            index.put(row)
         before = self._table_version
-        self._set_table(kept)
+        self._set_table(kept, index)
         # A holder that got its row keeps every standing as it was (Standings.promote): no rebuild.
         standing = self._standing
         if (
