@@ -104,9 +104,11 @@ class TableStep:
 
 @dataclass
 class _Request:
-    """A pass's table step waiting for the table lock, and its answer."""
+    """A pass's table step waiting for the table lock, and its answer; `known` None: a finalizer's removal
+    of the rows of `uid` (nothing to decide)."""
 
-    known: Known
+    uid: str
+    known: Known | None
     generation: int
     secrets: Mapping[str, SecretState]
     options: SocketOptions
@@ -371,9 +373,12 @@ class Reconciler:
         next runs every step queued by then, in order, as one batch (`_batch`), so passes that arrive
         together share one table read, one conflict standing and one transaction. `advertised_column`: the
         row's advertised address resolved from spec.advertised's source."""
-        request = _Request(
-            known, generation, secrets, options, advertised_column, asyncio.get_running_loop().create_future()
+        done = asyncio.get_running_loop().create_future()
+        return await self._queued(
+            _Request(known.uid, known, generation, secrets, options, advertised_column, done)
         )
+
+    async def _queued(self, request: _Request) -> TableStep:
         self._requests.append(request)
         try:
             async with self.table_lock:
@@ -479,6 +484,12 @@ class Reconciler:
         """One SipSocket's decision and write against the cached table (read by `_steps`). With `deferred`
         its write or removal is only planned (the cache updated as if done) and the answer filled in by
         `_steps` once the batch's transaction committed."""
+        if request.known is None:  # a finalizer's removal
+            try:
+                gone = await self._remove(request.uid, deferred)
+            except DatabaseUnavailable as exc:
+                return TableStep(None, None, removed=removed, error=str(exc), error_reason=exc.reason)
+            return TableStep(None, None, removed=_merge(removed, gone))
         known, rows, current = request.known, None, None
         try:
             if error is None:
@@ -893,14 +904,11 @@ class Reconciler:
         """Remove the rows and reload the proxies (sockets, then TLS domains). Raises DatabaseUnavailable
         (the finalizer stays)."""
         async with self._object_locks.setdefault(uid, asyncio.Lock()):
-            async with self.table_lock:
-                try:
-                    removed = await self.store.remove(uid)
-                except DatabaseUnavailable:
-                    self._set_table(None)
-                    raise
-                if removed:
-                    self._cache_remove(uid)
+            done = asyncio.get_running_loop().create_future()
+            step = await self._queued(_Request(uid, None, 0, {}, NO_OPTIONS, None, done))  # batched too
+            if step.error is not None:
+                raise DatabaseUnavailable(step.error)
+            removed = step.removed
             errors = await self.fleet.reload_all(tls=removed.domain) if removed else {}
         self.forget(uid)
         self._table_changed()

@@ -296,3 +296,21 @@ async def test_a_batch_whose_transaction_fails_is_written_one_by_one(
         ("True", "Listening")
     ] * 2
     assert "rows in one transaction failed" in caplog.text
+
+
+async def test_finalizers_that_arrive_together_remove_their_rows_in_one_batch(world: World) -> None:
+    names = ["a", "b", "c"]
+    for i, name in enumerate(names):
+        await world.rec.reconcile(born(world.body(name, udp(f"10.0.0.{i + 1}", 5070)), i))
+    reloads = world.reloads()
+    async with world.rec.table_lock:
+        tasks = [asyncio.create_task(world.rec.finalize(f"uid-{n}")) for n in names]
+        for _ in range(1000):
+            if world.rec.steps_waiting() == len(names):
+                break
+            await asyncio.sleep(0.01)
+        assert world.rec.steps_waiting() == len(names)
+    assert await asyncio.gather(*tasks) == [{}, {}, {}]
+    assert world.table() == []
+    assert world.mi.listed == []
+    assert world.reloads() - reloads <= 2  # coalesced: not one per SipSocket
