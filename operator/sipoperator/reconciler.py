@@ -65,6 +65,7 @@ TABLE_CACHE_SECONDS = 2.0
 # A pass that reloads nothing may use a pod's listing asked for this long ago (and since the object's last
 # pass and the table's last change): idle resyncs, a thousand a minute, share a few listings.
 LISTING_SHARE_SECONDS = 1.0
+STANDINGS_AFTER = 3  # lone steps that decide in full before the conflict standings are built again
 # How often the nodes of SipSockets with spec.advertised.fromNode are read for a changed address (a changed
 # Service is told by its watch): within this much, plus one pass, new messages carry the new address.
 SOURCE_CHECK_SECONDS = 5.0
@@ -170,6 +171,7 @@ class Reconciler:
         self._table_sockets: frozenset[str] | None = None
         self._known_version = 0  # moves with every change of `known` that the conflict check sees
         self._standing: tuple[tuple[int, int, tuple[tuple[str, str], ...]], Standings] | None = None
+        self._standings_missed = 0  # lone steps in a row that decided in full (`_standings`)
         self._requests: list[_Request] = []  # table steps waiting for the table lock (`_decide_and_write`)
         self._domain_owners: list[DomainOwner] = []  # read with the table, kept current the same way
         self._table_at = 0.0
@@ -509,7 +511,7 @@ class Reconciler:
             others=MappingProxyType(self.known),
             table_name=self.settings.table_name,
             secrets=MappingProxyType(dict(request.secrets)),
-            standings=self._standings(rows) if rows is not None else None,
+            standings=self._standings(rows, deferred is not None) if rows is not None else None,
             index=self._indexed() if rows is not None else None,
         )
         refusal = first_refusal(snap)
@@ -686,15 +688,20 @@ class Reconciler:
             self._table_sockets = table_sockets(r.socket for r in self._table or ())
         return self._table_sockets
 
-    def _standings(self, rows: Sequence[TableRow]) -> Standings:
+    def _standings(self, rows: Sequence[TableRow], many: bool) -> Standings | None:
         """Every SipSocket's standing for the conflict check (conflicts.Standings), kept while the table (as
         cached), the objects and the static sockets stay the same: a resync that finds nothing changed, and
-        each step of a batch after the first, look their verdict up."""
+        each step of a batch after the first, look their verdict up. Building them costs about two checks
+        in full, so a lone step (`many` False: a new SipSocket applied while the rest are idle) decides in
+        full instead, until STANDINGS_AFTER such steps in a row found them stale."""
         static = self.fleet.static_sockets()
         key = (self._table_version, self._known_version, tuple(static))
         if self._standing is None or self._standing[0] != key:
-            standings = checks.standings(rows, self.known, static, self.settings.table_name)
-            self._standing = (key, standings)
+            if not many and self._standings_missed < STANDINGS_AFTER:
+                self._standings_missed += 1
+                return None
+            self._standing = (key, checks.standings(rows, self.known, static, self.settings.table_name))
+            self._standings_missed = 0
         return self._standing[1]
 
     async def _write_locked(
