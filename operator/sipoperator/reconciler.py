@@ -429,6 +429,8 @@ class Reconciler:
             for uid in gone:
                 log.warning("removing the rows of SipSocket uid %s, which no longer exists", uid)
                 removed = _merge(removed, await self._remove_locked(uid))
+            if gone and self._table is not None and any(r.owner_uid in gone for r in self._table):
+                self._set_table([r for r in self._table if r.owner_uid not in gone])  # gone meanwhile
         except DatabaseUnavailable as exc:
             error = str(exc)
         if error is not None or len(batch) == 1:
