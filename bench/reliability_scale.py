@@ -28,7 +28,6 @@ import re
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +67,6 @@ def request_counts(api: ApiClient) -> dict[str, float]:
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
     diff = {k: int(v - before.get(k, 0.0)) for k, v in after.items()}
     return dict(sorted(((k, v) for k, v in diff.items() if v > 0), key=lambda kv: -kv[1]))
-
-
-def reload_seconds(health_port: int) -> float:
-    """The operator's `sipsockets_proxy_reload_duration_seconds_sum`: time spent in sockets_reload so far."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("sipsockets_proxy_reload_duration_seconds_sum"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def rss_kib(pid: int) -> int:
@@ -276,10 +262,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 # 4. apply -> answering with all present
                 answering: list[float] = []
                 ready: list[float] = []
-                reload_s: list[float] = []  # the proxy's sockets_reload time within each probe
                 for k in range(probes):
                     op = churn.Op("create", f"probe-{k:03d}", address(count + 10 + k), PORT)
-                    before_reloads = await asyncio.to_thread(reload_seconds, operator.health)
                     t = time.monotonic()
                     await asyncio.to_thread(api.request, "POST", path, churn.manifest(op))
                     while not await asyncio.to_thread(answers_options, op.address, PORT, 0.2):
@@ -287,7 +271,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             raise RuntimeError(f"{op.name} not answering after 60s")
                         await asyncio.sleep(0.01)
                     answering.append(time.monotonic() - t)
-                    reload_s.append(await asyncio.to_thread(reload_seconds, operator.health) - before_reloads)
                     await wait_until(lambda n=op.name: n in tracker.ready_at, 60, 0.01)
                     if op.name in tracker.ready_at:
                         ready.append(tracker.ready_at[op.name] - t)
@@ -302,7 +285,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "ready_p50_s": statistics.median(ready) if ready else None,
                     "ready_p99_s": percentile(ready, 99) if ready else None,
                     "all_s": answering,
-                    "reload_s": reload_s,
                     "loadavg": load(),
                 }
                 a = out["apply_to_answering"]
