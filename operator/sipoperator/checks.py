@@ -13,13 +13,14 @@ turns a problem into a warning and reconcile into the condition (the Gateway API
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sipoperator.conflicts import Claim, Foreign, decide
+from sipoperator.conflicts import Claim, Foreign, Standings, decide
 from sipoperator.refs import Resolution, resolve
-from sipoperator.snapshot import Snapshot
+from sipoperator.snapshot import Known, Snapshot
 from sipoperator.spec import DesiredSocket, describe_key, row_key
+from sipoperator.store import TableRow
 
 INVALID_SPEC, ENDPOINT_CONFLICT, CAPACITY_EXCEEDED = "InvalidSpec", "EndpointConflict", "CapacityExceeded"
 
@@ -46,47 +47,69 @@ def endpoint_free(snap: Snapshot) -> Refusal | None:
     wanted = me.wanted
     if wanted is None or snap.rows is None:
         return None
-    programmed = any(r.owner_uid == me.uid and row_key(r.socket) == wanted.key for r in snap.rows)
+    programmed = any(row_key(r.socket) == wanted.key for r in snap.own_rows())
     claim = Claim(me.uid, me.namespace, me.name, me.created, wanted.key, programmed)
+    verdict = snap.standings.verdict(claim) if snap.standings is not None else None
+    if verdict is None:
+        claims, foreign = claims_and_foreign(snap.rows, snap.others, snap.static, snap.table_name, me.uid)
+        verdict = decide(claim, claims, foreign)
+    return None if verdict.accepted else Refusal(ENDPOINT_CONFLICT, verdict.message, verdict.holder)
+
+
+def claims_and_foreign(
+    rows: Sequence[TableRow],
+    others: Mapping[str, Known],
+    static: Sequence[tuple[str, str]],
+    table_name: str,
+    subject: str | None = None,
+) -> tuple[list[Claim], list[Foreign]]:
+    """What `decide` weighs: the SipSockets' claims (programmed ones from the table, the others from the
+    watch) and the endpoints the operator does not own (rows, the proxies' static sockets). `subject`: the
+    uid whose own claims are left out (None: everyone's, for `Standings`)."""
     claims: list[Claim] = []
     foreign: list[Foreign] = []
-    for row in snap.rows:
+    for row in rows:
         key = row_key(row.socket)
         if key is None:
             continue
         if row.owner_uid is None:
-            what = f"row {row.id} of table {snap.table_name} ({row.socket}, not managed by the operator)"
+            what = f"row {row.id} of table {table_name} ({row.socket}, not managed by the operator)"
             foreign.append(Foreign(key, what))
-        elif row.owner_uid != me.uid:
-            other = snap.others.get(row.owner_uid)
+        elif row.owner_uid != subject:
+            other = others.get(row.owner_uid)
             created = other.created if other else ""
             claims.append(
                 Claim(row.owner_uid, row.owner_namespace or "", row.owner_name or "", created, key, True)
             )
-    for pod, text in snap.static:
+    for pod, text in static:
         key = row_key(text)
         if key is not None:
             foreign.append(Foreign(key, f"static socket {text} of proxy pod {pod}"))
-    for other in snap.others.values():
-        if other.uid == me.uid or other.deleting or other.wanted is None:
+    for other in others.values():
+        if other.uid == subject or other.deleting or other.wanted is None:
             continue
         claims.append(Claim(other.uid, other.namespace, other.name, other.created, other.wanted.key))
-    verdict = decide(claim, claims, foreign)
-    return None if verdict.accepted else Refusal(ENDPOINT_CONFLICT, verdict.message, verdict.holder)
+    return claims, foreign
+
+
+def standings(
+    rows: Sequence[TableRow], others: Mapping[str, Known], static: Sequence[tuple[str, str]], table_name: str
+) -> Standings:
+    """Every SipSocket's standing against these inputs, for many `endpoint_free` checks in a row."""
+    return Standings(*claims_and_foreign(rows, others, static, table_name))
 
 
 def capacity_left(snap: Snapshot) -> Refusal | None:
     """A new row needs a free slot on every proxy (the smallest max_sockets of the fleet); an object that
     has its row already keeps it."""
-    rows = snap.rows
-    if snap.capacity is None or rows is None or any(r.owner_uid == snap.subject.uid for r in rows):
+    if snap.capacity is None or snap.rows is None or snap.own_rows():
         return None
-    distinct = {(r.socket, r.advertised, r.tag, r.flags, r.tos) for r in rows}
-    if len(distinct) + 1 <= snap.capacity:
+    distinct = snap.distinct_rows()
+    if distinct + 1 <= snap.capacity:
         return None
     return Refusal(
         CAPACITY_EXCEEDED,
-        f"the proxies have max_sockets={snap.capacity} and {len(distinct)} sockets are in the table; "
+        f"the proxies have max_sockets={snap.capacity} and {distinct} sockets are in the table; "
         "delete a SipSocket or raise sockets_mgm.max_sockets",
     )
 

@@ -50,7 +50,7 @@ FLEET_RETRY = 5.0
 def pod_out_of_sync(listed: Listed, table: frozenset[str]) -> bool:
     """Does the pod list other dynamic sockets than the table has? Judged per pod: a pod that missed the
     reload after the last SipSocket was deleted serves a socket that no SipSocket's pass looks at any more."""
-    return table_sockets(listed.entries) != table
+    return listed.sockets != table
 
 
 def next_fleet_check(resync: float, retry_soon: bool) -> float:

@@ -13,6 +13,7 @@ thousand SipSockets reconciling at once cost a handful of reloads, never a thous
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -179,6 +180,12 @@ class Listed:
     seen: dict[str, Seen] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)
 
+    @functools.cached_property
+    def sockets(self) -> frozenset[str]:
+        """The listed socket texts that parse (as `drift.table_sockets` takes the table's): computed once
+        for every pass that shares this listing."""
+        return frozenset(s for s in self.entries if row_key(s) is not None)
+
     def _text_of(self, socket: str, key: EndpointKey) -> str | None:
         if socket in self.entries:
             return socket
@@ -273,6 +280,7 @@ class ProxyPod:
     _reload: Coalesced[Any] = field(init=False)
     _tls_reload: Coalesced[Any] = field(init=False)
     _listing: Coalesced[Listed] = field(init=False)
+    _last_listing: tuple[float, Listed] | None = field(default=None, init=False)  # (asked at, answer)
 
     def __post_init__(self) -> None:
         self._reload = Coalesced(self._do_reload)
@@ -337,7 +345,10 @@ class ProxyPod:
         return result
 
     async def _do_list(self) -> Listed:
-        return parse_listing(await self._call_command("list"), self.opensips)
+        asked = time.monotonic()
+        listed = parse_listing(await self._call_command("list"), self.opensips)
+        self._last_listing = (asked, listed)
+        return listed
 
     async def reload(self) -> Any:
         return await self._reload()
@@ -346,7 +357,13 @@ class ProxyPod:
         """Re-read the TLS domains: new connections get them, established ones keep theirs."""
         return await self._tls_reload()
 
-    async def listing(self) -> Listed:
+    async def listing(self, since: float | None = None) -> Listed:
+        """The pod's sockets. `since` (monotonic time): a listing asked for at or after it will do, so that
+        passes that change nothing share one (a thousand resyncs a minute need not each ask for a
+        thousand sockets); None: one asked for from now on (coalesced with others asking)."""
+        last = self._last_listing
+        if since is not None and last is not None and last[0] >= since:
+            return last[1]
         return await self._listing()
 
     async def discover(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -106,6 +106,26 @@ class Removed:
 
     def __bool__(self) -> bool:
         return self.socket or self.domain
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """`Store.write`'s arguments, for `Store.apply`."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    row: Row
+    domain: DomainRow | None = None
+    options: SocketOptions = NO_OPTIONS
+
+
+@dataclass(frozen=True)
+class RemoveOp:
+    """`Store.remove`'s argument, for `Store.apply`."""
+
+    uid: str
 
 
 def owners_table(metadata: MetaData) -> Table:
@@ -260,16 +280,37 @@ class Store:
         """Make the row owned by `uid` exactly `row`, placed as `options`, and its tls_mgm row exactly
         `domain` (None: no domain row), in one transaction: insert, repair (edited or deleted by hand) or
         keep."""
+        [written] = await self.apply([WriteOp(uid, namespace, name, generation, row, domain, options)])
+        assert isinstance(written, Written)
+        return written
+
+    async def apply(self, ops: Sequence[WriteOp | RemoveOp]) -> list[Written | Removed]:
+        """`write` and `remove` for many SipSockets, in order, in ONE transaction: all of it or none (a
+        thousand passes at start-up cost one commit, not a thousand). The answers in the order of `ops`."""
         await self.ensure_schema()
 
-        async def run() -> Written:
+        async def run() -> list[Written | Removed]:
+            out: list[Written | Removed] = []
             async with self.engine.begin() as conn:
-                written = await self._write(conn, uid, namespace, name, generation, row)
-                placed = await self._write_options(conn, written.row_id, options)
-                domain_changed, domain_id = await self._write_domain(conn, uid, namespace, name, domain)
-                return Written(written.row_id, written.changed or placed, domain_changed, domain_id)
+                for op in ops:
+                    out.append(
+                        await self._remove_in(conn, op.uid)
+                        if isinstance(op, RemoveOp)
+                        else await self._write_in(conn, op)
+                    )
+            return out
 
-        return await self._guard("writing the socket row", run, write=True)
+        if len(ops) == 1:
+            what = "deleting the socket row" if isinstance(ops[0], RemoveOp) else "writing the socket row"
+        else:
+            what = f"writing {len(ops)} socket rows"
+        return await self._guard(what, run, write=True)
+
+    async def _write_in(self, conn: AsyncConnection, op: WriteOp) -> Written:
+        written = await self._write(conn, op.uid, op.namespace, op.name, op.generation, op.row)
+        placed = await self._write_options(conn, written.row_id, op.options)
+        domain_changed, domain_id = await self._write_domain(conn, op.uid, op.namespace, op.name, op.domain)
+        return Written(written.row_id, written.changed or placed, domain_changed, domain_id)
 
     async def _write_domain(
         self, conn: AsyncConnection, uid: str, namespace: str, name: str, domain: DomainRow | None
@@ -380,21 +421,20 @@ class Store:
     async def remove(self, uid: str) -> Removed:
         """Delete the socket row and the tls_mgm row owned by `uid` and their owner entries, in one
         transaction; the answer is true when something was deleted."""
-        await self.ensure_schema()
+        [removed] = await self.apply([RemoveOp(uid)])
+        assert isinstance(removed, Removed)
+        return removed
+
+    async def _remove_in(self, conn: AsyncConnection, uid: str) -> Removed:
         s, o = self.sockets, self.owners
-
-        async def run() -> Removed:
-            async with self.engine.begin() as conn:
-                domain, _ = await self._write_domain(conn, uid, "", "", None)
-                owner = (await conn.execute(select(o.c.socket_id).where(o.c.uid == uid))).first()
-                if owner is None:
-                    return Removed(socket=False, domain=domain)
-                await conn.execute(delete(s).where(s.c.id == int(owner[0])))
-                await conn.execute(delete(self.options).where(self.options.c.socket_id == int(owner[0])))
-                await conn.execute(delete(o).where(o.c.uid == uid))
-                return Removed(socket=True, domain=domain)
-
-        return await self._guard("deleting the socket row", run, write=True)
+        domain, _ = await self._write_domain(conn, uid, "", "", None)
+        owner = (await conn.execute(select(o.c.socket_id).where(o.c.uid == uid))).first()
+        if owner is None:
+            return Removed(socket=False, domain=domain)
+        await conn.execute(delete(s).where(s.c.id == int(owner[0])))
+        await conn.execute(delete(self.options).where(self.options.c.socket_id == int(owner[0])))
+        await conn.execute(delete(o).where(o.c.uid == uid))
+        return Removed(socket=True, domain=domain)
 
 
 def _same_columns(current: Any, wanted: dict[str, Any]) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sipoperator.conflicts import Claim, Foreign, decide, overlaps
 
 KEY = ("udp", "10.0.0.1", 5060)
@@ -172,3 +174,39 @@ def test_the_indexed_holders_agree_with_a_scan_of_them_all() -> None:
         for me in claims:
             verdict = decide(me, claims, foreign)
             assert (verdict.accepted, verdict.holder) == _decide_by_scan(me, claims, foreign)
+
+
+def test_standings_agree_with_deciding_each_claim_alone_also_after_holders_got_their_rows() -> None:
+    """What a batch relies on: one walk over every claim gives each object the verdict (and the holder it
+    names) that `decide` gives it alone, and stays right as holders are programmed one after another."""
+    import random
+
+    from sipoperator.conflicts import Standings
+
+    rng = random.Random(20261205)
+    addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "0.0.0.0", "::", "::1", "fd00::2"]
+    looked_up = 0
+    for _ in range(400):
+        claims = []
+        for _ in range(rng.randrange(1, 25)):
+            n = rng.randrange(12)  # an object may claim several endpoints (its row and its new wish)
+            key = (rng.choice(["udp", "tcp"]), rng.choice(addresses), rng.choice([5060, 5061]))
+            claims.append(Claim(f"uid-{n}", "voip", f"s{n}", f"2026-01-{n + 1:02d}T00:00:00Z", key,
+                                rng.random() < 0.3))  # fmt: skip
+        foreign = []
+        if rng.random() < 0.3:
+            foreign.append(Foreign(("udp", rng.choice(addresses), 5061), "a static socket"))
+        standings = Standings(claims, foreign)
+        for me in claims:
+            if rng.random() < 0.3 and standings.verdict(me) is not None and standings.promote(me.uid, me.key):
+                claims = [
+                    replace(c, programmed=True) if (c.uid, c.key) == (me.uid, me.key) else c for c in claims
+                ]
+        for me in claims:
+            verdict = standings.verdict(me)
+            if verdict is None:
+                continue  # several claims of one object here: the caller decides in full
+            looked_up += 1
+            alone = decide(me, [c for c in claims if c.uid != me.uid], foreign)
+            assert verdict == alone
+    assert looked_up > 1000

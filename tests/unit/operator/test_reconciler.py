@@ -5,6 +5,8 @@ timeouts), reloads after removals included; the status written once per change, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,11 +18,12 @@ import pytest
 from sipoperator.kube import KubeClient
 from sipoperator.metrics import Metrics
 from sipoperator.proxies import Fleet
-from sipoperator.reconciler import Reconciler
+from sipoperator.reconciler import Reconciler, Result
 from sipoperator.settings import Settings
 from sipoperator.spec import Row
 from sipoperator.status import StatusWriter
 from sipoperator.store import Store
+from tests.tlscerts import issue, make_ca
 from tests.unit.operator.servers import FakeAPI, FakeMI
 
 
@@ -71,7 +74,12 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    db = tmp_path / "sockets.db"
+    async with make_world(tmp_path / "sockets.db") as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def make_world(db: Path, max_sockets: int = 100) -> AsyncIterator[World]:
     settings = Settings(namespace="voip", db_url=f"sqlite:///{db}")
     store = Store(settings.db_url)
     calls: list[tuple[str, bool]] = []
@@ -93,6 +101,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         fleet = Fleet(settings, metrics)
         rec = Reconciler(settings, store, fleet, metrics, StatusWriter(kube), kube)
         mi = FakeMI(sockets, lambda method: calls.append((method, rec.table_lock.locked())), domains=domains)
+        mi.max_sockets = max_sockets
         fleet.observe("proxy-0", "uid-p", "127.0.0.1", True, await mi.start())
         try:
             yield World(rec, api, mi, db, calls)
@@ -198,3 +207,110 @@ async def test_the_wide_columns_show_the_advertised_address_and_the_pods_listeni
     # Refused: nothing listens and nothing is advertised.
     result = await world.rec.reconcile(world.body("w", udp("sbc.example.com", 5070), generation=3))
     assert (result.status["advertised"], result.status["listening"]) == (None, None)
+
+
+def born(body: dict[str, Any], second: int) -> dict[str, Any]:
+    body["metadata"]["creationTimestamp"] = f"2026-01-01T00:00:{second:02d}Z"
+    return body
+
+
+async def in_one_batch(world: World, bodies: list[dict[str, Any]]) -> list[Result]:
+    """Reconcile `bodies` at once with their table steps queued behind the held table lock, so that they run
+    as one batch when it is released (as a thousand passes do at start-up)."""
+    rec = world.rec
+    await rec.fleet.discover_all()  # no MI call on the way to the lock
+    async with rec.table_lock:
+        tasks = [asyncio.create_task(rec.reconcile(b)) for b in bodies]
+        for _ in range(1000):
+            if rec.steps_waiting() == len(bodies):
+                break
+            await asyncio.sleep(0.01)
+        assert rec.steps_waiting() == len(bodies)
+    return list(await asyncio.gather(*tasks))
+
+
+# Two claims on each of two endpoints (one of them a wildcard and an address it covers), and more winners
+# than the proxies have slots for: the batch must pick the same winners as passes one at a time.
+CONTENDERS = [
+    ("a", udp("10.0.0.1", 5070), 5),
+    ("b", udp("10.0.0.1", 5070), 1),  # older than a: holds 10.0.0.1:5070
+    ("x", udp("10.0.0.2", 5071), 6),
+    ("w", udp("0.0.0.0", 5071), 2),  # an older wildcard: x loses to it
+    ("c", udp("10.0.0.3", 5072), 3),
+    ("d", udp("10.0.0.4", 5072), 4),  # the fourth winner: no slot left (max_sockets 3)
+]
+
+
+async def test_a_batch_picks_the_same_winners_as_passes_one_at_a_time(tmp_path: Path) -> None:
+    async with make_world(tmp_path / "batch.db", max_sockets=3) as batched:
+        bodies = [born(batched.body(n, spec), t) for n, spec, t in CONTENDERS]
+        together = {
+            r.status["socket"] + " " + n: conditions(r.status)["Accepted"]
+            for (n, _, _), r in zip(CONTENDERS, await in_one_batch(batched, bodies), strict=True)
+        }
+        assert batched.reloads() <= 2  # the passes' reloads coalesce: none per SipSocket
+        table = batched.table()
+    async with make_world(tmp_path / "one.db", max_sockets=3) as alone:
+        bodies = [born(alone.body(n, spec), t) for n, spec, t in CONTENDERS]
+        for body in bodies:  # the watch has listed them all, as before the batch
+            alone.rec.observe(body)
+        one_by_one = {}
+        for (n, _, _), body in zip(CONTENDERS, bodies, strict=True):
+            result = await alone.rec.reconcile(body)
+            one_by_one[result.status["socket"] + " " + n] = conditions(result.status)["Accepted"]
+        assert alone.table() == table
+    assert table == [("udp:0.0.0.0:5071", "w"), ("udp:10.0.0.1:5070", "b"), ("udp:10.0.0.3:5072", "c")]
+    assert {k: v[:2] for k, v in together.items()} == {k: v[:2] for k, v in one_by_one.items()}
+    assert together["udp:10.0.0.1:5070 a"][:2] == ("False", "EndpointConflict")
+    assert "SipSocket voip/b" in together["udp:10.0.0.1:5070 a"][2]
+    assert "SipSocket voip/w" in together["udp:10.0.0.2:5071 x"][2]
+    assert together["udp:10.0.0.4:5072 d"][:2] == ("False", "CapacityExceeded")
+
+
+async def test_a_batch_whose_transaction_fails_is_written_one_by_one(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One SipSocket's tls_mgm domain name is taken by a row made by hand: the batch's one transaction fails,
+    so nothing of it was written; each step then runs alone and only that one is refused."""
+    leaf = issue(make_ca(), "sip.example.com", dns=["sip.example.com"])
+    world.api.put_secret(
+        "voip", "edge-tls", "kubernetes.io/tls", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
+    )
+    await world.rec.store.ensure_schema()
+    with sqlite3.connect(world.db) as conn:
+        conn.execute("INSERT INTO tls_mgm (domain, type, match_ip_address) VALUES ('voip/edge', 2, '*')")
+    edge = {"protocol": "tls", "address": "10.0.0.9", "port": 5061, "tls": {"secretName": "edge-tls"}}
+    bodies = [
+        born(world.body("a", udp("10.0.0.1", 5070)), 1),
+        born(world.body("edge", edge), 2),
+        born(world.body("c", udp("10.0.0.3", 5070)), 3),
+    ]
+    results = await in_one_batch(world, bodies)
+    assert [conditions(r.status)["Programmed"][:2] for r in results] == [
+        ("True", "Programmed"),
+        ("False", "DomainConflict"),
+        ("True", "Programmed"),
+    ]
+    assert world.table() == [("udp:10.0.0.1:5070", "a"), ("udp:10.0.0.3:5070", "c")]
+    assert [conditions(r.status)["Ready"][:2] for r in (results[0], results[2])] == [
+        ("True", "Listening")
+    ] * 2
+    assert "rows in one transaction failed" in caplog.text
+
+
+async def test_finalizers_that_arrive_together_remove_their_rows_in_one_batch(world: World) -> None:
+    names = ["a", "b", "c"]
+    for i, name in enumerate(names):
+        await world.rec.reconcile(born(world.body(name, udp(f"10.0.0.{i + 1}", 5070)), i))
+    reloads = world.reloads()
+    async with world.rec.table_lock:
+        tasks = [asyncio.create_task(world.rec.finalize(f"uid-{n}")) for n in names]
+        for _ in range(1000):
+            if world.rec.steps_waiting() == len(names):
+                break
+            await asyncio.sleep(0.01)
+        assert world.rec.steps_waiting() == len(names)
+    assert await asyncio.gather(*tasks) == [{}, {}, {}]
+    assert world.table() == []
+    assert world.mi.listed == []
+    assert world.reloads() - reloads <= 2  # coalesced: not one per SipSocket
