@@ -14,7 +14,7 @@ import sys
 import kopf
 from aiohttp import web
 
-from sipoperator import handlers
+from sipoperator import collector, handlers
 from sipoperator.election import AllOf, Elector
 from sipoperator.events import EventPoster
 from sipoperator.fleetsync import FleetSync
@@ -87,6 +87,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     election = asyncio.create_task(elector.run(stop), name="leader election")
+    collections = asyncio.create_task(collector.run(rec.idle, stop), name="garbage collection")
     try:
         await kopf.operator(
             registry=registry,
@@ -98,6 +99,7 @@ async def run(settings: Settings) -> None:
     finally:
         stop.set()
         await election  # the leader's work stops and the Lease is released before anything closes
+        await collections
         await events.close()
         for runner in runners:
             await runner.cleanup()

@@ -279,6 +279,12 @@ class Reconciler:
         lock = self._object_locks.get(uid)
         return lock is not None and lock.locked()
 
+    def idle(self) -> bool:
+        """No pass of any SipSocket is running or waiting for the table."""
+        if self._requests or self.table_lock.locked():
+            return False
+        return not any(lock.locked() for lock in self._object_locks.values())
+
     def seconds_until_due(self, uid: str) -> float:
         return schedule.seconds_until_due(self.memo(uid), time.monotonic(), self.settings.resync_period)
 
