@@ -57,9 +57,6 @@ class PoolState:
     def last_beat(self) -> float:
         return float(HEARTBEAT.unpack_from(self.heartbeat, 0)[0])
 
-    def recruit(self) -> None:
-        os.eventfd_write(self.recruit_fd, 1)
-
 
 class PoolSelector(selectors.BaseSelector):
     def __init__(self, pool: PoolState, always_active: bool, watches: bool = True) -> None:
@@ -144,7 +141,7 @@ class PoolSelector(selectors.BaseSelector):
             else:
                 waiting.loop_has_work = False
                 now = time.monotonic()
-                events = self._select_standby(-1.0 if deadline < 0 else max(0.0, deadline - now), now)
+                events = self._select_standby(-1.0 if deadline < 0 else max(0.0, deadline - now))
                 if events is not None:
                     return events
                 if waiting.loop_has_work:
@@ -160,7 +157,7 @@ class PoolSelector(selectors.BaseSelector):
                 events.append((key, _selector_events(ev)))
         return events
 
-    def _select_standby(self, remaining: float, now: float) -> list[tuple[selectors.SelectorKey, int]] | None:
+    def _select_standby(self, remaining: float) -> list[tuple[selectors.SelectorKey, int]] | None:
         check = STANDBY_CHECK if self.watches else -1.0
         wait = check if remaining < 0 else (remaining if check < 0 else min(remaining, check))
         ready = self._standby_ep.poll(wait)
