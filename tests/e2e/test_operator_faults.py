@@ -149,8 +149,15 @@ def test_operator_killed_mid_reconcile_leaves_a_consistent_table(env: Env) -> No
     uids = {n: get(cp, ns, n)["metadata"]["uid"] for n in names}  # type: ignore[index]
     assert sorted((uid, name) for _, uid, name in owners) == sorted((u, n) for n, u in uids.items())
     assert {sid for sid, _, _ in owners} == {sid for sid, _ in sockets}
-    metrics = op.metrics()
-    assert 'sipsockets_sockets{condition="Ready",status="True",reason="Listening"} 15' in metrics
+    # The killed operator may have written every status before it died; the new one reports them only once it
+    # holds the lease (the dead one's runs out first) and has reconciled them itself.
+    ready = 'sipsockets_sockets{condition="Ready",status="True",reason="Listening"} 15'
+
+    def counted() -> str | None:
+        metrics = op.metrics()
+        return metrics if ready in metrics else None
+
+    metrics = wait_for(counted, "the new operator counting 15 Ready")
     assert "sipsockets_proxy_reload_duration_seconds_count" in metrics
 
     # And all of them go cleanly.
