@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import time
@@ -86,11 +87,15 @@ class SipProxy:
         self.base_url = base_url
         self._ids = 0
 
-    async def mi(self, session: aiohttp.ClientSession, method: str, limit: float = 120.0) -> Any:
+    async def mi_answer(self, session: aiohttp.ClientSession, method: str, limit: float = 120.0) -> bytes:
+        """The MI answer as it arrives, not parsed."""
         self._ids += 1
         body = {"jsonrpc": "2.0", "method": method, "id": self._ids}
         async with session.post(self.mi_url, json=body, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
-            data = await resp.json(content_type=None)
+            return await resp.read()
+
+    async def mi(self, session: aiohttp.ClientSession, method: str, limit: float = 120.0) -> Any:
+        data = json.loads(await self.mi_answer(session, method, limit))
         if "error" in data:
             raise RuntimeError(f"MI {method}: {data['error']}")
         return data["result"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 import statistics
@@ -42,6 +43,7 @@ class ReloadFigures:
     first_remove_ms: float  # be taking the start-up sockets
     unchanged_ms: list[float]  # reload with nothing changed
     add_ms: list[float]
+    add_parse_ms: list[float]  # of add_ms, the client parsing the answer (the answer lists every socket)
     remove_ms: list[float]
     # Medians of the supervisor's own timing of each step of the timed additions (ms), from its debug log:
     # read, judge, diff, bind, workers, result.
@@ -53,6 +55,11 @@ class ReloadFigures:
     @property
     def add_median(self) -> float:
         return statistics.median(self.add_ms)
+
+    @property
+    def add_received_median(self) -> float:
+        """Adding one until the answer's last byte is read, the client's parse of it left out."""
+        return statistics.median(a - p for a, p in zip(self.add_ms, self.add_parse_ms, strict=True))
 
     @property
     def remove_median(self) -> float:
@@ -106,10 +113,21 @@ def _db_exec(db_path: Path, sql: str, rows: list[tuple[str]]) -> None:
         conn.executemany(sql, rows)
 
 
-async def _reload(session: aiohttp.ClientSession, proxy: SipProxy) -> tuple[float, dict[str, Any]]:
+async def _reload(
+    session: aiohttp.ClientSession, proxy: SipProxy, parses: list[float] | None = None
+) -> tuple[float, dict[str, Any]]:
+    """The wall time of one `sockets_reload` (ms) until the answer is read and parsed, and the answer's
+    result; `parses` gets how much of that time was the client parsing the answer's JSON."""
     t0 = time.perf_counter()
-    result = await proxy.mi(session, "sockets_reload")
-    return (time.perf_counter() - t0) * 1000, result
+    raw = await proxy.mi_answer(session, "sockets_reload")
+    t1 = time.perf_counter()
+    data = json.loads(raw)
+    t2 = time.perf_counter()
+    if parses is not None:
+        parses.append((t2 - t1) * 1000)
+    if "error" in data:
+        raise RuntimeError(f"MI sockets_reload: {data['error']}")
+    return (t2 - t0) * 1000, data["result"]
 
 
 async def measure(
@@ -147,6 +165,7 @@ async def measure(
     sync_timeouts = log.read_text(errors="replace").count("did not answer sync")
     unchanged: list[float] = []
     added: list[float] = []
+    parses: list[float] = []  # of each addition's answer, by the client
     removed: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
@@ -161,7 +180,7 @@ async def measure(
                 unchanged.append(ms)
                 row = (f"udp:{address(present + run)}:{port}",)
                 await asyncio.to_thread(_db_exec, db_path, "INSERT INTO sockets (socket) VALUES (?)", [row])
-                ms, result = await _reload(session, proxy)
+                ms, result = await _reload(session, proxy, parses)
                 if len(result["added"]) != 1 or result["failed"]:
                     raise RuntimeError(f"adding {row[0]}: added {result['added']}, failed {result['failed']}")
                 added.append(ms)
@@ -190,6 +209,7 @@ async def measure(
         first_remove_ms=removed[0],
         unchanged_ms=unchanged[1:],
         add_ms=added[1:],
+        add_parse_ms=parses[1:],
         remove_ms=removed[1:],
         add_steps_ms={
             name: statistics.median(step.get(name, 0.0) for step in add_steps) for name in add_steps[0]
@@ -221,7 +241,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 raise RuntimeError(f"reload size {present} out of range 0..5000")
             fig = await measure(procs, workdir, present, runs, args.pool_workers, args.tcp_workers)
             print(
-                f"  {present:5d} present: add one {fig.add_median:.1f} ms,"
+                f"  {present:5d} present: add one {fig.add_median:.1f} ms"
+                f" ({fig.add_received_median:.1f} ms to the answer's last byte, before parsing it),"
                 f" remove one {fig.remove_median:.1f} ms,"
                 f" unchanged {fig.unchanged_median:.1f} ms (medians of {runs});"
                 f" start-up with the table loaded {fig.startup_s:.1f}s"
@@ -239,6 +260,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 asdict(fig)
                 | {
                     "add_median_ms": fig.add_median,
+                    "add_received_median_ms": fig.add_received_median,
                     "remove_median_ms": fig.remove_median,
                     "unchanged_median_ms": fig.unchanged_median,
                 }

@@ -98,34 +98,56 @@ class Channel(Generic[In]):
                     self.closed = True
                     raise ChannelClosed(str(exc)) from exc
 
+    def send_now(self, data: bytes) -> bool:
+        """Send an encoded message if that needs no waiting (nothing queued before it, room in the socket);
+        False when the caller must `send` it instead."""
+        if self._send_lock.locked():
+            return False
+        if self.closed:
+            raise ChannelClosed("control channel closed")
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.closed = True
+            raise ChannelClosed(str(exc)) from exc
+        return True
+
     async def recv(self) -> tuple[In, int | None]:
         """The next message and its descriptor; raises ProtocolError (the descriptor closed) for one that
         cannot be decoded, ChannelClosed when the peer is gone."""
         while True:
-            if self.closed:
-                raise ChannelClosed("control channel closed")
             try:
-                data, fds = self._receive()
+                return self.recv_now()
             except BlockingIOError:
                 await self._wait(writable=False)
-                continue
-            except OSError as exc:
-                self.closed = True
-                raise ChannelClosed(str(exc)) from exc
-            if not data:
-                self.closed = True
-                for extra in fds:
-                    socket.close(extra)
-                raise ChannelClosed("peer closed the control channel")
-            for extra in fds[1:]:
+
+    def recv_now(self) -> tuple[In, int | None]:
+        """As `recv`, for a message already waiting: raises BlockingIOError when there is none."""
+        if self.closed:
+            raise ChannelClosed("control channel closed")
+        try:
+            data, fds = self._receive()
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            self.closed = True
+            raise ChannelClosed(str(exc)) from exc
+        if not data:
+            self.closed = True
+            for extra in fds:
                 socket.close(extra)
-            fd = fds[0] if fds else None
-            try:
-                return self._decode(data), fd
-            except ProtocolError:
-                if fd is not None:
-                    os.close(fd)
-                raise
+            raise ChannelClosed("peer closed the control channel")
+        for extra in fds[1:]:
+            socket.close(extra)
+        fd = fds[0] if fds else None
+        try:
+            return self._decode(data), fd
+        except ProtocolError:
+            if fd is not None:
+                os.close(fd)
+            raise
 
     def _receive(self) -> tuple[bytes, list[int]]:
         """One packet and the descriptors attached (as `socket.recv_fds`), received into the channel's own

@@ -56,19 +56,22 @@ class SocketSpec:
         return format_socket(self.proto, self.host, self.port)
 
     @cached_property
-    def key(self) -> tuple[str, str, int, str | None, int | None, str | None, int, tuple[str, ...], bool]:
+    def key(self) -> str:
         """What OpenSIPS compares on reload (and free bind, ours): equal keys mean the running socket is kept
-        untouched. (Cached: a reload with a thousand sockets compares every one of them.)"""
-        return (
-            self.proto,
-            self.host,
-            self.port,
-            self.advertised_host,
-            self.advertised_port,
-            self.tag,
-            self.tos,
-            self.flags_tuple,
-            self.freebind,
+        untouched. Text, written once per spec: a reload with a thousand sockets looks each key up several
+        times, and a string keeps its hash where a tuple computes it again at every lookup."""
+        return repr(
+            (
+                self.proto,
+                self.host,
+                self.port,
+                self.advertised_host,
+                self.advertised_port,
+                self.tag,
+                self.tos,
+                self.flags_tuple,
+                self.freebind,
+            )
         )
 
     @property

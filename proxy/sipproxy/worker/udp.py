@@ -115,10 +115,17 @@ class UdpTransport:
         self.host = host
         self.selector = selector
 
+    def serve_now(self, sock: socket.socket, listener: Listener, sid: int) -> PooledUdpSocket | None:
+        """Serve through the pool's selector, which needs no waiting; None for a worker without one."""
+        if self.selector is None:
+            return None
+        sock.setblocking(False)
+        return PooledUdpSocket(self.host, self.selector, sock, listener, sid)
+
     async def serve(self, sock: socket.socket, listener: Listener, sid: int) -> UdpServer | PooledUdpSocket:
-        if self.selector is not None:
-            sock.setblocking(False)
-            return PooledUdpSocket(self.host, self.selector, sock, listener, sid)
+        pooled = self.serve_now(sock, listener, sid)
+        if pooled is not None:
+            return pooled
         _, server = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: UdpServer(self.host, listener, sid), sock=sock
         )

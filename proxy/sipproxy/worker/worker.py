@@ -31,6 +31,7 @@ from sipproxy.shared.control import (
     Sync,
     TlsDomains,
     Update,
+    encode,
     read_tls_domains_document,
 )
 from sipproxy.shared.socketspec import format_socket
@@ -45,7 +46,7 @@ from sipproxy.worker.sending import Sender
 from sipproxy.worker.tcp import TcpTransport
 from sipproxy.worker.tls import TlsContexts, TlsTransport
 from sipproxy.worker.transport import Serving, Transport, TransportHost
-from sipproxy.worker.udp import UdpTransport
+from sipproxy.worker.udp import PooledUdpSocket, UdpTransport
 from sipproxy.worker.udp_loop import PoolSelector
 from sipproxy.worker.ws import WsTransport
 
@@ -96,9 +97,10 @@ class Worker:
         )
         self.tcp = TcpTransport(host)
         self.tls = TlsContexts(self.log)
+        self.udp = UdpTransport(host, selector)
         # The transport serving each protocol; the sockets of any other are only sent from.
         self.transports: dict[str, Transport] = {
-            "udp": UdpTransport(host, selector),
+            "udp": self.udp,
             "tcp": self.tcp,
             "tls": TlsTransport(host, self.tcp, self.tls),
             "ws": WsTransport(host, self.tcp, self.tls, secure=False),
@@ -108,6 +110,7 @@ class Worker:
         self.dispatch = self.sender.dispatch  # bound once: called per message
         self.relay = Relay(relay_prefix, index, self.relayed, self.log)
         self.sockets: dict[int, WorkerSocket] = {}
+        self._owed: list[Error] = []  # replies of commands applied at once that could not be sent then
 
     # --- the hot path -------------------------------------------------------------------------------
 
@@ -136,9 +139,15 @@ class Worker:
     # --- control -------------------------------------------------------------------------------------
 
     async def add_socket(self, cmd: Add, fd: int | None) -> None:
+        if cmd.sid in self.sockets:
+            await self.remove_socket(cmd.sid)
+        entry = self._take(cmd, fd)
+        if entry.sock is not None and cmd.serve:
+            await self._serve(entry, entry.sock)
+
+    def _take(self, cmd: Add, fd: int | None) -> WorkerSocket:
+        """All of an added socket but serving it: known to the engine, and sent from."""
         sid, listener = cmd.sid, cmd.listener
-        if sid in self.sockets:
-            await self.remove_socket(sid)
         self.counters.name(sid, format_socket(listener.proto, listener.host, listener.port))
         sock = socket.socket(fileno=fd) if fd is not None else None
         entry = WorkerSocket(sid, listener, sock)
@@ -148,18 +157,39 @@ class Worker:
         if sock is not None and listener.proto == "udp":
             sock.setblocking(False)
             self.sender.udp_send[listener] = sock
-        if sock is not None and cmd.serve:
-            await self._serve(entry, sock)
+        return entry
+
+    def _serving_copy(self, entry: WorkerSocket, sock: socket.socket) -> socket.socket:
+        # The transport gets its own descriptor of the same open socket, so that closing either never pulls
+        # the other out from under it.
+        serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
+        entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
+        return serve_sock
 
     async def _serve(self, entry: WorkerSocket, sock: socket.socket) -> None:
         transport = self.transports.get(entry.listener.proto)
         if transport is None:
             raise ValueError(f"no {entry.listener.proto} transport in this worker")
-        # The transport gets its own descriptor of the same open socket, so that closing either never pulls
-        # the other out from under it.
-        serve_sock = socket.socket(fileno=os.dup(sock.fileno()))
-        entry.serve_fd = (serve_sock.fileno(), os.fstat(serve_sock.fileno()).st_ino)
-        entry.server = await transport.serve(serve_sock, entry.listener, entry.sid)
+        entry.server = await transport.serve(self._serving_copy(entry, sock), entry.listener, entry.sid)
+
+    def _add_now(self, cmd: Add, fd: int | None) -> bool:
+        """An Add that needs no waiting (not served here, or a UDP socket served through the pool's selector),
+        applied; False, with nothing done, for any other."""
+        served = cmd.serve and fd is not None
+        if cmd.sid in self.sockets or (served and (cmd.listener.proto != "udp" or self.udp.selector is None)):
+            return False
+        try:
+            entry = self._take(cmd, fd)
+            if served and entry.sock is not None:
+                entry.server = self.udp.serve_now(
+                    self._serving_copy(entry, entry.sock), entry.listener, cmd.sid
+                )
+        except Exception as exc:
+            self.log.exception("cannot take socket %s", cmd.listener)
+            error = Error(cmd.sid, str(exc))
+            if self._owed or not self.channel.send_now(encode(error)):
+                self._owed.append(error)
+        return True
 
     async def update_socket(self, cmd: Update) -> None:
         """Same open socket, new advertised address, tag or ToS: the listener changes, the socket stays."""
@@ -192,7 +222,15 @@ class Worker:
         entry = self.sockets.pop(sid, None)
         if entry is None:
             return
-        self.counters.retire(sid)
+        self._drop(entry)
+        if entry.serve_fd is not None and not isinstance(entry.server, PooledUdpSocket):
+            # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
+            # address as soon as we acknowledge, so wait until it is really closed. (The pool's selector
+            # closes it at once.)
+            await wait_fd_closed(*entry.serve_fd)
+
+    def _drop(self, entry: WorkerSocket) -> None:
+        self.counters.retire(entry.sid)
         self.listeners.remove(entry.listener)
         if self.listeners.sid_of(entry.listener) is None:
             self.engine.listener_removed(entry.listener)
@@ -203,13 +241,35 @@ class Worker:
             entry.server.close()  # a TCP listener stops accepting; established connections carry on
         if entry.sock is not None:
             entry.sock.close()
-        if entry.serve_fd is not None:
-            # The event loop closes a transport's descriptor a little later; the supervisor may rebind the
-            # address as soon as we acknowledge, so wait until it is really closed.
-            await wait_fd_closed(*entry.serve_fd)
+
+    def _remove_now(self, sid: int) -> bool:
+        """A Remove that needs no waiting (nothing served, or served through the pool's selector), applied;
+        False, with nothing done, for any other."""
+        entry = self.sockets.get(sid)
+        if entry is not None:
+            if entry.server is not None and not isinstance(entry.server, PooledUdpSocket):
+                return False
+            del self.sockets[sid]
+            self._drop(entry)
+        return True
+
+    def apply_now(self, cmd: Command, fd: int | None) -> bool:
+        """Apply a command that needs no waiting, as most changes of the socket set and every Sync do, at once
+        (inside the loop's callback, no task woken); False, with nothing done, for one `apply` must take."""
+        match cmd:
+            case Add():
+                return self._add_now(cmd, fd)
+            case Remove() if fd is None:
+                return self._remove_now(cmd.sid)
+            case Sync() if fd is None and not self._owed:
+                return self.channel.send_now(encode(Ack(cmd.seq)))
+            case _:
+                return False
 
     async def apply(self, cmd: Command, fd: int | None) -> bool:
         """Apply one control command; False when told to stop."""
+        while self._owed:  # replies of commands applied at once that could not be sent then
+            await self.channel.send(self._owed.pop(0))
         if fd is not None and not isinstance(cmd, Add | TlsDomains):
             os.close(fd)  # only an Add and TlsDomains carry a descriptor
         match cmd:
@@ -255,30 +315,75 @@ class Worker:
                 assert_never(cmd)
         return True
 
+    def _drain(self) -> tuple[Command, int | None] | None:
+        """Apply every command waiting in the channel that needs no waiting, in order; the first that does is
+        returned (not applied), None once the channel is empty. Raises ChannelClosed."""
+        while True:
+            try:
+                cmd, fd = self.channel.recv_now()
+            except BlockingIOError:
+                return None
+            except ProtocolError as exc:
+                self.log.error("unreadable control message: %s", exc)
+                continue
+            try:
+                if not self.apply_now(cmd, fd):
+                    return cmd, fd
+            except ChannelClosed:
+                raise
+            except Exception:
+                self.log.exception("control command %s failed", cmd.op)
+
     async def run(self) -> None:
         sweeper = asyncio.get_running_loop().create_task(self.tcp.sweep())
         try:
             await self.relay.open()
         except OSError as exc:
             self.log.warning("no relay socket (TCP responses via other workers disabled): %s", exc)
+        # A reload wakes every worker; what it sends them is applied in the channel's reader callback, with no
+        # task to wake and no reader to register again (measured: about half of what a worker spent per
+        # reload). A command that must wait is handed to this task, the reader off until it has worked
+        # through the channel, so that commands are applied in the order sent.
+        loop = asyncio.get_running_loop()
+        fileno = self.channel.sock.fileno()
+        wake = asyncio.Event()
+        handed: list[tuple[Command, int | None] | ChannelClosed] = []
+
+        def readable() -> None:
+            try:
+                item: tuple[Command, int | None] | ChannelClosed | None = self._drain()
+            except ChannelClosed as exc:
+                item = exc
+            if item is not None:
+                loop.remove_reader(fileno)
+                handed.append(item)
+                wake.set()
+
         try:
             while True:
-                try:
-                    cmd, fd = await self.channel.recv()
-                except ProtocolError as exc:
-                    self.log.error("unreadable control message: %s", exc)
-                    continue
-                try:
-                    if not await self.apply(cmd, fd):
-                        break
-                except ChannelClosed:
-                    raise
-                except Exception:
-                    # One bad command must not take the worker (and every socket it serves) down.
-                    self.log.exception("control command %s failed", cmd.op)
+                loop.add_reader(fileno, readable)
+                await wake.wait()
+                wake.clear()
+                next_item: tuple[Command, int | None] | ChannelClosed | None = handed.pop()
+                while next_item is not None:
+                    if isinstance(next_item, ChannelClosed):
+                        raise next_item
+                    try:
+                        if not await self.apply(*next_item):
+                            return
+                    except ChannelClosed:
+                        raise
+                    except Exception:
+                        # One bad command must not take the worker (and every socket it serves) down.
+                        self.log.exception("control command %s failed", next_item[0].op)
+                    try:
+                        next_item = self._drain()
+                    except ChannelClosed as exc:
+                        next_item = exc
         except ChannelClosed:
             self.log.info("supervisor gone, exiting")
         finally:
+            loop.remove_reader(fileno)
             sweeper.cancel()
             await self.shutdown()
 

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from sipproxy.shared.channel import Channel, make_pair, memory_file, read_memory_file
+from sipproxy.shared.channel import Channel, ChannelClosed, make_pair, memory_file, read_memory_file
 from sipproxy.shared.control import (
     COMMANDS,
     REPLIES,
@@ -249,6 +249,33 @@ async def test_the_channel_carries_a_descriptor_and_closes_one_sent_with_a_refus
         supervisor.close()
         worker.close()
         bound.close()
+
+
+async def test_what_waits_in_the_channel_is_taken_without_waiting_and_an_empty_one_says_so() -> None:
+    """The worker applies a reload's commands inside its loop's callback: it takes what waits, is told when
+    nothing does, sends its answer at once, and learns of a supervisor gone."""
+    parent_sock, child_sock = make_pair()
+    supervisor = Channel(parent_sock, decode_reply)
+    worker = Channel(child_sock, decode_command)
+    try:
+        with pytest.raises(BlockingIOError):
+            worker.recv_now()
+        await supervisor.send(Remove(3))
+        await supervisor.send(Sync(4))
+        assert worker.recv_now() == (Remove(3), None)
+        assert worker.recv_now() == (Sync(4), None)
+        with pytest.raises(BlockingIOError):
+            worker.recv_now()
+        assert worker.send_now(encode(Ack(4)))
+        assert await asyncio.wait_for(supervisor.recv(), 5) == (Ack(4), None)
+        supervisor.close()
+        with pytest.raises(ChannelClosed):
+            worker.recv_now()
+        with pytest.raises(ChannelClosed):
+            worker.send_now(encode(Ack(5)))
+    finally:
+        supervisor.close()
+        worker.close()
 
 
 CA = make_ca()
