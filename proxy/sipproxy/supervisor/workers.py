@@ -261,7 +261,8 @@ class WorkerPool:
         w.started = time.monotonic()
         w.last_stats = {}
         loop = asyncio.get_running_loop()
-        w.tasks = [loop.create_task(self._read(w, w.channel)), loop.create_task(self._watch(w, w.proc))]
+        self._listen(w, w.channel)
+        w.tasks = [loop.create_task(self._watch(w, w.proc))]
         await self._send(w, self.init)
         if self.tls is not None:
             await self._send(w, *self.tls)
@@ -297,34 +298,35 @@ class WorkerPool:
             self.retired.setdefault(label, SocketCounters()).add(counters)
         w.last_stats = {}
 
-    async def _read(self, w: WorkerHandle, channel: Channel[Reply]) -> None:
+    def _listen(self, w: WorkerHandle, channel: Channel[Reply]) -> None:
         parts: dict[str, SocketCounters] = {}
-        try:
-            while True:
-                try:
-                    msg, fd = await channel.recv()
-                except ProtocolError as exc:
-                    log.error("worker %s sent an unreadable control message: %s", w.name, exc)
-                    continue
-                if fd is not None:
-                    os.close(fd)
-                match msg:
-                    case StatsPart():
-                        parts.update(msg.counters)
-                    case StatsReply():
-                        parts.update(msg.counters)
-                        w.last_stats, parts = parts, {}
-                        self._answered(w, msg.seq, msg)
-                    case Ack():
-                        self._answered(w, msg.seq, msg)
-                    case Error():
-                        log.error("worker %s cannot take socket %s: %s", w.name, msg.sid, msg.error)
-                    case _:
-                        assert_never(msg)
-        except ChannelClosed:
-            pass
-        if w.channel is channel:
-            self._mark_dead(w)
+
+        def on_message(msg: Reply, fd: int | None) -> None:
+            nonlocal parts
+            if fd is not None:
+                os.close(fd)
+            match msg:
+                case StatsPart():
+                    parts.update(msg.counters)
+                case StatsReply():
+                    parts.update(msg.counters)
+                    w.last_stats, parts = parts, {}
+                    self._answered(w, msg.seq, msg)
+                case Ack():
+                    self._answered(w, msg.seq, msg)
+                case Error():
+                    log.error("worker %s cannot take socket %s: %s", w.name, msg.sid, msg.error)
+                case _:
+                    assert_never(msg)
+
+        def on_unreadable(exc: ProtocolError) -> None:
+            log.error("worker %s sent an unreadable control message: %s", w.name, exc)
+
+        def on_closed() -> None:
+            if w.channel is channel:
+                self._mark_dead(w)
+
+        channel.listen(on_message, on_unreadable, on_closed)
 
     @staticmethod
     def _answered(w: WorkerHandle, seq: int, msg: Reply) -> None:

@@ -278,6 +278,42 @@ async def test_what_waits_in_the_channel_is_taken_without_waiting_and_an_empty_o
         worker.close()
 
 
+async def test_a_listened_channel_hands_over_each_message_reports_unreadable_ones_and_its_end_once() -> None:
+    parent_sock, child_sock = make_pair()
+    supervisor = Channel(parent_sock, decode_reply)
+    worker = Channel(child_sock, decode_command)
+    got: list[tuple[object, int | None]] = []
+    unreadable: list[str] = []
+    two = asyncio.Event()
+    ended = asyncio.Event()
+    ends: list[bool] = []
+
+    def on_message(message: object, fd: int | None) -> None:
+        got.append((message, fd))
+        if len(got) == 2:
+            two.set()
+
+    def on_closed() -> None:
+        ends.append(True)
+        ended.set()
+
+    try:
+        supervisor.listen(on_message, lambda exc: unreadable.append(str(exc)), on_closed)
+        await worker.send(Ack(1))
+        child_sock.send(b'{"op": "ack"}')
+        await worker.send(Ack(2))
+        await asyncio.wait_for(two.wait(), 5)
+        assert got == [(Ack(1), None), (Ack(2), None)]
+        assert unreadable == ["control message 'ack': field 'seq' is missing"]
+        worker.close()
+        await asyncio.wait_for(ended.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert ends == [True]
+    finally:
+        supervisor.close()
+        worker.close()
+
+
 CA = make_ca()
 LEAF = issue(CA, "sip.example.com", dns=["sip.example.com"])
 DOMAINS = [
