@@ -183,15 +183,15 @@ class Channel(Generic[In]):
 
     def listen(
         self,
-        on_message: Callable[[In, int | None], None],
+        on_message: Callable[[In, int | None], bool],
         on_unreadable: Callable[[ProtocolError], None],
         on_closed: Callable[[], None],
     ) -> None:
         """Hand every message to `on_message` as it arrives, inside the loop's reader callback (no task to
-        wake per message; the supervisor gets sixteen acknowledgements per reload), until the peer is gone:
-        then `on_closed`, once. A message that cannot be decoded goes to `on_unreadable` (its descriptor
-        closed), and the channel goes on."""
-        fileno = self.sock.fileno()
+        wake per message: a reload sends every worker its change, and the supervisor gets an acknowledgement
+        from each), until the peer is gone: then `on_closed`, once. `on_message` returns False to stop
+        listening after that message (listen again to go on). A message that cannot be decoded goes to
+        `on_unreadable` (its descriptor closed), and the channel goes on."""
 
         def readable() -> None:
             while True:
@@ -203,18 +203,22 @@ class Channel(Generic[In]):
                     on_unreadable(exc)
                     continue
                 except ChannelClosed:
-                    self._loop.remove_reader(fileno)
-                    self._listening = False
+                    self.stop_listening()
                     on_closed()
                     return
-                on_message(message, fd)
+                if not on_message(message, fd):
+                    self.stop_listening()
+                    return
 
-        self._loop.add_reader(fileno, readable)
+        self._loop.add_reader(self.sock.fileno(), readable)
         self._listening = True
 
-    def close(self) -> None:
+    def stop_listening(self) -> None:
         if self._listening:
             self._loop.remove_reader(self.sock.fileno())
             self._listening = False
+
+    def close(self) -> None:
+        self.stop_listening()
         self.closed = True
         self.sock.close()

@@ -193,10 +193,5 @@ def _row(values: tuple[Any, ...]) -> Row:
     )
 
 
-async def read_rows(engine: AsyncEngine, table_name: str = "sockets") -> list[Row]:
-    """One read with a reader of its own (a reload keeps one `TableReader`)."""
-    return await TableReader(engine, table_name).read()
-
-
 def _text(value: object) -> str | None:
     return None if value is None else str(value)

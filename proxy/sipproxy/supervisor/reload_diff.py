@@ -26,10 +26,10 @@ def diff_sockets(running: dict[K, SocketSpec], wanted: Iterable[SocketSpec]) -> 
     """`running` maps an id to its spec; `wanted` are the parsed rows. Duplicate rows collapse into one; a
     row changed in advertised address, tag or ToS updates its running socket; any other change shows as the
     old socket removed and the new one added."""
-    by_key: dict[object, K] = {spec.key: ident for ident, spec in running.items()}
+    by_key: dict[str, K] = {spec.key: ident for ident, spec in running.items()}
     result: Diff[K] = Diff()
     kept, added = result.kept, result.added
-    seen: set[object] = set()
+    seen: set[str] = set()
     for spec in wanted:
         key = spec.key
         size = len(seen)

@@ -134,7 +134,7 @@ class Supervisor:
         self.entries: dict[int, Entry] = {}  # bound sockets, static and dynamic
         # Dynamic rows not bound: failed, absent or unselected, as of the last reload (and the retries since).
         self.unbound: list[Entry] = []
-        self._said: set[tuple[str, object]] = set()  # (state, key) of the unbound rows already logged
+        self._said: set[tuple[str, str]] = set()  # (state, key) of the unbound rows already logged
         self.node_name = config.node_name
         self.traffic = Traffic()
         self._events = AddressEvents()
@@ -150,7 +150,6 @@ class Supervisor:
         mgm = config.sockets_mgm
         self._db = make_engine(mgm.db_url) if mgm else None
         self._reader = TableReader(self._db, mgm.table_name) if self._db and mgm else None
-        self.last_reload = Spans()  # how long each step of the last reload took
         self.tls = TlsGeneration(0)
         self.tls_reloads = 0
         self.tls_reload_failures = 0
@@ -287,7 +286,6 @@ class Supervisor:
             result = await self._apply(judged, spans)
             self.reloads += 1
             self.reload_seconds += spans.total
-            self.last_reload = spans
             log.debug("sockets_reload of %d rows: %s", len(rows), spans)
             return result
 
@@ -335,9 +333,9 @@ class Supervisor:
     async def _apply(self, judged: list[tuple[Row, Verdict]], spans: Spans) -> ReloadResult:
         unbound: list[Entry] = []
         wanted: list[SocketSpec] = []
-        rows_by_key: dict[object, Row] = {}
-        notes: dict[object, str] = {}
-        unreachable_seen: set[object] = set()
+        rows_by_key: dict[str, Row] = {}
+        notes: dict[str, str] = {}
+        unreachable_seen: set[str] = set()
         for row, verdict in judged:
             spec = verdict.spec
             if verdict.state == "listening":

@@ -301,7 +301,7 @@ class WorkerPool:
     def _listen(self, w: WorkerHandle, channel: Channel[Reply]) -> None:
         parts: dict[str, SocketCounters] = {}
 
-        def on_message(msg: Reply, fd: int | None) -> None:
+        def on_message(msg: Reply, fd: int | None) -> bool:
             nonlocal parts
             if fd is not None:
                 os.close(fd)
@@ -318,6 +318,7 @@ class WorkerPool:
                     log.error("worker %s cannot take socket %s: %s", w.name, msg.sid, msg.error)
                 case _:
                     assert_never(msg)
+            return True
 
         def on_unreadable(exc: ProtocolError) -> None:
             log.error("worker %s sent an unreadable control message: %s", w.name, exc)

@@ -315,25 +315,6 @@ class Worker:
                 assert_never(cmd)
         return True
 
-    def _drain(self) -> tuple[Command, int | None] | None:
-        """Apply every command waiting in the channel that needs no waiting, in order; the first that does is
-        returned (not applied), None once the channel is empty. Raises ChannelClosed."""
-        while True:
-            try:
-                cmd, fd = self.channel.recv_now()
-            except BlockingIOError:
-                return None
-            except ProtocolError as exc:
-                self.log.error("unreadable control message: %s", exc)
-                continue
-            try:
-                if not self.apply_now(cmd, fd):
-                    return cmd, fd
-            except ChannelClosed:
-                raise
-            except Exception:
-                self.log.exception("control command %s failed", cmd.op)
-
     async def run(self) -> None:
         sweeper = asyncio.get_running_loop().create_task(self.tcp.sweep())
         try:
@@ -342,48 +323,52 @@ class Worker:
             self.log.warning("no relay socket (TCP responses via other workers disabled): %s", exc)
         # A reload wakes every worker; what it sends them is applied in the channel's reader callback, with no
         # task to wake and no reader to register again (measured: about half of what a worker spent per
-        # reload). A command that must wait is handed to this task, the reader off until it has worked
-        # through the channel, so that commands are applied in the order sent.
-        loop = asyncio.get_running_loop()
-        fileno = self.channel.sock.fileno()
+        # reload). A command that must wait is handed to this task, the channel not listened to until it is
+        # applied, so that commands are applied in the order sent.
         wake = asyncio.Event()
-        handed: list[tuple[Command, int | None] | ChannelClosed] = []
+        handed: list[tuple[Command, int | None] | None] = []  # None: the supervisor is gone
 
-        def readable() -> None:
+        def on_message(cmd: Command, fd: int | None) -> bool:
+            item: tuple[Command, int | None] | None = (cmd, fd)
             try:
-                item: tuple[Command, int | None] | ChannelClosed | None = self._drain()
-            except ChannelClosed as exc:
-                item = exc
-            if item is not None:
-                loop.remove_reader(fileno)
-                handed.append(item)
-                wake.set()
+                if self.apply_now(cmd, fd):
+                    return True
+            except ChannelClosed:
+                item = None
+            except Exception:
+                self.log.exception("control command %s failed", cmd.op)
+                return True
+            handed.append(item)
+            wake.set()
+            return False
+
+        def on_unreadable(exc: ProtocolError) -> None:
+            self.log.error("unreadable control message: %s", exc)
+
+        def on_closed() -> None:
+            handed.append(None)
+            wake.set()
 
         try:
             while True:
-                loop.add_reader(fileno, readable)
+                self.channel.listen(on_message, on_unreadable, on_closed)
                 await wake.wait()
                 wake.clear()
-                next_item: tuple[Command, int | None] | ChannelClosed | None = handed.pop()
-                while next_item is not None:
-                    if isinstance(next_item, ChannelClosed):
-                        raise next_item
-                    try:
-                        if not await self.apply(*next_item):
-                            return
-                    except ChannelClosed:
-                        raise
-                    except Exception:
-                        # One bad command must not take the worker (and every socket it serves) down.
-                        self.log.exception("control command %s failed", next_item[0].op)
-                    try:
-                        next_item = self._drain()
-                    except ChannelClosed as exc:
-                        next_item = exc
+                item = handed.pop()
+                if item is None:
+                    raise ChannelClosed("supervisor gone")
+                try:
+                    if not await self.apply(*item):
+                        return
+                except ChannelClosed:
+                    raise
+                except Exception:
+                    # One bad command must not take the worker (and every socket it serves) down.
+                    self.log.exception("control command %s failed", item[0].op)
         except ChannelClosed:
             self.log.info("supervisor gone, exiting")
         finally:
-            loop.remove_reader(fileno)
+            self.channel.stop_listening()
             sweeper.cancel()
             await self.shutdown()
 

@@ -285,13 +285,17 @@ async def test_a_listened_channel_hands_over_each_message_reports_unreadable_one
     got: list[tuple[object, int | None]] = []
     unreadable: list[str] = []
     two = asyncio.Event()
+    third = asyncio.Event()
     ended = asyncio.Event()
     ends: list[bool] = []
 
-    def on_message(message: object, fd: int | None) -> None:
+    def on_message(message: Reply, fd: int | None) -> bool:
         got.append((message, fd))
         if len(got) == 2:
             two.set()
+        if len(got) == 3:
+            third.set()
+        return len(got) != 2  # stops listening after the second
 
     def on_closed() -> None:
         ends.append(True)
@@ -305,6 +309,12 @@ async def test_a_listened_channel_hands_over_each_message_reports_unreadable_one
         await asyncio.wait_for(two.wait(), 5)
         assert got == [(Ack(1), None), (Ack(2), None)]
         assert unreadable == ["control message 'ack': field 'seq' is missing"]
+        await worker.send(Ack(3))  # waits until listened to again
+        await asyncio.sleep(0.05)
+        assert len(got) == 2
+        supervisor.listen(on_message, lambda exc: unreadable.append(str(exc)), on_closed)
+        await asyncio.wait_for(third.wait(), 5)
+        assert got[2] == (Ack(3), None)
         worker.close()
         await asyncio.wait_for(ended.wait(), 5)
         await asyncio.sleep(0.05)

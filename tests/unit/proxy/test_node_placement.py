@@ -24,7 +24,7 @@ from sipproxy.shared.schema import init_db
 from sipproxy.shared.socketspec import SocketSpec, parse_row
 from sipproxy.supervisor.binding import address_absent, address_present, bind_socket
 from sipproxy.supervisor.config import load_config, parse_config
-from sipproxy.supervisor.db_reader import Row, TableReader, make_engine, read_rows
+from sipproxy.supervisor.db_reader import Row, TableReader, make_engine
 from sipproxy.supervisor.entries import Entry
 from sipproxy.supervisor.mi.listing import entry_dict
 from sipproxy.supervisor.reload_diff import diff_sockets
@@ -118,8 +118,10 @@ async def test_rows_come_with_their_placement_when_the_side_table_exists(tmp_pat
         # reader and by one that saw the side table before it went.
         with sqlite3.connect(db) as conn:
             conn.execute("DROP TABLE sipsockets_socket_options")
-        for read in (read_rows(engine), reader.read()):
-            assert sorted(r.socket or "" for r in await read) == ["udp:10.0.0.1:5060", "udp:10.0.0.2:5060"]
+        for each in (TableReader(engine), reader):
+            sockets = sorted(r.socket or "" for r in await each.read())
+            assert sockets == ["udp:10.0.0.1:5060", "udp:10.0.0.2:5060"]
+            each.close()
     finally:
         await engine.dispose()
 
